@@ -1,0 +1,235 @@
+//! Canonical JSON: one byte string per JSON value, whatever its spelling.
+//!
+//! Object keys are sorted by their UTF-8 bytes, there is no insignificant whitespace, strings use one
+//! escaping rule, and numbers are written from their exact decimal value, so `1`, `1.0`, `1e0` and `10E-1`
+//! are the same bytes, as are `0.7` and `0.70`. Numbers never pass through `f64`, so no precision is lost.
+
+use serde_json::Value;
+
+/// Appends the canonical form of `v` to `out`.
+pub fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&canonical_number(&n.to_string())),
+        Value::String(s) => write_string(s, out),
+        Value::Array(a) => {
+            out.push('[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, val)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                write_canonical(val, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The canonical form of `v` as a new string.
+pub fn to_canonical(v: &Value) -> String {
+    let mut s = String::new();
+    write_canonical(v, &mut s);
+    s
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Rewrites a JSON number literal to its canonical spelling, exactly (string arithmetic, no floats).
+///
+/// ```
+/// use understudy_matcher::canonical::canonical_number;
+/// assert_eq!(canonical_number("1.0"), "1");
+/// assert_eq!(canonical_number("1e0"), "1");
+/// assert_eq!(canonical_number("0.70"), "0.7");
+/// assert_eq!(canonical_number("-0.0"), "0");
+/// assert_eq!(canonical_number("12.5e-3"), "0.0125");
+/// assert_eq!(canonical_number("1E400"), "1e400");
+/// ```
+pub fn canonical_number(lit: &str) -> String {
+    let (neg, rest) = match lit.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, lit.strip_prefix('+').unwrap_or(lit)),
+    };
+    let (mantissa, exp_part) = match rest.find(['e', 'E']) {
+        Some(i) => (
+            rest.get(..i).unwrap_or_default(),
+            rest.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (rest, ""),
+    };
+    let (int_part, frac_part) = match mantissa.find('.') {
+        Some(i) => (
+            mantissa.get(..i).unwrap_or_default(),
+            mantissa.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (mantissa, ""),
+    };
+    if !int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
+        // Not a number literal (cannot come from a parsed JSON document); keep it verbatim.
+        return lit.to_string();
+    }
+    let mut exp: i64 = parse_exp(exp_part);
+    exp = exp.saturating_sub(frac_part.len() as i64);
+    let all: String = int_part.chars().chain(frac_part.chars()).collect();
+    let trimmed_lead = all.trim_start_matches('0');
+    let digits = trimmed_lead.trim_end_matches('0');
+    if digits.is_empty() {
+        return "0".to_string();
+    }
+    exp = exp.saturating_add((trimmed_lead.len() - digits.len()) as i64);
+    let n = digits.len() as i64;
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    let point = n.saturating_add(exp); // position of the decimal point from the left of `digits`
+    if exp >= 0 && point <= 21 {
+        out.push_str(digits);
+        out.extend(std::iter::repeat_n('0', exp as usize));
+    } else if exp < 0 && point > 0 {
+        let p = point as usize;
+        out.push_str(digits.get(..p).unwrap_or_default());
+        out.push('.');
+        out.push_str(digits.get(p..).unwrap_or_default());
+    } else if exp < 0 && point > -6 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-point) as usize));
+        out.push_str(digits);
+    } else {
+        let (first, tail) = digits.split_at(1);
+        out.push_str(first);
+        if !tail.is_empty() {
+            out.push('.');
+            out.push_str(tail);
+        }
+        out.push('e');
+        out.push_str(&(point.saturating_sub(1)).to_string());
+    }
+    out
+}
+
+fn parse_exp(s: &str) -> i64 {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    // Saturate absurd exponents instead of overflowing; such numbers are only compared, never computed.
+    let mut v: i64 = 0;
+    for b in digits.bytes() {
+        v = v
+            .saturating_mul(10)
+            .saturating_add(i64::from(b.wrapping_sub(b'0')));
+    }
+    v = v.min(i64::MAX / 4);
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_numbers_share_one_spelling() {
+        let groups: &[&[&str]] = &[
+            &["1", "1.0", "1e0", "1E+0", "10e-1", "0.1e1", "1.000"],
+            &["0.7", "0.70", "7e-1", "70E-2"],
+            &["0", "-0", "0.0", "0e10", "-0.0e-5"],
+            &["100", "1e2", "1.00e2", "1000e-1"],
+            &["-2.5", "-25e-1", "-0.25E1"],
+            &[
+                "123456789012345678901234567890",
+                "1.2345678901234567890123456789e29",
+            ],
+        ];
+        for g in groups {
+            let want = canonical_number(g[0]);
+            for lit in g.iter() {
+                assert_eq!(canonical_number(lit), want, "{lit} vs {}", g[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn different_numbers_stay_different() {
+        let lits = [
+            "1",
+            "1.1",
+            "0.1",
+            "0.01",
+            "10",
+            "-1",
+            "1e21",
+            "1e22",
+            "1e-7",
+            "1e-6",
+            "0.30000000000000004",
+            "0.3",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for l in lits {
+            assert!(seen.insert(canonical_number(l)), "{l} collided");
+        }
+    }
+
+    #[test]
+    fn spellings_are_exact() {
+        assert_eq!(canonical_number("1e20"), "100000000000000000000");
+        assert_eq!(canonical_number("1e21"), "1e21");
+        assert_eq!(canonical_number("1.5e-7"), "1.5e-7");
+        assert_eq!(canonical_number("0.000001"), "0.000001");
+        assert_eq!(canonical_number("-123.4500"), "-123.45");
+    }
+
+    #[test]
+    fn objects_are_sorted_and_strings_escaped_one_way() {
+        let a: Value =
+            serde_json::from_str(r#"{"b": [1.0, "\u00e9\n"], "a": {"y": true, "x": null}}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str("{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\u000a\"]}").unwrap();
+        assert_eq!(to_canonical(&a), to_canonical(&b));
+        assert_eq!(
+            to_canonical(&a),
+            "{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\n\"]}"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Which LLM operation an HTTP request is, from its method and path alone.
+
+use std::fmt;
+
+/// The wire dialect: decides the shape of error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI and Azure OpenAI (same JSON shapes).
+    OpenAi,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+/// An LLM operation Understudy virtualizes. The key depends on this, never on a gateway prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// `POST .../chat/completions`
+    ChatCompletions,
+    /// `POST .../completions` (legacy)
+    Completions,
+    /// `POST .../embeddings`
+    Embeddings,
+    /// `POST .../responses`
+    Responses,
+    /// `POST .../v1/messages` (Anthropic)
+    Messages,
+}
+
+impl Operation {
+    /// Stable name, part of the key's preimage: never change an existing one.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ChatCompletions => "openai.chat_completions",
+            Operation::Completions => "openai.completions",
+            Operation::Embeddings => "openai.embeddings",
+            Operation::Responses => "openai.responses",
+            Operation::Messages => "anthropic.messages",
+        }
+    }
+
+    /// The dialect whose error shape this operation's clients expect.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Operation::Messages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+
+    /// All operations, for docs and diagnostics.
+    pub const ALL: [Operation; 5] = [
+        Operation::ChatCompletions,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+        Operation::Messages,
+    ];
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A classified LLM request: the operation and, for Azure OpenAI, the deployment (which counts as the model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The operation.
+    pub operation: Operation,
+    /// `Some(deployment)` for `/openai/deployments/{deployment}/...` paths.
+    pub deployment: Option<String>,
+}
+
+/// Classifies `method` + `path` (query string allowed, ignored). `None` means "not an LLM call": pass it through.
+///
+/// ```
+/// use understudy_matcher::{classify, Operation};
+/// let r = classify("POST", "/gateway/openai/v1/chat/completions?x=1").unwrap();
+/// assert_eq!(r.operation, Operation::ChatCompletions);
+/// let az = classify("POST", "/openai/deployments/gpt4o/embeddings?api-version=2024-10-21").unwrap();
+/// assert_eq!((az.operation, az.deployment.as_deref()), (Operation::Embeddings, Some("gpt4o")));
+/// assert!(classify("GET", "/v1/chat/completions").is_none());
+/// assert!(classify("POST", "/v1/files").is_none());
+/// ```
+pub fn classify(method: &str, path: &str) -> Option<Route> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (operation, op_len) = match segs.as_slice() {
+        [.., "chat", "completions"] => (Operation::ChatCompletions, 2),
+        [.., "v1", "messages"] => (Operation::Messages, 1),
+        [.., "completions"] => (Operation::Completions, 1),
+        [.., "embeddings"] => (Operation::Embeddings, 1),
+        [.., "responses"] => (Operation::Responses, 1),
+        _ => return None,
+    };
+    // Azure OpenAI: .../openai/deployments/{deployment}/<operation>
+    let prefix = segs
+        .get(..segs.len().saturating_sub(op_len))
+        .unwrap_or_default();
+    let deployment = match prefix {
+        [.., "openai", "deployments", d] => Some(percent_decode(d)),
+        _ => None,
+    };
+    Some(Route {
+        operation,
+        deployment,
+    })
+}
+
+/// Minimal %XX decoding for deployment names; invalid sequences are kept verbatim.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_dialect_and_ignores_prefixes() {
+        let cases = [
+            ("/v1/chat/completions", Operation::ChatCompletions),
+            ("/chat/completions", Operation::ChatCompletions),
+            (
+                "/api/proxy/openai/v1/chat/completions",
+                Operation::ChatCompletions,
+            ),
+            ("/v1/completions", Operation::Completions),
+            ("/v1/embeddings", Operation::Embeddings),
+            ("/v1/responses", Operation::Responses),
+            ("/v1/messages", Operation::Messages),
+            ("/anthropic/v1/messages?beta=true", Operation::Messages),
+        ];
+        for (p, op) in cases {
+            let r = classify("POST", p).unwrap_or_else(|| panic!("{p} not classified"));
+            assert_eq!(r.operation, op, "{p}");
+            assert_eq!(r.deployment, None, "{p}");
+        }
+    }
+
+    #[test]
+    fn azure_deployment_is_extracted() {
+        let r = classify(
+            "post",
+            "/openai/deployments/my%2Dgpt/chat/completions?api-version=2024-06-01",
+        )
+        .unwrap();
+        assert_eq!(r.operation, Operation::ChatCompletions);
+        assert_eq!(r.deployment.as_deref(), Some("my-gpt"));
+    }
+
+    #[test]
+    fn non_llm_requests_are_not_classified() {
+        for (m, p) in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/files"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("PUT", "/v1/embeddings"),
+            ("POST", "/"),
+        ] {
+            assert!(classify(m, p).is_none(), "{m} {p}");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `understudy-matcher`: the pure core of Understudy, with no proxy-wasm dependency.
+//!
+//! It classifies an HTTP request as an LLM operation ([`classify`]), normalizes its JSON body and hashes a
+//! canonical form into a 64-hex-char key ([`Normalizer`]), loads validated asset bundles into an indexed
+//! [`Runtime`], and turns one request into one [`Decision`]. The Envoy filter and the `understudy` CLI both
+//! call this crate, so they compute the same keys by construction; golden vectors check it natively and
+//! under wasm.
+//!
+//! ```
+//! use understudy_matcher::{classify, Normalizer, NormalizationConfig};
+//! let n = Normalizer::compile(&NormalizationConfig::default()).unwrap();
+//! let route = classify("POST", "/v1/chat/completions").unwrap();
+//! let (a, _) = n.key(&route, br#"{"model":"gpt-4o","messages":[],"temperature":0.70,"stream":true}"#).unwrap();
+//! let (b, _) = n.key(&route, br#"{ "temperature": 7e-1, "messages": [], "model": "gpt-4o" }"#).unwrap();
+//! assert_eq!(a, b);
+//! assert_eq!(a.len(), 64);
+//! ```
+
+pub mod asset;
+pub mod canonical;
+pub mod dialect;
+pub mod error;
+pub mod normalize;
+pub mod render;
+mod runtime;
+
+pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};
+pub use dialect::{classify, Dialect, Operation, Route};
+pub use error::{ConfigError, RequestError};
+pub use normalize::{NormalizationConfig, Normalizer, ScrubberConfig};
+pub use runtime::{AssetSet, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, Runtime};
+
+/// Parses a request body as a JSON value. Duplicate object keys: the last one wins (as in JavaScript).
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RequestError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::Empty);
+    }
+    serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))
+}

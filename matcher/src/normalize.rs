@@ -1,0 +1,315 @@
+//! Request normalization and the matching key.
+//!
+//! A key is `SHA-256("understudy-key/v1\n" + operation + "\n" + canonical_json(normalized_body))`, hex encoded.
+//! Normalization removes the fields that never change a model's answer, the configured JSON Pointers, and
+//! rewrites string values with the configured scrubbers. Headers are never part of a key.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical::write_canonical;
+use crate::dialect::{Operation, Route};
+use crate::error::ConfigError;
+
+/// Top-level request fields that don't change the model's answer, for every operation.
+pub const ALWAYS_IGNORED: &[&str] = &[
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+/// Also ignored for embeddings: the filter converts between float and base64 itself.
+pub const EMBEDDINGS_IGNORED: &[&str] = &["encoding_format"];
+
+const KEY_DOMAIN: &str = "understudy-key/v1";
+
+/// User-facing normalization settings (part of the plugin configuration).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizationConfig {
+    /// More fields to ignore, as JSON Pointers into the request body; `*` stands for any array element
+    /// or object member, e.g. `/messages/*/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_fields: Vec<String>,
+    /// Regex rewrites applied to every string value (not to object keys), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrubbers: Vec<ScrubberConfig>,
+}
+
+/// One scrubber: every match of `pattern` in a string value becomes `placeholder`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubberConfig {
+    /// A Rust `regex` pattern.
+    pub pattern: String,
+    /// Replacement text; `$1`-style group references are not expanded.
+    pub placeholder: String,
+}
+
+/// Compiled normalization settings.
+#[derive(Debug, Clone, Default)]
+pub struct Normalizer {
+    ignore: Vec<Vec<String>>,
+    scrubbers: Vec<(Regex, String)>,
+}
+
+impl Normalizer {
+    /// Validates and compiles `cfg`; errors name the offending field.
+    pub fn compile(cfg: &NormalizationConfig) -> Result<Self, ConfigError> {
+        let mut ignore = Vec::with_capacity(cfg.ignore_fields.len());
+        for (i, p) in cfg.ignore_fields.iter().enumerate() {
+            let field = format!("normalization.ignore_fields[{i}]");
+            if p.is_empty() || !p.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{p:?} is not a JSON Pointer (must start with '/')"),
+                ));
+            }
+            let mut segs = Vec::new();
+            for raw in p.split('/').skip(1) {
+                if raw.contains('~') && !valid_pointer_escapes(raw) {
+                    return Err(ConfigError::invalid(
+                        field,
+                        format!("{p:?} has an invalid '~' escape (use ~0 or ~1)"),
+                    ));
+                }
+                segs.push(raw.replace("~1", "/").replace("~0", "~"));
+            }
+            ignore.push(segs);
+        }
+        let mut scrubbers = Vec::with_capacity(cfg.scrubbers.len());
+        for (i, s) in cfg.scrubbers.iter().enumerate() {
+            let re = Regex::new(&s.pattern).map_err(|e| {
+                ConfigError::invalid(
+                    format!("normalization.scrubbers[{i}].pattern"),
+                    e.to_string(),
+                )
+            })?;
+            if re.is_match("") {
+                return Err(ConfigError::invalid(
+                    format!("normalization.scrubbers[{i}].pattern"),
+                    format!(
+                        "{:?} matches the empty string, which would rewrite every value",
+                        s.pattern
+                    ),
+                ));
+            }
+            scrubbers.push((re, s.placeholder.clone()));
+        }
+        Ok(Normalizer { ignore, scrubbers })
+    }
+
+    /// Normalizes a parsed request body in place for `route`.
+    pub fn normalize(&self, route: &Route, body: &mut Value) -> Result<(), crate::RequestError> {
+        let obj = body
+            .as_object_mut()
+            .ok_or(crate::RequestError::NotAnObject)?;
+        if let Some(dep) = &route.deployment {
+            // Azure: the deployment in the path is the model.
+            obj.insert("model".to_string(), Value::String(dep.clone()));
+        }
+        for f in ALWAYS_IGNORED {
+            obj.remove(*f);
+        }
+        if route.operation == Operation::Embeddings {
+            for f in EMBEDDINGS_IGNORED {
+                obj.remove(*f);
+            }
+        }
+        for segs in &self.ignore {
+            remove_pointer(body, segs);
+        }
+        if !self.scrubbers.is_empty() {
+            self.scrub(body);
+        }
+        Ok(())
+    }
+
+    fn scrub(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                for (re, placeholder) in &self.scrubbers {
+                    if re.is_match(s) {
+                        *s = re.replace_all(s, regex::NoExpand(placeholder)).into_owned();
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.scrub(x)),
+            Value::Object(m) => m.values_mut().for_each(|x| self.scrub(x)),
+            _ => {}
+        }
+    }
+
+    /// The key of an already normalized body.
+    pub fn key_of_normalized(operation: Operation, normalized: &Value) -> String {
+        let mut preimage = String::with_capacity(256);
+        preimage.push_str(KEY_DOMAIN);
+        preimage.push('\n');
+        preimage.push_str(operation.name());
+        preimage.push('\n');
+        write_canonical(normalized, &mut preimage);
+        hex(&Sha256::digest(preimage.as_bytes()))
+    }
+
+    /// Parses, normalizes and hashes a raw request body. Returns the key and the normalized body.
+    pub fn key(&self, route: &Route, body: &[u8]) -> Result<(String, Value), crate::RequestError> {
+        let mut v = crate::parse_body(body)?;
+        self.normalize(route, &mut v)?;
+        Ok((Self::key_of_normalized(route.operation, &v), v))
+    }
+}
+
+fn valid_pointer_escapes(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .enumerate()
+        .all(|(i, &c)| c != b'~' || matches!(b.get(i + 1), Some(b'0') | Some(b'1')))
+}
+
+fn remove_pointer(v: &mut Value, segs: &[String]) {
+    let Some((first, rest)) = segs.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        match v {
+            Value::Object(m) if first == "*" => m.clear(),
+            Value::Object(m) => {
+                m.remove(first);
+            }
+            Value::Array(a) if first == "*" => a.clear(),
+            Value::Array(a) => {
+                if let Ok(i) = first.parse::<usize>() {
+                    if i < a.len() {
+                        a.remove(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+        return;
+    }
+    match v {
+        Value::Object(m) if first == "*" => m.values_mut().for_each(|x| remove_pointer(x, rest)),
+        Value::Object(m) => {
+            if let Some(x) = m.get_mut(first) {
+                remove_pointer(x, rest)
+            }
+        }
+        Value::Array(a) if first == "*" => a.iter_mut().for_each(|x| remove_pointer(x, rest)),
+        Value::Array(a) => {
+            if let Some(x) = first.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                remove_pointer(x, rest)
+            }
+        }
+        _ => {}
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The JSON Pointer of the first place where two normalized values differ, in canonical order.
+pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
+    fn walk(a: &Value, b: &Value, path: &mut String) -> bool {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort_unstable_by(|p, q| p.as_bytes().cmp(q.as_bytes()));
+                keys.dedup();
+                for k in keys {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    match (x.get(k), y.get(k)) {
+                        (Some(p), Some(q)) => {
+                            if walk(p, q, path) {
+                                return true;
+                            }
+                        }
+                        _ => return true,
+                    }
+                    path.truncate(len);
+                }
+                false
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                for i in 0..x.len().max(y.len()) {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&i.to_string());
+                    match (x.get(i), y.get(i)) {
+                        (Some(p), Some(q)) => {
+                            if walk(p, q, path) {
+                                return true;
+                            }
+                        }
+                        _ => return true,
+                    }
+                    path.truncate(len);
+                }
+                false
+            }
+            (Value::Number(p), Value::Number(q)) => {
+                crate::canonical::canonical_number(&p.to_string())
+                    != crate::canonical::canonical_number(&q.to_string())
+            }
+            _ => a != b,
+        }
+    }
+    let mut path = String::new();
+    walk(a, b, &mut path).then_some(path)
+}
+
+/// How many leaves differ between two values, stopping early at `cap`. Used to rank the closest asset.
+pub fn difference_count(a: &Value, b: &Value, cap: usize) -> usize {
+    fn walk(a: &Value, b: &Value, n: &mut usize, cap: usize) {
+        if *n >= cap {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for (k, p) in x {
+                    match y.get(k) {
+                        Some(q) => walk(p, q, n, cap),
+                        None => *n += 1,
+                    }
+                }
+                *n += y.keys().filter(|k| !x.contains_key(*k)).count();
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                for (p, q) in x.iter().zip(y) {
+                    walk(p, q, n, cap);
+                }
+                *n += x.len().abs_diff(y.len());
+            }
+            (Value::Number(p), Value::Number(q)) => {
+                if crate::canonical::canonical_number(&p.to_string())
+                    != crate::canonical::canonical_number(&q.to_string())
+                {
+                    *n += 1;
+                }
+            }
+            _ => {
+                if a != b {
+                    *n += 1
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(a, b, &mut n, cap);
+    n.min(cap)
+}
