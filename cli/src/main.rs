@@ -1,1 +1,175 @@
-fn main() {}
+//! `understudy`: build and validate asset bundles, compute matching keys, and run a local Envoy with the
+//! Understudy filter (`understudy up`), the quickest way to a virtual LLM endpoint.
+
+mod bundle;
+mod envoy;
+mod up;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use understudy_matcher::{classify, parse_asset_file, Normalizer};
+
+#[derive(Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "LLM service virtualization for Envoy: virtual responses from recorded assets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnMissArg {
+    Error,
+    Passthrough,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the matching key of an asset file's request(s), or of a raw request body with --path.
+    Key {
+        /// Asset file, or raw request JSON with --path; `-` reads stdin.
+        file: String,
+        /// Treat FILE as a raw request body sent to this path (e.g. /v1/chat/completions).
+        #[arg(long)]
+        path: Option<String>,
+        /// HTTP method for --path.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Normalization settings (JSON: ignore_fields, scrubbers).
+        #[arg(long)]
+        normalization: Option<PathBuf>,
+    },
+    /// Validate a directory of assets and write the bundle the filter loads.
+    Bundle {
+        /// Assets directory (every *.json below it, recursively).
+        dir: PathBuf,
+        /// Output bundle file (`-` for stdout).
+        #[arg(short, long)]
+        output: String,
+        /// Normalization settings (JSON: ignore_fields, scrubbers).
+        #[arg(long)]
+        normalization: Option<PathBuf>,
+    },
+    /// Print the plugin configuration (on_miss, normalization, bundle) for an assets directory.
+    PluginConfig {
+        /// Assets directory.
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "error")]
+        on_miss: OnMissArg,
+        #[arg(long)]
+        normalization: Option<PathBuf>,
+    },
+    /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
+    Up(up::UpArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Key {
+            file,
+            path,
+            method,
+            normalization,
+        } => key(&file, path.as_deref(), &method, normalization.as_deref()),
+        Command::Bundle {
+            dir,
+            output,
+            normalization,
+        } => bundle_cmd(&dir, &output, normalization.as_deref()),
+        Command::PluginConfig {
+            dir,
+            on_miss,
+            normalization,
+        } => plugin_config(&dir, on_miss, normalization.as_deref()).map(|c| println!("{c}")),
+        Command::Up(args) => up::run(args),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("understudy: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
+}
+
+fn key(file: &str, path: Option<&str>, method: &str, normalization: Option<&Path>) -> Result<()> {
+    let normalizer = Normalizer::compile(&bundle::load_normalization(normalization)?)?;
+    let text = read_input(file)?;
+    if let Some(p) = path {
+        let Some(route) = classify(method, p) else {
+            bail!("{method} {p} is not an LLM operation Understudy virtualizes");
+        };
+        let (k, _) = normalizer
+            .key(&route, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        println!("{k}");
+        return Ok(());
+    }
+    let assets = parse_asset_file(&text, file)?;
+    let many = assets.len() > 1;
+    for (label, a) in assets {
+        let Some(route) = classify(&a.request.method, &a.request.path) else {
+            bail!("{label}: not an LLM operation");
+        };
+        let body = serde_json::to_vec(&a.request.body)?;
+        let (k, _) = normalizer
+            .key(&route, &body)
+            .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        if many {
+            println!(
+                "{k}  {label}{}",
+                a.name.map(|n| format!(" {n:?}")).unwrap_or_default()
+            );
+        } else {
+            println!("{k}");
+        }
+    }
+    Ok(())
+}
+
+fn bundle_cmd(dir: &Path, output: &str, normalization: Option<&Path>) -> Result<()> {
+    let built = bundle::build(dir, &bundle::load_normalization(normalization)?)?;
+    let json = serde_json::to_string_pretty(&built.bundle)?;
+    if output == "-" {
+        println!("{json}");
+    } else {
+        std::fs::write(output, json + "\n").with_context(|| format!("cannot write {output}"))?;
+    }
+    eprintln!("{}", bundle::report(&built));
+    Ok(())
+}
+
+/// Builds the full plugin configuration JSON for an assets directory.
+fn plugin_config(dir: &Path, on_miss: OnMissArg, normalization: Option<&Path>) -> Result<String> {
+    let norm = bundle::load_normalization(normalization)?;
+    let built = bundle::build(dir, &norm)?;
+    eprintln!("{}", bundle::report(&built));
+    let cfg = understudy_matcher::PluginConfig {
+        on_miss: match on_miss {
+            OnMissArg::Error => understudy_matcher::OnMiss::Error,
+            OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
+        },
+        normalization: norm,
+        bundle: built.bundle,
+    };
+    // Prove the filter will accept it before handing it to Envoy.
+    understudy_matcher::Runtime::compile(cfg.clone())?;
+    Ok(serde_json::to_string(&cfg)?)
+}

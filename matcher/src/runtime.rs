@@ -83,7 +83,6 @@ pub enum Decision {
 struct Compiled {
     label: String,
     key: String,
-    operation: Operation,
     normalized: Value,
     status: u16,
     headers: Vec<(String, String)>,
@@ -190,7 +189,6 @@ impl AssetSet {
         self.assets.push(Compiled {
             label: display,
             key: key.clone(),
-            operation: route.operation,
             normalized,
             status: r.status,
             headers,

@@ -1,0 +1,133 @@
+//! Loading an assets directory into a validated bundle.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use understudy_matcher::{
+    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation,
+    BUNDLE_FORMAT,
+};
+
+/// A built bundle plus what the bundler noticed.
+pub struct Built {
+    pub bundle: Bundle,
+    pub files: usize,
+    pub counts: Vec<(Operation, usize)>,
+    pub duplicates: Vec<(String, String)>,
+}
+
+/// Every `*.json` file under `dir`, recursively, in a stable order.
+pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read assets directory {}", dir.display()))?;
+        for e in entries {
+            let path = e?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|x| x == "json") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    if !dir.is_dir() {
+        bail!(
+            "assets directory {} does not exist or is not a directory",
+            dir.display()
+        );
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Reads a normalization config file, or the defaults.
+pub fn load_normalization(path: Option<&Path>) -> Result<NormalizationConfig> {
+    let Some(p) = path else {
+        return Ok(NormalizationConfig::default());
+    };
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    Ok(understudy_matcher::asset::from_str_strict(
+        &text,
+        &p.display().to_string(),
+    )?)
+}
+
+/// Validates every asset under `dir` and bundles them. All problems are reported, not just the first.
+pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
+    let normalizer = Normalizer::compile(norm)?;
+    let files = asset_files(dir)?;
+    let mut set = AssetSet::default();
+    let mut assets = Vec::new();
+    let mut errors = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(dir).unwrap_or(f).display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{rel}: {e}"));
+                continue;
+            }
+        };
+        let parsed = match parse_asset_file(&text, &rel) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        for (label, asset) in parsed {
+            let before = set.duplicates().len();
+            match set.add(&normalizer, &label, &asset, None) {
+                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset {
+                    key,
+                    source: label,
+                    name: asset.name,
+                    request: asset.request,
+                    response: asset.response,
+                }),
+                Ok(_) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} problem(s) in {}:\n  {}",
+            errors.len(),
+            dir.display(),
+            errors.join("\n  ")
+        );
+    }
+    Ok(Built {
+        bundle: Bundle {
+            format: BUNDLE_FORMAT.to_string(),
+            assets,
+        },
+        files: files.len(),
+        counts: set.counts(),
+        duplicates: set.duplicates().to_vec(),
+    })
+}
+
+/// A human summary for stderr.
+pub fn report(b: &Built) -> String {
+    let mut s = format!("{} assets from {} files", b.bundle.assets.len(), b.files);
+    if !b.counts.is_empty() {
+        let parts: Vec<String> = b
+            .counts
+            .iter()
+            .map(|(op, n)| format!("{op}: {n}"))
+            .collect();
+        s.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    for (kept, dup) in &b.duplicates {
+        s.push_str(&format!(
+            "\nduplicate: {dup} is identical to {kept}; kept {kept}"
+        ));
+    }
+    s
+}

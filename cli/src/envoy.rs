@@ -1,0 +1,249 @@
+//! The Envoy bootstrap `understudy up` runs: listener → understudy wasm → buffer → router → upstream(s).
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+/// Where misses go in passthrough mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix to prepend, "" for none.
+    pub prefix: String,
+}
+
+impl Upstream {
+    /// Parses `http://host[:port][/prefix]` or `https://...`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            bail!("--upstream {url:?}: must start with http:// or https://");
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--upstream {url:?}: bad port {p:?}"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    port,
+                )
+            }
+            _ => (
+                authority
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                if tls { 443 } else { 80 },
+            ),
+        };
+        if host.is_empty() {
+            bail!("--upstream {url:?}: no host");
+        }
+        Ok(Upstream {
+            tls,
+            host,
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// Settings for one bootstrap.
+pub struct Settings<'a> {
+    pub port: u16,
+    pub admin_port: u16,
+    pub wasm: &'a str,
+    pub plugin_config: &'a str,
+    /// `None`: OpenAI paths → api.openai.com, Anthropic → api.anthropic.com.
+    pub upstream: Option<&'a Upstream>,
+    pub max_body_bytes: u64,
+}
+
+fn cluster(name: &str, up: &Upstream) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": up.host, "port_value": up.port}}}}]}]
+        }
+    });
+    if up.tls {
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": up.host,
+                "common_tls_context": {
+                    "validation_context": {"trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}
+                }
+            }
+        });
+    }
+    c
+}
+
+fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
+    let mut action = json!({"cluster": cluster, "timeout": "600s", "auto_host_rewrite": true});
+    if !up.prefix.is_empty() {
+        action["prefix_rewrite"] = json!(format!("{}{}", up.prefix, prefix));
+    }
+    json!({"match": {"prefix": prefix}, "route": action})
+}
+
+/// The Understudy HTTP filters, in the order that is safe everywhere: wasm, then buffer, then router.
+pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Value {
+    json!([
+        {
+            "name": "understudy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "understudy",
+                    "root_id": "understudy",
+                    "failure_policy": "FAIL_CLOSED",
+                    "vm_config": {
+                        "vm_id": "understudy",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm}}
+                    },
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config}
+                }
+            }
+        },
+        {
+            // Holds headers and body back from the router until understudy has decided.
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": max_body_bytes
+            }
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    ])
+}
+
+/// The whole bootstrap as JSON (which Envoy reads as YAML).
+pub fn bootstrap(s: &Settings) -> Value {
+    let (routes, clusters) = match s.upstream {
+        Some(up) => (
+            vec![route("/", "upstream", up)],
+            vec![cluster("upstream", up)],
+        ),
+        None => {
+            let openai = Upstream {
+                tls: true,
+                host: "api.openai.com".into(),
+                port: 443,
+                prefix: String::new(),
+            };
+            let anthropic = Upstream {
+                tls: true,
+                host: "api.anthropic.com".into(),
+                port: 443,
+                prefix: String::new(),
+            };
+            (
+                vec![
+                    route("/v1/messages", "anthropic", &anthropic),
+                    route("/", "openai", &openai),
+                ],
+                vec![cluster("openai", &openai), cluster("anthropic", &anthropic)],
+            )
+        }
+    };
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "understudy",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": s.port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "understudy",
+                        "codec_type": "AUTO",
+                        "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
+                        "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_parse() {
+        assert_eq!(
+            Upstream::parse("https://api.openai.com").unwrap(),
+            Upstream {
+                tls: true,
+                host: "api.openai.com".into(),
+                port: 443,
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            Upstream::parse("http://127.0.0.1:8080/gw/").unwrap(),
+            Upstream {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8080,
+                prefix: "/gw".into()
+            }
+        );
+        assert_eq!(Upstream::parse("http://[::1]:9000").unwrap().host, "::1");
+        assert!(Upstream::parse("ftp://x").is_err());
+        assert!(Upstream::parse("http://h:notaport").is_err());
+    }
+
+    #[test]
+    fn filter_order_is_wasm_buffer_router() {
+        let f = http_filters("/x.wasm", "{}", 10);
+        let names: Vec<&str> = f
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "understudy",
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.router"
+            ]
+        );
+    }
+
+    #[test]
+    fn https_upstreams_get_tls_with_sni() {
+        let up = Upstream::parse("https://llm.example.com:8443").unwrap();
+        let c = cluster("upstream", &up);
+        assert_eq!(
+            c["transport_socket"]["typed_config"]["sni"],
+            "llm.example.com"
+        );
+        assert!(cluster("u", &Upstream::parse("http://h").unwrap())
+            .get("transport_socket")
+            .is_none());
+    }
+}

@@ -1,0 +1,332 @@
+//! The per-request state machine: classify on headers, buffer, decide once at end of body, act.
+
+use std::rc::Rc;
+
+use understudy_matcher::{classify, Decision, Outcome, Route, Runtime};
+
+use crate::host::{Counter, Host};
+
+/// What the filter tells Envoy after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Let the request (or response) continue down the chain.
+    Continue,
+    /// Hold it (keep buffering, or a local reply was sent).
+    Pause,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Before request headers.
+    Start,
+    /// Not an LLM call: untouched.
+    Untouched,
+    /// An LLM call whose body is still arriving.
+    Buffering(Route),
+    /// Forwarded upstream after the decision.
+    Forwarded,
+    /// Answered locally.
+    Answered,
+}
+
+/// One HTTP stream's state.
+pub struct Flow {
+    runtime: Rc<Runtime>,
+    state: State,
+}
+
+impl Flow {
+    /// A new stream using the shared runtime.
+    pub fn new(runtime: Rc<Runtime>) -> Self {
+        Flow {
+            runtime,
+            state: State::Start,
+        }
+    }
+
+    /// Request headers arrived.
+    pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Next {
+        let method = host.request_header(":method").unwrap_or_default();
+        let path = host.request_header(":path").unwrap_or_default();
+        let Some(route) = classify(&method, &path) else {
+            self.state = State::Untouched;
+            return Next::Continue;
+        };
+        if end_of_stream {
+            return self.finish(host, &route, &[]);
+        }
+        self.state = State::Buffering(route);
+        // Continue, not Pause: Envoy would turn a header Pause into StopAllIteration and never deliver the
+        // body (unless allow_on_headers_stop_iteration, which Istio can't set). The buffer filter after us
+        // holds the headers back from the router until we decide.
+        Next::Continue
+    }
+
+    /// A request body chunk arrived; `body_size` is the total buffered so far.
+    pub fn on_request_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Next {
+        let State::Buffering(route) = &self.state else {
+            return match self.state {
+                State::Answered => Next::Pause,
+                _ => Next::Continue,
+            };
+        };
+        if !end_of_stream {
+            return Next::Pause;
+        }
+        let route = route.clone();
+        let body = host.request_body(body_size).unwrap_or_default();
+        self.finish(host, &route, &body)
+    }
+
+    /// Request trailers arrived: the body is complete.
+    pub fn on_request_trailers(&mut self, host: &dyn Host, body_size: usize) -> Next {
+        if matches!(self.state, State::Buffering(_)) {
+            return self.on_request_body(host, body_size, true);
+        }
+        Next::Continue
+    }
+
+    /// Upstream response headers arrived.
+    pub fn on_response_headers(&mut self, host: &dyn Host) -> Next {
+        match self.state {
+            State::Forwarded => host.set_response_header("x-understudy", "passthrough"),
+            State::Buffering(_) => {
+                self.report_misconfigured(host);
+                host.set_response_header("x-understudy", "misconfigured");
+            }
+            _ => {}
+        }
+        Next::Continue
+    }
+
+    fn report_misconfigured(&self, host: &dyn Host) {
+        host.increment(Counter::Misconfigured);
+        host.log_error(
+            "understudy: MISCONFIGURED: the router started before Understudy decided; the request reached the upstream. \
+             Put an envoy.filters.http.buffer filter after the understudy wasm filter and before the router.",
+        );
+    }
+
+    fn finish(&mut self, host: &dyn Host, route: &Route, body: &[u8]) -> Next {
+        if host.upstream_started() {
+            self.report_misconfigured(host);
+        }
+        host.increment(Counter::Requests);
+        let decision = self.runtime.decide(route, body);
+        let outcome = match &decision {
+            Decision::Respond(r) => r.outcome,
+            Decision::Forward(o) => *o,
+        };
+        host.increment(match outcome {
+            Outcome::Hit => Counter::Hits,
+            Outcome::Miss => Counter::Misses,
+            Outcome::BadRequest => Counter::BadRequests,
+        });
+        match decision {
+            Decision::Respond(r) => {
+                host.send_response(r.status, &r.headers, &r.body);
+                self.state = State::Answered;
+                Next::Pause
+            }
+            Decision::Forward(_) => {
+                host.increment(Counter::Passthroughs);
+                self.state = State::Forwarded;
+                Next::Continue
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use understudy_matcher::{
+        Bundle, BundledAsset, NormalizationConfig, Normalizer, OnMiss, PluginConfig,
+    };
+
+    #[derive(Default)]
+    struct FakeHost {
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        upstream_started: bool,
+        sent: RefCell<Option<(u16, Vec<(String, String)>, Vec<u8>)>>,
+        response_headers: RefCell<Vec<(String, String)>>,
+        counters: RefCell<Vec<Counter>>,
+        errors: RefCell<Vec<String>>,
+    }
+
+    impl Host for FakeHost {
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+        fn request_body(&self, len: usize) -> Option<Vec<u8>> {
+            Some(self.body[..len.min(self.body.len())].to_vec())
+        }
+        fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
+            *self.sent.borrow_mut() = Some((status, headers.to_vec(), body.to_vec()));
+        }
+        fn set_response_header(&self, name: &str, value: &str) {
+            self.response_headers
+                .borrow_mut()
+                .push((name.into(), value.into()));
+        }
+        fn upstream_started(&self) -> bool {
+            self.upstream_started
+        }
+        fn increment(&self, counter: Counter) {
+            self.counters.borrow_mut().push(counter);
+        }
+        fn log_error(&self, message: &str) {
+            self.errors.borrow_mut().push(message.into());
+        }
+    }
+
+    const REQ: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+    fn runtime(on_miss: OnMiss) -> Rc<Runtime> {
+        let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let (key, _) = Normalizer::compile(&NormalizationConfig::default())
+            .unwrap()
+            .key(&route, REQ.as_bytes())
+            .unwrap();
+        let asset = BundledAsset {
+            key,
+            source: "t.json#0".into(),
+            name: Some("hi".into()),
+            request: serde_json::from_value(
+                serde_json::json!({"path": "/v1/chat/completions", "body": body}),
+            )
+            .unwrap(),
+            response: serde_json::from_value(
+                serde_json::json!({"body": {"id": "x", "choices": []}}),
+            )
+            .unwrap(),
+        };
+        let cfg = PluginConfig {
+            on_miss,
+            normalization: NormalizationConfig::default(),
+            bundle: Bundle {
+                format: understudy_matcher::BUNDLE_FORMAT.into(),
+                assets: vec![asset],
+            },
+        };
+        Rc::new(Runtime::compile(cfg).unwrap())
+    }
+
+    fn host(path: &str, body: &str) -> FakeHost {
+        FakeHost {
+            headers: vec![
+                (":method".into(), "POST".into()),
+                (":path".into(), path.into()),
+            ],
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hit_buffers_then_answers_locally() {
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        assert_eq!(f.on_request_headers(&h, false), Next::Continue);
+        assert_eq!(f.on_request_body(&h, 10, false), Next::Pause);
+        assert!(
+            h.sent.borrow().is_none(),
+            "must not decide before end of stream"
+        );
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        let (status, headers, body) = h.sent.borrow().clone().unwrap();
+        assert_eq!(status, 200);
+        assert!(headers.contains(&("x-understudy".into(), "hit".into())));
+        assert_eq!(body, br#"{"choices":[],"id":"x"}"#.to_vec());
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Hits]);
+    }
+
+    #[test]
+    fn strict_miss_answers_404_and_passthrough_forwards() {
+        let other = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"bye"}]}"#;
+        let h = host("/v1/chat/completions", other);
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, other.len(), true), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 404);
+
+        let h = host("/v1/chat/completions", other);
+        let mut f = Flow::new(runtime(OnMiss::Passthrough));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
+        assert!(h.sent.borrow().is_none());
+        f.on_response_headers(&h);
+        assert_eq!(
+            *h.response_headers.borrow(),
+            vec![("x-understudy".to_string(), "passthrough".to_string())]
+        );
+        assert_eq!(
+            *h.counters.borrow(),
+            vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]
+        );
+    }
+
+    #[test]
+    fn malformed_and_bodyless_requests_get_400() {
+        let h = host("/v1/chat/completions", "{not json");
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        f.on_request_body(&h, 9, true);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 400);
+
+        let h = host("/v1/chat/completions", "");
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        assert_eq!(f.on_request_headers(&h, true), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 400);
+        assert_eq!(
+            *h.counters.borrow(),
+            vec![Counter::Requests, Counter::BadRequests]
+        );
+    }
+
+    #[test]
+    fn non_llm_requests_are_untouched() {
+        let h = host("/v1/models", "");
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        assert_eq!(f.on_request_headers(&h, false), Next::Continue);
+        assert_eq!(f.on_request_body(&h, 0, true), Next::Continue);
+        f.on_response_headers(&h);
+        assert!(h.sent.borrow().is_none());
+        assert!(h.counters.borrow().is_empty());
+        assert!(h.response_headers.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_missing_buffer_filter_is_reported() {
+        let mut h = host("/v1/chat/completions", REQ);
+        h.upstream_started = true;
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        f.on_request_body(&h, REQ.len(), true);
+        assert!(h.counters.borrow().contains(&Counter::Misconfigured));
+        assert!(h.errors.borrow()[0].contains("MISCONFIGURED"));
+
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        f.on_response_headers(&h);
+        assert_eq!(*h.counters.borrow(), vec![Counter::Misconfigured]);
+    }
+}

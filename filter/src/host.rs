@@ -1,0 +1,60 @@
+//! The only interface between the request state machine and Envoy.
+
+/// Counters the filter exports as Envoy stats (`understudy.<name>`; `understudy_<name>` in Prometheus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// LLM requests seen (hits + misses + bad requests).
+    Requests,
+    /// Answered from an asset.
+    Hits,
+    /// No asset matched (answered 404 or forwarded).
+    Misses,
+    /// Body could not be parsed (answered 400 or forwarded).
+    BadRequests,
+    /// Forwarded to the live upstream.
+    Passthroughs,
+    /// The router started before the decision: the buffer filter is missing.
+    Misconfigured,
+}
+
+impl Counter {
+    /// Every counter, in definition order.
+    pub const ALL: [Counter; 6] = [
+        Counter::Requests,
+        Counter::Hits,
+        Counter::Misses,
+        Counter::BadRequests,
+        Counter::Passthroughs,
+        Counter::Misconfigured,
+    ];
+
+    /// Stat name as Envoy shows it.
+    pub fn stat_name(self) -> &'static str {
+        match self {
+            Counter::Requests => "understudy.requests",
+            Counter::Hits => "understudy.hits",
+            Counter::Misses => "understudy.misses",
+            Counter::BadRequests => "understudy.bad_requests",
+            Counter::Passthroughs => "understudy.passthroughs",
+            Counter::Misconfigured => "understudy.misconfigured",
+        }
+    }
+}
+
+/// Host calls the per-request state machine needs. Implemented over proxy-wasm in the plugin, faked in tests.
+pub trait Host {
+    /// A request header (pseudo-headers like `:path` included).
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// The buffered request body, `len` bytes from the start.
+    fn request_body(&self, len: usize) -> Option<Vec<u8>>;
+    /// Sends a local reply; the request never reaches the router.
+    fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]);
+    /// Sets a header on the upstream's response.
+    fn set_response_header(&self, name: &str, value: &str);
+    /// Has the router already picked an upstream host for this stream?
+    fn upstream_started(&self) -> bool;
+    /// Adds one to a counter.
+    fn increment(&self, counter: Counter);
+    /// Logs at error level (never request data beyond method and path).
+    fn log_error(&self, message: &str);
+}

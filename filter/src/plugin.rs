@@ -1,0 +1,202 @@
+//! proxy-wasm glue: root context (config load, metrics) and HTTP contexts wrapping [`Flow`].
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use understudy_matcher::Runtime;
+
+use crate::flow::{Flow, Next};
+use crate::host::{Counter, Host};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { runtime: None, metrics: Rc::new([0; 6]) }) });
+}}
+
+struct Root {
+    runtime: Option<Rc<Runtime>>,
+    metrics: Rc<[u32; 6]>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let mut ids = [0u32; 6];
+        for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
+            match hostcalls::define_metric(MetricType::Counter, c.stat_name()) {
+                Ok(id) => *slot = id,
+                Err(e) => {
+                    log(
+                        LogLevel::Critical,
+                        &format!("understudy: cannot define metric {}: {e:?}", c.stat_name()),
+                    );
+                    return false;
+                }
+            }
+        }
+        self.metrics = Rc::new(ids);
+        let Some(bytes) = self.get_plugin_configuration() else {
+            log(LogLevel::Critical, "understudy: no plugin configuration; it must carry the asset bundle (see `understudy bundle`)");
+            return false;
+        };
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("understudy: plugin configuration is not UTF-8: {e}"),
+                );
+                return false;
+            }
+        };
+        match Runtime::from_json(text) {
+            Ok(rt) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "understudy: loaded {} assets, on_miss={:?}",
+                        rt.asset_count(),
+                        rt.on_miss()
+                    ),
+                );
+                self.runtime = Some(Rc::new(rt));
+                true
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Critical,
+                    &format!("understudy: invalid plugin configuration: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let runtime = self.runtime.clone()?;
+        Some(Box::new(Http {
+            flow: Flow::new(runtime),
+            host: ProxyHost {
+                metrics: self.metrics.clone(),
+            },
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    flow: Flow,
+    host: ProxyHost,
+}
+
+impl Context for Http {}
+
+fn action(n: Next) -> Action {
+    match n {
+        Next::Continue => Action::Continue,
+        Next::Pause => Action::Pause,
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        action(self.flow.on_request_headers(&self.host, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.flow
+                .on_request_body(&self.host, body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        action(
+            self.flow
+                .on_request_trailers(&self.host, self.host.body_size()),
+        )
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
+        action(self.flow.on_response_headers(&self.host))
+    }
+}
+
+fn log(level: LogLevel, msg: &str) {
+    let _ = hostcalls::log(level, msg);
+}
+
+struct ProxyHost {
+    metrics: Rc<[u32; 6]>,
+}
+
+impl ProxyHost {
+    /// Size of the buffered request body (trailers carry no size).
+    fn body_size(&self) -> usize {
+        hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::HttpRequestBody,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .map(|b| b.len())
+        .unwrap_or(0)
+    }
+}
+
+impl Host for ProxyHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn request_body(&self, len: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, len)
+            .ok()
+            .flatten()
+    }
+
+    fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
+        let hs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if let Err(e) = hostcalls::send_http_response(u32::from(status), hs, Some(body)) {
+            log(
+                LogLevel::Error,
+                &format!("understudy: send_http_response failed: {e:?}"),
+            );
+        }
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(
+            proxy_wasm::types::MapType::HttpResponseHeaders,
+            name,
+            Some(value),
+        );
+    }
+
+    fn upstream_started(&self) -> bool {
+        matches!(hostcalls::get_property(vec!["upstream", "address"]), Ok(Some(ref v)) if !v.is_empty())
+    }
+
+    fn increment(&self, counter: Counter) {
+        let idx = Counter::ALL.iter().position(|c| *c == counter).unwrap_or(0);
+        if let Some(id) = self.metrics.get(idx) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn log_error(&self, message: &str) {
+        log(LogLevel::Error, message);
+    }
+}
