@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use understudy_matcher::{
-    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation,
-    BUNDLE_FORMAT,
+    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation, BUNDLE_FORMAT,
 };
 
 /// A built bundle plus what the bundler noticed.
@@ -19,8 +18,8 @@ pub struct Built {
 /// Every `*.json` file under `dir`, recursively, in a stable order.
 pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read assets directory {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("cannot read assets directory {}", dir.display()))?;
         for e in entries {
             let path = e?.path();
             if path.is_dir() {
@@ -48,8 +47,7 @@ pub fn load_normalization(path: Option<&Path>) -> Result<NormalizationConfig> {
     let Some(p) = path else {
         return Ok(NormalizationConfig::default());
     };
-    let text =
-        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
     Ok(understudy_matcher::asset::from_str_strict(
         &text,
         &p.display().to_string(),
@@ -117,17 +115,11 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
 pub fn report(b: &Built) -> String {
     let mut s = format!("{} assets from {} files", b.bundle.assets.len(), b.files);
     if !b.counts.is_empty() {
-        let parts: Vec<String> = b
-            .counts
-            .iter()
-            .map(|(op, n)| format!("{op}: {n}"))
-            .collect();
+        let parts: Vec<String> = b.counts.iter().map(|(op, n)| format!("{op}: {n}")).collect();
         s.push_str(&format!(" ({})", parts.join(", ")));
     }
     for (kept, dup) in &b.duplicates {
-        s.push_str(&format!(
-            "\nduplicate: {dup} is identical to {kept}; kept {kept}"
-        ));
+        s.push_str(&format!("\nduplicate: {dup} is identical to {kept}; kept {kept}"));
     }
     s
 }

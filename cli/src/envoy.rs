@@ -32,16 +32,10 @@ impl Upstream {
                 let port: u16 = p
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--upstream {url:?}: bad port {p:?}"))?;
-                (
-                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                    port,
-                )
+                (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
             }
             _ => (
-                authority
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string(),
+                authority.trim_start_matches('[').trim_end_matches(']').to_string(),
                 if tls { 443 } else { 80 },
             ),
         };
@@ -80,7 +74,7 @@ fn cluster(name: &str, up: &Upstream) -> Value {
         }
     });
     if up.tls {
-        c["transport_socket"] = json!({
+        let tls = json!({
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -90,6 +84,9 @@ fn cluster(name: &str, up: &Upstream) -> Value {
                 }
             }
         });
+        if let Some(m) = c.as_object_mut() {
+            m.insert("transport_socket".into(), tls);
+        }
     }
     c
 }
@@ -97,7 +94,9 @@ fn cluster(name: &str, up: &Upstream) -> Value {
 fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
     let mut action = json!({"cluster": cluster, "timeout": "600s", "auto_host_rewrite": true});
     if !up.prefix.is_empty() {
-        action["prefix_rewrite"] = json!(format!("{}{}", up.prefix, prefix));
+        if let Some(m) = action.as_object_mut() {
+            m.insert("prefix_rewrite".into(), json!(format!("{}{}", up.prefix, prefix)));
+        }
     }
     json!({"match": {"prefix": prefix}, "route": action})
 }
@@ -137,10 +136,7 @@ pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Val
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = match s.upstream {
-        Some(up) => (
-            vec![route("/", "upstream", up)],
-            vec![cluster("upstream", up)],
-        ),
+        Some(up) => (vec![route("/", "upstream", up)], vec![cluster("upstream", up)]),
         None => {
             let openai = Upstream {
                 tls: true,
@@ -226,11 +222,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                "understudy",
-                "envoy.filters.http.buffer",
-                "envoy.filters.http.router"
-            ]
+            ["understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]
         );
     }
 
@@ -238,10 +230,7 @@ mod tests {
     fn https_upstreams_get_tls_with_sni() {
         let up = Upstream::parse("https://llm.example.com:8443").unwrap();
         let c = cluster("upstream", &up);
-        assert_eq!(
-            c["transport_socket"]["typed_config"]["sni"],
-            "llm.example.com"
-        );
+        assert_eq!(c["transport_socket"]["typed_config"]["sni"], "llm.example.com");
         assert!(cluster("u", &Upstream::parse("http://h").unwrap())
             .get("transport_socket")
             .is_none());

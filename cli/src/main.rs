@@ -133,10 +133,7 @@ fn key(file: &str, path: Option<&str>, method: &str, normalization: Option<&Path
             .key(&route, &body)
             .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         if many {
-            println!(
-                "{k}  {label}{}",
-                a.name.map(|n| format!(" {n:?}")).unwrap_or_default()
-            );
+            println!("{k}  {label}{}", a.name.map(|n| format!(" {n:?}")).unwrap_or_default());
         } else {
             println!("{k}");
         }

@@ -83,10 +83,7 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 
 pub fn run(a: UpArgs) -> Result<()> {
     let root = project_root();
-    let assets = a
-        .assets
-        .clone()
-        .unwrap_or_else(|| root.join("examples/assets"));
+    let assets = a.assets.clone().unwrap_or_else(|| root.join("examples/assets"));
     let wasm = a
         .wasm
         .clone()
@@ -182,11 +179,7 @@ pub fn run(a: UpArgs) -> Result<()> {
 }
 
 /// Waits for the admin address and a live listener; returns (admin address, listener port).
-fn wait_ready(
-    child: &mut Child,
-    admin_file: &Path,
-    stop: &AtomicBool,
-) -> Result<Option<(String, u16)>> {
+fn wait_ready(child: &mut Child, admin_file: &Path, stop: &AtomicBool) -> Result<Option<(String, u16)>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -200,10 +193,8 @@ fn wait_ready(
         }
         if let Ok(admin) = std::fs::read_to_string(admin_file) {
             let admin = admin.trim().to_string();
-            if let (Ok(ready), Ok(listeners)) = (
-                http_get(&admin, "/ready"),
-                http_get(&admin, "/listeners?format=json"),
-            ) {
+            if let (Ok(ready), Ok(listeners)) = (http_get(&admin, "/ready"), http_get(&admin, "/listeners?format=json"))
+            {
                 if ready.trim() == "LIVE" {
                     if let Some(port) = listener_port(&listeners) {
                         return Ok(Some((admin, port)));
@@ -234,20 +225,14 @@ fn listener_port(json: &str) -> Option<u16> {
 fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         bail!("admin {path}: {}", head.lines().next().unwrap_or_default());
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         return Ok(dechunk(body));
     }
     Ok(body.to_string())

@@ -63,12 +63,7 @@ impl Flow {
     }
 
     /// A request body chunk arrived; `body_size` is the total buffered so far.
-    pub fn on_request_body(
-        &mut self,
-        host: &dyn Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Next {
+    pub fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Next {
         let State::Buffering(route) = &self.state else {
             return match self.state {
                 State::Answered => Next::Pause,
@@ -143,25 +138,20 @@ impl Flow {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
-    use understudy_matcher::{
-        Bundle, BundledAsset, NormalizationConfig, Normalizer, OnMiss, PluginConfig,
-    };
+    use understudy_matcher::{Bundle, BundledAsset, NormalizationConfig, Normalizer, OnMiss, PluginConfig};
+
+    type Sent = (u16, Vec<(String, String)>, Vec<u8>);
 
     #[derive(Default)]
     struct FakeHost {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
         upstream_started: bool,
-        sent: RefCell<Option<(u16, Vec<(String, String)>, Vec<u8>)>>,
+        sent: RefCell<Option<Sent>>,
         response_headers: RefCell<Vec<(String, String)>>,
         counters: RefCell<Vec<Counter>>,
         errors: RefCell<Vec<String>>,
@@ -169,10 +159,7 @@ mod tests {
 
     impl Host for FakeHost {
         fn request_header(&self, name: &str) -> Option<String> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+            self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         }
         fn request_body(&self, len: usize) -> Option<Vec<u8>> {
             Some(self.body[..len.min(self.body.len())].to_vec())
@@ -181,9 +168,7 @@ mod tests {
             *self.sent.borrow_mut() = Some((status, headers.to_vec(), body.to_vec()));
         }
         fn set_response_header(&self, name: &str, value: &str) {
-            self.response_headers
-                .borrow_mut()
-                .push((name.into(), value.into()));
+            self.response_headers.borrow_mut().push((name.into(), value.into()));
         }
         fn upstream_started(&self) -> bool {
             self.upstream_started
@@ -209,14 +194,8 @@ mod tests {
             key,
             source: "t.json#0".into(),
             name: Some("hi".into()),
-            request: serde_json::from_value(
-                serde_json::json!({"path": "/v1/chat/completions", "body": body}),
-            )
-            .unwrap(),
-            response: serde_json::from_value(
-                serde_json::json!({"body": {"id": "x", "choices": []}}),
-            )
-            .unwrap(),
+            request: serde_json::from_value(serde_json::json!({"path": "/v1/chat/completions", "body": body})).unwrap(),
+            response: serde_json::from_value(serde_json::json!({"body": {"id": "x", "choices": []}})).unwrap(),
         };
         let cfg = PluginConfig {
             on_miss,
@@ -231,10 +210,7 @@ mod tests {
 
     fn host(path: &str, body: &str) -> FakeHost {
         FakeHost {
-            headers: vec![
-                (":method".into(), "POST".into()),
-                (":path".into(), path.into()),
-            ],
+            headers: vec![(":method".into(), "POST".into()), (":path".into(), path.into())],
             body: body.as_bytes().to_vec(),
             ..Default::default()
         }
@@ -246,10 +222,7 @@ mod tests {
         let mut f = Flow::new(runtime(OnMiss::Error));
         assert_eq!(f.on_request_headers(&h, false), Next::Continue);
         assert_eq!(f.on_request_body(&h, 10, false), Next::Pause);
-        assert!(
-            h.sent.borrow().is_none(),
-            "must not decide before end of stream"
-        );
+        assert!(h.sent.borrow().is_none(), "must not decide before end of stream");
         assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
         let (status, headers, body) = h.sent.borrow().clone().unwrap();
         assert_eq!(status, 200);
@@ -295,10 +268,7 @@ mod tests {
         let mut f = Flow::new(runtime(OnMiss::Error));
         assert_eq!(f.on_request_headers(&h, true), Next::Pause);
         assert_eq!(h.sent.borrow().as_ref().unwrap().0, 400);
-        assert_eq!(
-            *h.counters.borrow(),
-            vec![Counter::Requests, Counter::BadRequests]
-        );
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::BadRequests]);
     }
 
     #[test]

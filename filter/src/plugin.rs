@@ -39,7 +39,10 @@ impl RootContext for Root {
         }
         self.metrics = Rc::new(ids);
         let Some(bytes) = self.get_plugin_configuration() else {
-            log(LogLevel::Critical, "understudy: no plugin configuration; it must carry the asset bundle (see `understudy bundle`)");
+            log(
+                LogLevel::Critical,
+                "understudy: no plugin configuration; it must carry the asset bundle (see `understudy bundle`)",
+            );
             return false;
         };
         let text = match std::str::from_utf8(&bytes) {
@@ -110,17 +113,11 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.flow
-                .on_request_body(&self.host, body_size, end_of_stream),
-        )
+        action(self.flow.on_request_body(&self.host, body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        action(
-            self.flow
-                .on_request_trailers(&self.host, self.host.body_size()),
-        )
+        action(self.flow.on_request_trailers(&self.host, self.host.body_size()))
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
@@ -139,15 +136,11 @@ struct ProxyHost {
 impl ProxyHost {
     /// Size of the buffered request body (trailers carry no size).
     fn body_size(&self) -> usize {
-        hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::HttpRequestBody,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .map(|b| b.len())
-        .unwrap_or(0)
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .map(|b| b.len())
+            .unwrap_or(0)
     }
 }
 
@@ -165,10 +158,7 @@ impl Host for ProxyHost {
     }
 
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
-        let hs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         if let Err(e) = hostcalls::send_http_response(u32::from(status), hs, Some(body)) {
             log(
                 LogLevel::Error,
@@ -178,11 +168,7 @@ impl Host for ProxyHost {
     }
 
     fn set_response_header(&self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(
-            proxy_wasm::types::MapType::HttpResponseHeaders,
-            name,
-            Some(value),
-        );
+        let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, name, Some(value));
     }
 
     fn upstream_started(&self) -> bool {

@@ -104,10 +104,7 @@ impl BundledAsset {
 }
 
 /// Deserializes `T` strictly, reporting the path of the offending field.
-pub fn from_str_strict<T: serde::de::DeserializeOwned>(
-    text: &str,
-    source_name: &str,
-) -> Result<T, ConfigError> {
+pub fn from_str_strict<T: serde::de::DeserializeOwned>(text: &str, source_name: &str) -> Result<T, ConfigError> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let res: Result<T, _> = serde_path_to_error::deserialize(de);
     match res {
@@ -115,8 +112,7 @@ pub fn from_str_strict<T: serde::de::DeserializeOwned>(
             // Reject trailing garbage after the document.
             let mut de = serde_json::Deserializer::from_str(text);
             let _ = serde::de::IgnoredAny::deserialize(&mut de);
-            de.end()
-                .map_err(|e| parse_err(source_name, ".", e.to_string()))?;
+            de.end().map_err(|e| parse_err(source_name, ".", e.to_string()))?;
             Ok(v)
         }
         Err(e) => {
@@ -135,10 +131,7 @@ fn parse_err(source_name: &str, field: &str, reason: String) -> ConfigError {
 }
 
 /// Parses one asset file (an object or an array of objects). Each asset gets a `file#index` source label.
-pub fn parse_asset_file(
-    text: &str,
-    source_name: &str,
-) -> Result<Vec<(String, Asset)>, ConfigError> {
+pub fn parse_asset_file(text: &str, source_name: &str) -> Result<Vec<(String, Asset)>, ConfigError> {
     let doc: Value = from_str_strict(text, source_name)?;
     let items: Vec<(String, Value)> = match doc {
         Value::Array(items) => items
@@ -183,16 +176,8 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
         return Err(err("request.body: must be a JSON object".into()));
     }
     match (&a.response.body, &a.response.body_text) {
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "response: has both `body` and `body_text`; keep one".into()
-            ))
-        }
-        (None, None) => {
-            return Err(err(
-                "response: needs `body` (JSON) or `body_text` (string)".into()
-            ))
-        }
+        (Some(_), Some(_)) => return Err(err("response: has both `body` and `body_text`; keep one".into())),
+        (None, None) => return Err(err("response: needs `body` (JSON) or `body_text` (string)".into())),
         _ => {}
     }
     if !(100..=599).contains(&a.response.status) {
@@ -201,11 +186,20 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
             a.response.status
         )));
     }
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in a.response.headers.iter().flatten() {
-        if value.chars().any(|c| c.is_control() && c != '\t') {
+        if !seen.insert(name.to_ascii_lowercase()) {
             return Err(err(format!(
-                "response.headers.{name}: value holds control characters"
+                "response.headers: {name:?} appears twice (header names are case-insensitive)"
             )));
+        }
+        if crate::render::is_understudy_header(name) {
+            return Err(err(format!(
+                "response.headers.{name}: x-understudy headers are set by Understudy itself"
+            )));
+        }
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(err(format!("response.headers.{name}: value holds control characters")));
         }
         if crate::render::is_secret_header(name) {
             return Err(err(format!(
@@ -213,9 +207,7 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
             )));
         }
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            return Err(err(format!(
-                "response.headers: {name:?} is not a valid header name"
-            )));
+            return Err(err(format!("response.headers: {name:?} is not a valid header name")));
         }
     }
     Ok(())

@@ -82,10 +82,7 @@ pub fn canonical_number(lit: &str) -> String {
         None => (false, lit.strip_prefix('+').unwrap_or(lit)),
     };
     let (mantissa, exp_part) = match rest.find(['e', 'E']) {
-        Some(i) => (
-            rest.get(..i).unwrap_or_default(),
-            rest.get(i + 1..).unwrap_or_default(),
-        ),
+        Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i + 1..).unwrap_or_default()),
         None => (rest, ""),
     };
     let (int_part, frac_part) = match mantissa.find('.') {
@@ -95,11 +92,7 @@ pub fn canonical_number(lit: &str) -> String {
         ),
         None => (mantissa, ""),
     };
-    if !int_part
-        .bytes()
-        .chain(frac_part.bytes())
-        .all(|b| b.is_ascii_digit())
-    {
+    if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
         // Not a number literal (cannot come from a parsed JSON document); keep it verbatim.
         return lit.to_string();
     }
@@ -151,9 +144,7 @@ fn parse_exp(s: &str) -> i64 {
     // Saturate absurd exponents instead of overflowing; such numbers are only compared, never computed.
     let mut v: i64 = 0;
     for b in digits.bytes() {
-        v = v
-            .saturating_mul(10)
-            .saturating_add(i64::from(b.wrapping_sub(b'0')));
+        v = v.saturating_mul(10).saturating_add(i64::from(b.wrapping_sub(b'0')));
     }
     v = v.min(i64::MAX / 4);
     if neg {
@@ -164,6 +155,7 @@ fn parse_exp(s: &str) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -175,10 +167,7 @@ mod tests {
             &["0", "-0", "0.0", "0e10", "-0.0e-5"],
             &["100", "1e2", "1.00e2", "1000e-1"],
             &["-2.5", "-25e-1", "-0.25E1"],
-            &[
-                "123456789012345678901234567890",
-                "1.2345678901234567890123456789e29",
-            ],
+            &["123456789012345678901234567890", "1.2345678901234567890123456789e29"],
         ];
         for g in groups {
             let want = canonical_number(g[0]);
@@ -221,15 +210,9 @@ mod tests {
 
     #[test]
     fn objects_are_sorted_and_strings_escaped_one_way() {
-        let a: Value =
-            serde_json::from_str(r#"{"b": [1.0, "\u00e9\n"], "a": {"y": true, "x": null}}"#)
-                .unwrap();
-        let b: Value =
-            serde_json::from_str("{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\u000a\"]}").unwrap();
+        let a: Value = serde_json::from_str(r#"{"b": [1.0, "\u00e9\n"], "a": {"y": true, "x": null}}"#).unwrap();
+        let b: Value = serde_json::from_str("{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\u000a\"]}").unwrap();
         assert_eq!(to_canonical(&a), to_canonical(&b));
-        assert_eq!(
-            to_canonical(&a),
-            "{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\n\"]}"
-        );
+        assert_eq!(to_canonical(&a), "{\"a\":{\"x\":null,\"y\":true},\"b\":[1,\"é\\n\"]}");
     }
 }

@@ -88,26 +88,22 @@ pub fn classify(method: &str, path: &str) -> Option<Route> {
     }
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (operation, op_len) = match segs.as_slice() {
-        [.., "chat", "completions"] => (Operation::ChatCompletions, 2),
-        [.., "v1", "messages"] => (Operation::Messages, 1),
-        [.., "completions"] => (Operation::Completions, 1),
-        [.., "embeddings"] => (Operation::Embeddings, 1),
-        [.., "responses"] => (Operation::Responses, 1),
+    // Azure OpenAI first: .../openai/deployments/{deployment}/<operation>, so a deployment named like an
+    // operation segment ("chat") can't be mistaken for one.
+    let azure = segs.windows(2).position(|w| w == ["openai", "deployments"]);
+    let (deployment, op_segs) = match azure.and_then(|i| segs.get(i + 2..)) {
+        Some([d, rest @ ..]) if !rest.is_empty() => (Some(percent_decode(d)), rest),
+        _ => (None, segs.as_slice()),
+    };
+    let operation = match op_segs {
+        [.., "chat", "completions"] => Operation::ChatCompletions,
+        [.., "v1", "messages"] if deployment.is_none() => Operation::Messages,
+        [.., "completions"] => Operation::Completions,
+        [.., "embeddings"] => Operation::Embeddings,
+        [.., "responses"] => Operation::Responses,
         _ => return None,
     };
-    // Azure OpenAI: .../openai/deployments/{deployment}/<operation>
-    let prefix = segs
-        .get(..segs.len().saturating_sub(op_len))
-        .unwrap_or_default();
-    let deployment = match prefix {
-        [.., "openai", "deployments", d] => Some(percent_decode(d)),
-        _ => None,
-    };
-    Some(Route {
-        operation,
-        deployment,
-    })
+    Some(Route { operation, deployment })
 }
 
 /// Minimal %XX decoding for deployment names; invalid sequences are kept verbatim.
@@ -117,9 +113,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
             if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
@@ -133,6 +127,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -141,10 +136,7 @@ mod tests {
         let cases = [
             ("/v1/chat/completions", Operation::ChatCompletions),
             ("/chat/completions", Operation::ChatCompletions),
-            (
-                "/api/proxy/openai/v1/chat/completions",
-                Operation::ChatCompletions,
-            ),
+            ("/api/proxy/openai/v1/chat/completions", Operation::ChatCompletions),
             ("/v1/completions", Operation::Completions),
             ("/v1/embeddings", Operation::Embeddings),
             ("/v1/responses", Operation::Responses),
@@ -167,6 +159,20 @@ mod tests {
         .unwrap();
         assert_eq!(r.operation, Operation::ChatCompletions);
         assert_eq!(r.deployment.as_deref(), Some("my-gpt"));
+    }
+
+    #[test]
+    fn azure_deployment_named_like_an_operation() {
+        let r = classify("POST", "/openai/deployments/chat/completions?api-version=2024-06-01").unwrap();
+        assert_eq!(
+            (r.operation, r.deployment.as_deref()),
+            (Operation::Completions, Some("chat"))
+        );
+        let r = classify("POST", "/openai/deployments/embeddings/embeddings").unwrap();
+        assert_eq!(
+            (r.operation, r.deployment.as_deref()),
+            (Operation::Embeddings, Some("embeddings"))
+        );
     }
 
     #[test]

@@ -86,12 +86,8 @@ impl Normalizer {
         }
         let mut scrubbers = Vec::with_capacity(cfg.scrubbers.len());
         for (i, s) in cfg.scrubbers.iter().enumerate() {
-            let re = Regex::new(&s.pattern).map_err(|e| {
-                ConfigError::invalid(
-                    format!("normalization.scrubbers[{i}].pattern"),
-                    e.to_string(),
-                )
-            })?;
+            let re = Regex::new(&s.pattern)
+                .map_err(|e| ConfigError::invalid(format!("normalization.scrubbers[{i}].pattern"), e.to_string()))?;
             if re.is_match("") {
                 return Err(ConfigError::invalid(
                     format!("normalization.scrubbers[{i}].pattern"),
@@ -108,9 +104,7 @@ impl Normalizer {
 
     /// Normalizes a parsed request body in place for `route`.
     pub fn normalize(&self, route: &Route, body: &mut Value) -> Result<(), crate::RequestError> {
-        let obj = body
-            .as_object_mut()
-            .ok_or(crate::RequestError::NotAnObject)?;
+        let obj = body.as_object_mut().ok_or(crate::RequestError::NotAnObject)?;
         if let Some(dep) = &route.deployment {
             // Azure: the deployment in the path is the model.
             obj.insert("model".to_string(), Value::String(dep.clone()));
@@ -263,8 +257,7 @@ pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
                 false
             }
             (Value::Number(p), Value::Number(q)) => {
-                crate::canonical::canonical_number(&p.to_string())
-                    != crate::canonical::canonical_number(&q.to_string())
+                crate::canonical::canonical_number(&p.to_string()) != crate::canonical::canonical_number(&q.to_string())
             }
             _ => a != b,
         }

@@ -36,6 +36,12 @@ pub fn is_dropped_header(name: &str) -> bool {
     is_secret_header(name)
         || HOP_BY_HOP.iter().any(|s| s.eq_ignore_ascii_case(name))
         || name.starts_with(':')
+        || is_understudy_header(name)
+}
+
+/// `x-understudy*` headers are Understudy's own; an asset can't set them.
+pub fn is_understudy_header(name: &str) -> bool {
+    name.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("x-understudy"))
 }
 
 /// An error body in the dialect's own shape, so SDKs raise their usual exception types.
@@ -116,11 +122,12 @@ fn floats_to_base64(xs: &[Value]) -> Option<Value> {
     let mut bytes = Vec::with_capacity(xs.len() * 4);
     for x in xs {
         let f = x.as_f64()? as f32;
+        if !f.is_finite() {
+            return None; // outside f32's range: keep the recorded floats rather than emit inf
+        }
         bytes.extend_from_slice(&f.to_le_bytes());
     }
-    Some(Value::String(
-        base64::engine::general_purpose::STANDARD.encode(bytes),
-    ))
+    Some(Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)))
 }
 
 fn base64_to_floats(s: &str) -> Option<Value> {
@@ -139,6 +146,7 @@ fn base64_to_floats(s: &str) -> Option<Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -148,15 +156,10 @@ mod tests {
         let orig = body.clone();
         assert!(convert_embeddings(&mut body, EmbeddingEncoding::Base64));
         let b64 = body["data"][0]["embedding"].as_str().unwrap().to_string();
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&b64)
-            .unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(&b64).unwrap();
         assert_eq!(raw.len(), 16);
         assert_eq!(f32::from_le_bytes(raw[4..8].try_into().unwrap()), -2.5);
-        assert_eq!(
-            embedding_encoding_of(&body),
-            Some(EmbeddingEncoding::Base64)
-        );
+        assert_eq!(embedding_encoding_of(&body), Some(EmbeddingEncoding::Base64));
         assert!(convert_embeddings(&mut body, EmbeddingEncoding::Float));
         let back: Vec<f64> = body["data"][0]["embedding"]
             .as_array()
@@ -176,6 +179,20 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_floats_are_not_turned_into_inf() {
+        let mut body = json!({"data": [{"embedding": [1e39]}]});
+        assert!(!convert_embeddings(&mut body, EmbeddingEncoding::Base64));
+        assert!(body["data"][0]["embedding"].is_array());
+    }
+
+    #[test]
+    fn own_headers_are_dropped_from_assets() {
+        assert!(is_dropped_header("X-Understudy"));
+        assert!(is_dropped_header("x-understudy-key"));
+        assert!(!is_dropped_header("x-request-id"));
+    }
+
+    #[test]
     fn bad_base64_is_reported_not_panicked() {
         let mut body = json!({"data": [{"embedding": "!!!"}]});
         assert!(!convert_embeddings(&mut body, EmbeddingEncoding::Float));
@@ -188,8 +205,7 @@ mod tests {
         let o: Value = serde_json::from_slice(&error_body(Dialect::OpenAi, 404, "m", "c")).unwrap();
         assert_eq!(o["error"]["message"], "m");
         assert_eq!(o["error"]["code"], "c");
-        let a: Value =
-            serde_json::from_slice(&error_body(Dialect::Anthropic, 400, "m", "c")).unwrap();
+        let a: Value = serde_json::from_slice(&error_body(Dialect::Anthropic, 400, "m", "c")).unwrap();
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "invalid_request_error");
     }

@@ -9,9 +9,7 @@ use crate::asset::{from_str_strict, validate_asset, Asset, Bundle, BundledAsset,
 use crate::dialect::{classify, Operation, Route};
 use crate::error::{ConfigError, RequestError};
 use crate::normalize::{difference_count, first_difference, NormalizationConfig, Normalizer};
-use crate::render::{
-    convert_embeddings, embedding_encoding_of, error_body, is_dropped_header, EmbeddingEncoding,
-};
+use crate::render::{convert_embeddings, embedding_encoding_of, error_body, is_dropped_header, EmbeddingEncoding};
 
 /// What to do when no asset matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +111,9 @@ impl AssetSet {
         stored_key: Option<&str>,
     ) -> Result<String, ConfigError> {
         validate_asset(asset, label)?;
-        let route = classify(&asset.request.method, &asset.request.path).ok_or_else(|| {
-            ConfigError::Asset {
-                asset: label.to_string(),
-                reason: "request is not an LLM operation".into(),
-            }
+        let route = classify(&asset.request.method, &asset.request.path).ok_or_else(|| ConfigError::Asset {
+            asset: label.to_string(),
+            reason: "request is not an LLM operation".into(),
         })?;
         let mut normalized = asset.request.body.clone();
         normalizer
@@ -157,12 +153,7 @@ impl AssetSet {
                 .collect(),
             None => vec![("content-type".to_string(), "application/json".to_string())],
         };
-        let fingerprint = format!(
-            "{}|{:?}|{}",
-            r.status,
-            headers,
-            String::from_utf8_lossy(&body)
-        );
+        let fingerprint = format!("{}|{:?}|{}", r.status, headers, String::from_utf8_lossy(&body));
         if let Some(&i) = self.index.get(&key) {
             let prev = self
                 .assets
@@ -180,9 +171,7 @@ impl AssetSet {
             });
         }
         let embeddings = match (route.operation, &r.body) {
-            (Operation::Embeddings, Some(v)) => {
-                embedding_encoding_of(v).map(|enc| (v.clone(), enc))
-            }
+            (Operation::Embeddings, Some(v)) => embedding_encoding_of(v).map(|enc| (v.clone(), enc)),
             _ => None,
         };
         let idx = self.assets.len();
@@ -197,10 +186,7 @@ impl AssetSet {
             response_fingerprint: fingerprint,
         });
         self.index.insert(key.clone(), idx);
-        self.by_operation
-            .entry(route.operation)
-            .or_default()
-            .push(idx);
+        self.by_operation.entry(route.operation).or_default().push(idx);
         Ok(key)
     }
 
@@ -221,11 +207,7 @@ impl AssetSet {
 
     /// Asset counts per operation.
     pub fn counts(&self) -> Vec<(Operation, usize)> {
-        let mut v: Vec<(Operation, usize)> = self
-            .by_operation
-            .iter()
-            .map(|(op, ix)| (*op, ix.len()))
-            .collect();
+        let mut v: Vec<(Operation, usize)> = self.by_operation.iter().map(|(op, ix)| (*op, ix.len())).collect();
         v.sort();
         v
     }
@@ -292,21 +274,13 @@ impl Runtime {
             return self.bad_request(route, &e);
         }
         let key = Normalizer::key_of_normalized(route.operation, &parsed);
-        let Some(asset) = self
-            .assets
-            .index
-            .get(&key)
-            .and_then(|&i| self.assets.assets.get(i))
-        else {
+        let Some(asset) = self.assets.index.get(&key).and_then(|&i| self.assets.assets.get(i)) else {
             if self.on_miss == OnMiss::Passthrough {
                 return Decision::Forward(Outcome::Miss);
             }
             let message = self.miss_message(route.operation, &key, &parsed);
             let mut headers = local_headers("miss", &key);
-            headers.push((
-                "x-understudy-operation".into(),
-                route.operation.name().into(),
-            ));
+            headers.push(("x-understudy-operation".into(), route.operation.name().into()));
             return Decision::Respond(LocalResponse {
                 outcome: Outcome::Miss,
                 status: 404,
@@ -340,22 +314,14 @@ impl Runtime {
         if self.on_miss == OnMiss::Passthrough {
             return Decision::Forward(Outcome::BadRequest);
         }
-        let message = format!(
-            "Understudy could not read this {} request: {e}",
-            route.operation
-        );
+        let message = format!("Understudy could not read this {} request: {e}", route.operation);
         let mut headers = local_headers("bad-request", "");
         headers.retain(|(k, _)| k != "x-understudy-key");
         Decision::Respond(LocalResponse {
             outcome: Outcome::BadRequest,
             status: 400,
             headers,
-            body: error_body(
-                route.operation.dialect(),
-                400,
-                &message,
-                "understudy_bad_request",
-            ),
+            body: error_body(route.operation.dialect(), 400, &message, "understudy_bad_request"),
         })
     }
 

@@ -1,0 +1,41 @@
+# Understudy — `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PY := .venv/bin/python
+UP_ARGS ?=
+
+.PHONY: help setup build up test test-unit test-wasm test-e2e lint fmt clean
+
+help: ## Show this help
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## Install everything (wasm target, Envoy + test clients in .venv) and build
+	@bash scripts/setup.sh
+
+build: setup ## Build understudy.wasm and the understudy CLI (release)
+
+up: setup ## Run a local Envoy with Understudy serving examples/assets (UP_ARGS="--on-miss passthrough" ...)
+	./target/release/understudy up $(UP_ARGS)
+
+test: setup ## Run the whole test suite: lint, unit, wasm golden vectors, end-to-end against real Envoy
+	@$(MAKE) --no-print-directory lint test-unit test-wasm test-e2e
+
+lint: ## rustfmt and clippy (no unwrap/expect/indexing/panic outside tests)
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy -p understudy-filter --target wasm32-wasip1 --locked -- -D warnings
+
+test-unit: ## Native unit, integration and doc tests
+	cargo test --workspace --locked
+
+test-wasm: ## Matcher tests and golden key vectors compiled to wasm32-wasip1, run under Node's WASI
+	bash scripts/test-wasm.sh
+
+test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
+	$(PY) -m pytest tests/e2e
+
+fmt: ## Format the Rust code
+	cargo fmt --all
+
+clean: ## Remove build outputs (keeps .venv)
+	cargo clean
