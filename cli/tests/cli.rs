@@ -1,0 +1,195 @@
+//! The `understudy` binary's contract: keys, bundles and their errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn understudy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .args(args)
+        .output()
+        .expect("run understudy")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("understudy-cli-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn chat(content: &str, answer: &str) -> String {
+    format!(
+        r#"{{"request": {{"path": "/v1/chat/completions", "body": {{"model": "m", "messages": [{{"role": "user", "content": "{content}"}}]}}}},
+           "response": {{"body": {{"answer": "{answer}"}}}}}}"#
+    )
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/assets")
+}
+
+#[test]
+fn key_of_an_asset_equals_key_of_its_raw_body_sent_by_a_client() {
+    let d = tmpdir("key");
+    write(&d, "a.json", &chat("hi", "x"));
+    let from_asset = understudy(&["key", d.join("a.json").to_str().unwrap()]);
+    assert!(
+        from_asset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_asset.stderr)
+    );
+    // Same request as a client would spell it: other key order, spacing, ignored fields.
+    write(
+        &d,
+        "raw.txt",
+        r#"{ "messages":[{"content":"hi","role":"user"}], "stream": false, "model":"m", "user": "u1" }"#,
+    );
+    let from_raw = understudy(&[
+        "key",
+        d.join("raw.txt").to_str().unwrap(),
+        "--path",
+        "/gw/v1/chat/completions",
+    ]);
+    assert!(from_raw.status.success());
+    let k = String::from_utf8(from_asset.stdout).unwrap();
+    assert_eq!(k.trim().len(), 64);
+    assert_eq!(k, String::from_utf8(from_raw.stdout).unwrap());
+}
+
+#[test]
+fn bundle_reports_counts_and_duplicates_and_writes_a_loadable_bundle() {
+    let d = tmpdir("bundle");
+    write(&d, "a.json", &chat("hi", "x"));
+    write(
+        &d,
+        "sub/b.json",
+        &format!("[{}, {}]", chat("hi", "x"), chat("bye", "y")),
+    );
+    write(&d, "notes.txt", "not an asset");
+    let out = d.join("bundle.json");
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("2 assets from 2 files"), "{err}");
+    assert!(err.contains("openai.chat_completions: 2"), "{err}");
+    assert!(err.contains("duplicate: sub/b.json#0"), "{err}");
+    let bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(bundle["format"], "understudy.bundle/v1");
+    assert_eq!(bundle["assets"].as_array().unwrap().len(), 2);
+    assert_eq!(bundle["assets"][0]["source"], "a.json#0");
+}
+
+#[test]
+fn conflicting_responses_for_one_key_are_an_error() {
+    let d = tmpdir("conflict");
+    write(&d, "a.json", &chat("hi", "x"));
+    write(&d, "b.json", &chat("hi", "DIFFERENT"));
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", "-"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("conflicting responses for key"), "{err}");
+    assert!(err.contains("a.json#0") && err.contains("b.json#0"), "{err}");
+}
+
+#[test]
+fn every_bad_asset_is_reported_with_file_and_field() {
+    let d = tmpdir("bad");
+    write(
+        &d,
+        "unknown.json",
+        r#"{"request": {"path": "/v1/embeddings", "body": {}, "headers": {}}, "response": {"body": {}}}"#,
+    );
+    write(&d, "syntax.json", r#"{"request": "#);
+    write(
+        &d,
+        "both.json",
+        r#"{"request": {"path": "/v1/embeddings", "body": {}}, "response": {"body": {}, "body_text": "x"}}"#,
+    );
+    write(
+        &d,
+        "path.json",
+        r#"{"request": {"path": "/v1/files", "body": {}}, "response": {"body": {}}}"#,
+    );
+    write(
+        &d,
+        "secret.json",
+        r#"{"request": {"path": "/v1/embeddings", "body": {}}, "response": {"headers": {"Set-Cookie": "s=1"}, "body": {}}}"#,
+    );
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", "-"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("5 problem(s)"), "{err}");
+    assert!(
+        err.contains("unknown.json#0: request.headers: unknown field `headers`"),
+        "{err}"
+    );
+    assert!(err.contains("syntax.json"), "{err}");
+    assert!(
+        err.contains("both.json#0") && err.contains("both `body` and `body_text`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("path.json#0") && err.contains("not an LLM operation"),
+        "{err}"
+    );
+    assert!(err.contains("secret.json#0") && err.contains("Set-Cookie"), "{err}");
+}
+
+#[test]
+fn plugin_config_of_the_examples_is_accepted_by_the_runtime() {
+    let o = understudy(&[
+        "plugin-config",
+        examples().to_str().unwrap(),
+        "--on-miss",
+        "passthrough",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rt = understudy_matcher::Runtime::from_json(&text).unwrap();
+    assert_eq!(rt.on_miss(), understudy_matcher::OnMiss::Passthrough);
+    assert!(rt.asset_count() >= 5);
+}
+
+#[test]
+fn a_bad_normalization_file_names_the_field() {
+    let d = tmpdir("norm");
+    write(&d, "a.json", &chat("hi", "x"));
+    write(
+        &d,
+        "../norm-bad.json",
+        r#"{"scrubbers": [{"pattern": "(", "placeholder": "x"}]}"#,
+    );
+    let norm = d.join("../norm-bad.json");
+    let o = understudy(&[
+        "bundle",
+        d.to_str().unwrap(),
+        "-o",
+        "-",
+        "--normalization",
+        norm.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("normalization.scrubbers[0].pattern"), "{err}");
+}
+
+#[test]
+fn up_refuses_a_bad_upstream_before_starting_envoy() {
+    let o = understudy(&[
+        "up",
+        "--upstream",
+        "ftp://nope",
+        "--wasm",
+        "/dev/null",
+        "--print-config",
+        "/dev/null",
+    ]);
+    assert!(!o.status.success());
+}
