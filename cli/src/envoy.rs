@@ -161,6 +161,14 @@ pub fn bootstrap(s: &Settings) -> Value {
     };
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
+        // A connection cap is Envoy's recommended hardening (and silences its start-up warning).
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000
+            }
+        }]},
         "static_resources": {
             "listeners": [{
                 "name": "understudy",
