@@ -90,7 +90,9 @@ impl Flow {
     pub fn on_response_headers(&mut self, host: &dyn Host) -> Next {
         match self.state {
             State::Forwarded => host.set_response_header("x-understudy", "passthrough"),
-            State::Buffering(_) => {
+            // A reply while we are still deciding: the upstream's (router started early: misconfigured), or
+            // a local reply from a later filter, e.g. the buffer filter's 413, which is fine.
+            State::Buffering(_) if host.upstream_started() => {
                 self.report_misconfigured(host);
                 host.set_response_header("x-understudy", "misconfigured");
             }
@@ -293,10 +295,23 @@ mod tests {
         assert!(h.counters.borrow().contains(&Counter::Misconfigured));
         assert!(h.errors.borrow()[0].contains("MISCONFIGURED"));
 
-        let h = host("/v1/chat/completions", REQ);
+        let mut h = host("/v1/chat/completions", REQ);
+        h.upstream_started = true;
         let mut f = Flow::new(runtime(OnMiss::Error));
         f.on_request_headers(&h, false);
         f.on_response_headers(&h);
         assert_eq!(*h.counters.borrow(), vec![Counter::Misconfigured]);
+    }
+
+    #[test]
+    fn a_local_reply_from_a_later_filter_is_not_a_misconfiguration() {
+        // The buffer filter's 413 passes back through us while we still wait for the body.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        f.on_response_headers(&h);
+        assert!(h.counters.borrow().is_empty());
+        assert!(h.errors.borrow().is_empty());
+        assert!(h.response_headers.borrow().is_empty());
     }
 }

@@ -1,0 +1,654 @@
+"""End-to-end harness for Understudy: a fake upstream LLM, `understudy up` instances, raw HTTP helpers.
+
+Everything runs against the real Envoy from `.venv/bin/envoy` (version pinned in `envoy/ENVOY_VERSION`) and
+the release builds of the CLI and the wasm filter. Envoy/understudy output goes to a log file per instance
+and is attached to the report of a failing test only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_DIR = Path(__file__).resolve().parent
+ENVOY = ROOT / ".venv" / "bin" / "envoy"
+UNDERSTUDY = ROOT / "target" / "release" / "understudy"
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "understudy.wasm"
+EXAMPLE_ASSETS = ROOT / "examples" / "assets"
+E2E_ASSETS = E2E_DIR / "assets"
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+COUNTERS = ("requests", "hits", "misses", "bad_requests", "passthroughs", "misconfigured")
+
+
+# --------------------------------------------------------------------------------------------------
+# Failure reporting: attach the logs of every Understudy/Envoy a failing test used.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    if not rep.failed:
+        return
+    logs: dict[str, str] = {}
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Understudy):
+            logs.setdefault(str(value.log_path), value.name)
+    for name, path in getattr(item, "_e2e_logs", []):
+        logs.setdefault(str(path), name)
+    for path, name in logs.items():
+        rep.sections.append((f"understudy/envoy log: {name} ({path})", tail(Path(path))))
+
+
+def tail(path: Path, max_bytes: int = 64 * 1024) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    if len(data) > max_bytes:
+        data = b"...[truncated]...\n" + data[-max_bytes:]
+    return data.decode("utf-8", "replace")
+
+
+def register_log(request: pytest.FixtureRequest, name: str, path: Path) -> None:
+    """Makes `path` part of the failure report of the requesting test."""
+    node = request.node
+    if not hasattr(node, "_e2e_logs"):
+        node._e2e_logs = []
+    node._e2e_logs.append((name, path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Prerequisites
+# --------------------------------------------------------------------------------------------------
+
+
+def pinned_envoy_version() -> str:
+    return (ROOT / "envoy" / "ENVOY_VERSION").read_text().strip()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def envoy_version() -> str:
+    for p in (ENVOY, UNDERSTUDY, WASM):
+        assert p.exists(), f"{p} is missing: run `bash scripts/setup.sh`"
+    want = pinned_envoy_version()
+    out = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out.stdout)
+    assert m, f"cannot parse `envoy --version`: {out.stdout!r}"
+    assert m.group(1) == want, f".venv/bin/envoy is {m.group(1)}, envoy/ENVOY_VERSION pins {want}"
+    return want
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake upstream LLM
+# --------------------------------------------------------------------------------------------------
+
+FAKE_CHAT = {
+    "id": "chatcmpl-fake-upstream",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-fake",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "live answer from the fake upstream"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
+FAKE_MESSAGE = {
+    "id": "msg_fake_upstream",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-fake",
+    "content": [{"type": "text", "text": "live answer from the fake upstream"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+FAKE_MODELS = {"object": "list", "data": []}
+
+
+@dataclass
+class UpstreamRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    # False when the connection ended before the whole body arrived (headers-only leaks show up like this).
+    complete: bool = True
+
+
+class _Conn:
+    """Reads from a client socket, counting every byte the moment it arrives."""
+
+    def __init__(self, sock: socket.socket, upstream: "FakeUpstream"):
+        self.sock = sock
+        self.up = upstream
+        self.buf = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.up._count(len(data))
+        self.buf += data
+        return True
+
+    def read_until(self, sep: bytes) -> bytes | None:
+        while sep not in self.buf:
+            if not self._fill():
+                return None
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def read_exact(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            if not self._fill():
+                return None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class FakeUpstream:
+    """A threaded raw-TCP HTTP/1.1 server playing the live LLM API. Counts connections and bytes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes_received = 0
+        self.connections = 0
+        self.requests: list[UpstreamRequest] = []
+        self._socks: set[socket.socket] = set()
+        upstream = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream._serve(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-upstream", daemon=True)
+        self.thread.start()
+
+    # -- counters -----------------------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        with self.lock:
+            self.bytes_received += n
+
+    def reset(self) -> None:
+        with self.lock:
+            self.bytes_received = 0
+            self.connections = 0
+            self.requests.clear()
+
+    def snapshot(self) -> tuple[int, int, int]:
+        with self.lock:
+            return self.bytes_received, self.connections, len(self.requests)
+
+    def assert_untouched_since(self, before: tuple[int, int, int], settle: float = 0.3) -> None:
+        """Waits a moment (anything sent asynchronously would arrive by then), then compares."""
+        time.sleep(settle)
+        now = self.snapshot()
+        assert now == before, (
+            f"the upstream was contacted: (bytes, connections, requests) went from {before} to {now}; "
+            f"requests: {[(r.method, r.path) for r in self.requests]}"
+        )
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.requests) >= n:
+                    return
+            time.sleep(0.02)
+
+    # -- serving ------------------------------------------------------------------------------------
+    def _serve(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.connections += 1
+            self._socks.add(sock)
+        conn = _Conn(sock, self)
+        try:
+            while True:
+                req = self._read_request(conn)
+                if req is None:
+                    return
+                with self.lock:
+                    self.requests.append(req)
+                if not req.complete:
+                    return
+                status, body = self._answer(req)
+                head = (
+                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+                    "content-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n"
+                    "x-fake-upstream: 1\r\n"
+                    "\r\n"
+                ).encode()
+                sock.sendall(head + body)
+                if req.headers.get("connection", "").lower() == "close":
+                    return
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self._socks.discard(sock)
+
+    @staticmethod
+    def _read_request(conn: _Conn) -> UpstreamRequest | None:
+        head = conn.read_until(b"\r\n\r\n")
+        if head is None:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _version = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        body = b""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parts = []
+            while True:
+                size_line = conn.read_until(b"\r\n")
+                if size_line is None:
+                    return UpstreamRequest(method, path, headers, b"".join(parts) + conn.buf, complete=False)
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # Trailers (if any) up to the empty line.
+                    while True:
+                        t = conn.read_until(b"\r\n")
+                        if t is None or t == b"\r\n":
+                            break
+                    break
+                chunk = conn.read_exact(size + 2)
+                if chunk is None:
+                    return UpstreamRequest(method, path, headers, b"".join(parts) + conn.buf, complete=False)
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        elif "content-length" in headers:
+            got = conn.read_exact(int(headers["content-length"]))
+            if got is None:
+                return UpstreamRequest(method, path, headers, conn.buf, complete=False)
+            body = got
+        return UpstreamRequest(method, path, headers, body)
+
+    @staticmethod
+    def _answer(req: UpstreamRequest) -> tuple[int, bytes]:
+        path = req.path.split("?")[0]
+        if req.method == "GET" and path.endswith("/models"):
+            return 200, json.dumps(FAKE_MODELS).encode()
+        if path.endswith("/v1/messages"):
+            return 200, json.dumps(FAKE_MESSAGE).encode()
+        return 200, json.dumps(FAKE_CHAT).encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    up = FakeUpstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream_counters(request: pytest.FixtureRequest) -> None:
+    """Each test starts with zeroed upstream counters (without restarting anything)."""
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP helpers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    # False when the connection ended before the whole body arrived (headers-only leaks show up like this).
+    complete: bool = True
+
+    def json(self):
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | str | dict | list | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Response:
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    elif isinstance(body, str):
+        body = body.encode()
+    hdrs = {"content-type": "application/json"} if body is not None else {}
+    hdrs.update(headers or {})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        data = r.read()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def admin_get(admin: str, path: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(f"http://{admin}{path}", timeout=timeout) as r:
+        return r.read().decode()
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """`wasmcustom.understudy.hits: 3` lines → {"hits": 3, ...}."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"(?:wasmcustom\.)?understudy\.(\w+): (\d+)", line.strip())
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def parse_prometheus(text: str) -> dict[str, int]:
+    """`understudy_hits{} 3` lines → {"hits": 3, ...}."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"understudy_(\w+)(?:\{[^}]*\})? (\d+)", line.strip())
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# `understudy up`
+# --------------------------------------------------------------------------------------------------
+
+_URL_RE = re.compile(r"OpenAI base URL:\s+(http://127\.0\.0\.1:(\d+)/v1)")
+_STATS_RE = re.compile(r"Stats:\s+http://([\d.]+:\d+)/stats")
+
+
+@dataclass
+class Understudy:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    port: int
+    admin: str
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL (`.../v1`)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The Anthropic base URL (no `/v1`)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin}"
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
+        assert self.proc.poll() is None, f"understudy {self.name} exited ({self.proc.returncode})"
+        return http_request(self.port, method, path, body, headers, timeout)
+
+    def post(self, path: str, body=None, headers=None, timeout: float = 30.0) -> Response:
+        return self.request("POST", path, body, headers, timeout)
+
+    def stats(self) -> dict[str, int]:
+        s = parse_stats(admin_get(self.admin, "/stats?filter=understudy"))
+        missing = [c for c in COUNTERS if c not in s]
+        assert not missing, f"counters missing from /stats: {missing} (got {s})"
+        return {c: s[c] for c in COUNTERS}
+
+    def prometheus(self) -> dict[str, int]:
+        s = parse_prometheus(admin_get(self.admin, "/stats/prometheus"))
+        missing = [c for c in COUNTERS if c not in s]
+        assert not missing, f"counters missing from /stats/prometheus: {missing} (got {s})"
+        return {c: s[c] for c in COUNTERS}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, wait, then SIGKILL the process group we created (understudy + its Envoy)."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    # Envoy is understudy's child in the same (new) process group; make sure nothing of ours lingers.
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return
+    time.sleep(0.5)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_understudy(
+    name: str,
+    assets: Path,
+    log_dir: Path,
+    *,
+    upstream: str | None,
+    on_miss: str = "error",
+    extra: list[str] | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> Understudy:
+    args = [
+        str(UNDERSTUDY), "up",
+        "--assets", str(assets),
+        "--port", "0",
+        "--admin-port", "0",
+        "--workers", "1",
+        "--on-miss", on_miss,
+        "--log-level", "info",
+    ]
+    if upstream:
+        args += ["--upstream", upstream]
+    args += extra or []
+    log_path = log_dir / f"{name}.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(log_dir),
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            text = log_path.read_text(errors="replace")
+            url, stats = _URL_RE.search(text), _STATS_RE.search(text)
+            if url and stats:
+                return Understudy(name, proc, log_path, int(url.group(2)), stats.group(1), args)
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"understudy up ({name}) exited with {proc.returncode} before it was ready:\n{tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"understudy up ({name}) not ready within {timeout}s:\n{tail(log_path)}")
+            time.sleep(0.05)
+    except BaseException:
+        stop_process(proc)
+        raise
+
+
+@pytest.fixture(scope="session")
+def assets_dir(tmp_path_factory) -> Path:
+    """examples/assets plus tests/e2e/assets, in one directory (`up` takes one)."""
+    d = tmp_path_factory.mktemp("assets")
+    shutil.copytree(EXAMPLE_ASSETS, d / "examples")
+    shutil.copytree(E2E_ASSETS, d / "e2e")
+    return d
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+class UnderstudyFactory:
+    def __init__(self, log_dir: Path, default_upstream: str, on_start: Callable[[Understudy], None]):
+        self.log_dir = log_dir
+        self.default_upstream = default_upstream
+        self.on_start = on_start
+        self.started: list[Understudy] = []
+        self._n = 0
+
+    def __call__(
+        self,
+        assets: Path,
+        *,
+        on_miss: str = "error",
+        upstream: str | None = "default",
+        extra: list[str] | None = None,
+        name: str | None = None,
+    ) -> Understudy:
+        self._n += 1
+        name = name or f"understudy-{on_miss}-{self._n}"
+        up = self.default_upstream if upstream == "default" else upstream
+        u = start_understudy(name, assets, self.log_dir, upstream=up, on_miss=on_miss, extra=extra)
+        self.started.append(u)
+        self.on_start(u)
+        return u
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().stop()
+
+
+def _unique_log_dir(base: Path, label: str) -> Path:
+    d = base / re.sub(r"[^\w.-]+", "_", label)[:80]
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def understudy_factory(request, upstream, log_dir) -> Iterator[UnderstudyFactory]:
+    """Starts `understudy up` instances for one test; all are stopped when it ends.
+
+    Their logs are attached to the test's report if it fails."""
+    f = UnderstudyFactory(
+        _unique_log_dir(log_dir, request.node.name),
+        upstream.url,
+        lambda u: register_log(request, u.name, u.log_path),
+    )
+    yield f
+    f.stop_all()
+
+
+@pytest.fixture(scope="session")
+def strict(upstream, assets_dir, log_dir) -> Iterator[Understudy]:
+    """One shared on_miss=error instance over all assets, forwarding (non-LLM calls only) to the fake upstream."""
+    u = start_understudy("strict", assets_dir, log_dir, upstream=upstream.url, on_miss="error")
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="session")
+def passthrough(upstream, assets_dir, log_dir) -> Iterator[Understudy]:
+    """One shared on_miss=passthrough instance over all assets, forwarding to the fake upstream."""
+    u = start_understudy("passthrough", assets_dir, log_dir, upstream=upstream.url, on_miss="passthrough")
+    yield u
+    u.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Assets
+# --------------------------------------------------------------------------------------------------
+
+
+def load_asset(rel: str, index: int = 0) -> dict:
+    """An asset from examples/assets or tests/e2e/assets by relative path (`openai/chat-capital.json`)."""
+    for base in (EXAMPLE_ASSETS, E2E_ASSETS):
+        p = base / rel
+        if p.exists():
+            v = json.loads(p.read_text(encoding="utf-8"))
+            return v[index] if isinstance(v, list) else v
+    raise FileNotFoundError(rel)
+
+
+def asset_keys(path: Path) -> list[str]:
+    """Keys of an asset file's requests, as `understudy key` computes them."""
+    out = subprocess.run([str(UNDERSTUDY), "key", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+def asset_key(rel: str, index: int = 0) -> str:
+    for base in (EXAMPLE_ASSETS, E2E_ASSETS):
+        p = base / rel
+        if p.exists():
+            return asset_keys(p)[index]
+    raise FileNotFoundError(rel)
