@@ -80,13 +80,7 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
         for (label, asset) in parsed {
             let before = set.duplicates().len();
             match set.add(&normalizer, &label, &asset, None) {
-                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset {
-                    key,
-                    source: label,
-                    name: asset.name,
-                    request: asset.request,
-                    response: asset.response,
-                }),
+                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset::new(key, label, asset)),
                 Ok(_) => {}
                 Err(e) => errors.push(e.to_string()),
             }

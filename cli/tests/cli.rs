@@ -132,7 +132,7 @@ fn every_bad_asset_is_reported_with_file_and_field() {
     );
     assert!(err.contains("syntax.json"), "{err}");
     assert!(
-        err.contains("both.json#0") && err.contains("both `body` and `body_text`"),
+        err.contains("both.json#0") && err.contains("more than one of `body`, `body_text`, `error`"),
         "{err}"
     );
     assert!(

@@ -114,7 +114,7 @@ impl Flow {
             self.report_misconfigured(host);
         }
         host.increment(Counter::Requests);
-        let decision = self.runtime.decide(route, body);
+        let decision = self.runtime.decide_at(route, body, host.now_nanos());
         let outcome = match &decision {
             Decision::Respond(r) => r.outcome,
             Decision::Forward(o) => *o,
@@ -125,6 +125,11 @@ impl Flow {
             Outcome::BadRequest => Counter::BadRequests,
         });
         match decision {
+            Decision::Respond(r) if r.delay_ms > 0 => {
+                host.send_response_later(r.delay_ms, r.status, r.headers, r.body);
+                self.state = State::Answered;
+                Next::Pause
+            }
             Decision::Respond(r) => {
                 host.send_response(r.status, &r.headers, &r.body);
                 self.state = State::Answered;
@@ -157,6 +162,7 @@ mod tests {
         response_headers: RefCell<Vec<(String, String)>>,
         counters: RefCell<Vec<Counter>>,
         errors: RefCell<Vec<String>>,
+        delayed: std::cell::Cell<u64>,
     }
 
     impl Host for FakeHost {
@@ -168,6 +174,13 @@ mod tests {
         }
         fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
             *self.sent.borrow_mut() = Some((status, headers.to_vec(), body.to_vec()));
+        }
+        fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
+            self.delayed.set(delay_ms);
+            self.send_response(status, &headers, &body);
+        }
+        fn now_nanos(&self) -> u64 {
+            1_700_000_000_000_000_000
         }
         fn set_response_header(&self, name: &str, value: &str) {
             self.response_headers.borrow_mut().push((name.into(), value.into()));
@@ -186,19 +199,26 @@ mod tests {
     const REQ: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 
     fn runtime(on_miss: OnMiss) -> Rc<Runtime> {
+        runtime_with_latency(on_miss, 0)
+    }
+
+    fn runtime_with_latency(on_miss: OnMiss, latency_ms: u64) -> Rc<Runtime> {
         let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
         let route = classify("POST", "/v1/chat/completions").unwrap();
         let (key, _) = Normalizer::compile(&NormalizationConfig::default())
             .unwrap()
             .key(&route, REQ.as_bytes())
             .unwrap();
-        let asset = BundledAsset {
-            key,
-            source: "t.json#0".into(),
-            name: Some("hi".into()),
-            request: serde_json::from_value(serde_json::json!({"path": "/v1/chat/completions", "body": body})).unwrap(),
-            response: serde_json::from_value(serde_json::json!({"body": {"id": "x", "choices": []}})).unwrap(),
-        };
+        let asset: BundledAsset = serde_json::from_value(serde_json::json!({
+            "key": key,
+            "source": "t.json#0",
+            "name": "hi",
+            "request": {"path": "/v1/chat/completions", "body": body},
+            "response": {"body": {"id": "x", "choices": []}},
+            "refresh": false,
+            "latency": {"ttft_ms": latency_ms},
+        }))
+        .unwrap();
         let cfg = PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
@@ -231,6 +251,16 @@ mod tests {
         assert!(headers.contains(&("x-understudy".into(), "hit".into())));
         assert_eq!(body, br#"{"choices":[],"id":"x"}"#.to_vec());
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Hits]);
+    }
+
+    #[test]
+    fn latency_defers_the_reply_through_the_host() {
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime_with_latency(OnMiss::Error, 250));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        assert_eq!(h.delayed.get(), 250);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 200);
     }
 
     #[test]

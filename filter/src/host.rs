@@ -49,6 +49,10 @@ pub trait Host {
     fn request_body(&self, len: usize) -> Option<Vec<u8>>;
     /// Sends a local reply; the request never reaches the router.
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]);
+    /// Sends a local reply after `delay_ms` without blocking the worker (simulated latency).
+    fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>);
+    /// Unix time in nanoseconds, from the host's clock.
+    fn now_nanos(&self) -> u64;
     /// Sets a header on the upstream's response.
     fn set_response_header(&self, name: &str, value: &str);
     /// Has the router already picked an upstream host for this stream?

@@ -1,6 +1,8 @@
 //! proxy-wasm glue: root context (config load, metrics) and HTTP contexts wrapping [`Flow`].
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -12,12 +14,30 @@ use crate::host::{Counter, Host};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { runtime: None, metrics: Rc::new([0; 6]) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { runtime: None, metrics: Rc::new([0; 6]), delayed: Rc::new(RefCell::new(Vec::new())) })
+    });
 }}
+
+/// A local reply waiting for its simulated latency to pass.
+struct Delayed {
+    context_id: u32,
+    due_nanos: u64,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// This VM's (this worker's) delayed replies, drained by the root context's tick.
+type DelayQueue = Rc<RefCell<Vec<Delayed>>>;
+
+/// Tick granularity while replies are waiting; the tick is off otherwise.
+const TICK: Duration = Duration::from_millis(5);
 
 struct Root {
     runtime: Option<Rc<Runtime>>,
     metrics: Rc<[u32; 6]>,
+    delayed: DelayQueue,
 }
 
 impl Context for Root {}
@@ -78,14 +98,37 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let runtime = self.runtime.clone()?;
+        let host = ProxyHost {
+            metrics: self.metrics.clone(),
+            delayed: self.delayed.clone(),
+            context_id,
+        };
         Some(Box::new(Http {
             flow: Flow::new(runtime),
-            host: ProxyHost {
-                metrics: self.metrics.clone(),
-            },
+            host,
         }))
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_nanos();
+        let due: Vec<Delayed> = {
+            let mut q = self.delayed.borrow_mut();
+            let (due, waiting) = q.drain(..).partition(|d| d.due_nanos <= now);
+            *q = waiting;
+            due
+        };
+        for d in due {
+            // The stream may be gone (client hung up): then there is nobody to answer.
+            if hostcalls::set_effective_context(d.context_id).is_ok() {
+                let hs: Vec<(&str, &str)> = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let _ = hostcalls::send_http_response(u32::from(d.status), hs, Some(&d.body));
+            }
+        }
+        if self.delayed.borrow().is_empty() {
+            let _ = hostcalls::set_tick_period(Duration::ZERO);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -131,6 +174,16 @@ fn log(level: LogLevel, msg: &str) {
 
 struct ProxyHost {
     metrics: Rc<[u32; 6]>,
+    delayed: DelayQueue,
+    context_id: u32,
+}
+
+fn now_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
 }
 
 impl ProxyHost {
@@ -165,6 +218,31 @@ impl Host for ProxyHost {
                 &format!("understudy: send_http_response failed: {e:?}"),
             );
         }
+    }
+
+    fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
+        let was_idle = self.delayed.borrow().is_empty();
+        if was_idle {
+            if let Err(e) = hostcalls::set_tick_period(TICK) {
+                log(
+                    LogLevel::Error,
+                    &format!("understudy: cannot start the latency timer ({e:?}); answering now"),
+                );
+                return self.send_response(status, &headers, &body);
+            }
+        }
+        let due_nanos = now_nanos().saturating_add(delay_ms.saturating_mul(1_000_000));
+        self.delayed.borrow_mut().push(Delayed {
+            context_id: self.context_id,
+            due_nanos,
+            status,
+            headers,
+            body,
+        });
+    }
+
+    fn now_nanos(&self) -> u64 {
+        now_nanos()
     }
 
     fn set_response_header(&self, name: &str, value: &str) {

@@ -1,7 +1,9 @@
 //! The asset file format (a public contract: tools outside this repo write it) and the bundle format.
 //!
 //! Every `*.json` file under an assets directory holds one asset object or an array of them:
-//! `{"name"?, "request": {"method"?, "path", "body"}, "response": {"status"?, "headers"?, "body" | "body_text"}}`.
+//! `{"name"?, "request": {"method"?, "path", "body"}, "response": {"status"?, "headers"?, "body" | "body_text" | "error"}}`.
+//! Optional: `"responses": [...]` instead of `"response"` with `"sequence"` (`repeat_last`, `cycle`, `random`)
+//! and `"seed"`; `"refresh": false` to replay ids and timestamps byte-exact; `"latency"`.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +21,94 @@ pub struct Asset {
     pub name: Option<String>,
     /// The request, as a client sends it.
     pub request: AssetRequest,
-    /// The virtual response.
-    pub response: AssetResponse,
+    /// The virtual response (or use `responses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<AssetResponse>,
+    /// Several responses, served per `sequence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<Vec<AssetResponse>>,
+    /// How `responses` are served; default `repeat_last`.
+    #[serde(default, skip_serializing_if = "Sequence::is_default")]
+    pub sequence: Sequence,
+    /// Seed for `random` sequences and `random:` placeholders; default derived from the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Refresh the response's top-level `id` and `created`/`created_at` on every hit (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub refresh: bool,
+    /// Simulated latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+}
+
+/// How an asset with several responses picks one. Positions are kept per Envoy worker (per wasm VM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sequence {
+    /// 1st call gets the 1st response, 2nd the 2nd, ..., then the last one forever.
+    #[default]
+    RepeatLast,
+    /// Round robin: after the last, start again at the first.
+    Cycle,
+    /// A seeded pseudo-random pick per call.
+    Random,
+}
+
+impl Sequence {
+    fn is_default(&self) -> bool {
+        *self == Sequence::RepeatLast
+    }
+}
+
+/// Simulated model latency: time to first token plus time per output token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Milliseconds before the first byte of the answer.
+    #[serde(default)]
+    pub ttft_ms: u64,
+    /// Milliseconds per output token (estimated from the answer's text), added to the delay.
+    #[serde(default)]
+    pub per_token_ms: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// An error answer in the dialect's own shape, e.g. `{"type": "rate_limit_error", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorSpec {
+    /// Error type: `rate_limit_error`, `overloaded_error`, `api_error`, `invalid_request_error`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human message.
+    pub message: String,
+    /// OpenAI's `code` field (Anthropic has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl ErrorSpec {
+    /// The HTTP status an error type has when the asset doesn't say.
+    pub fn default_status(&self) -> u16 {
+        match self.kind.as_str() {
+            "invalid_request_error" => 400,
+            "authentication_error" => 401,
+            "permission_error" => 403,
+            "not_found_error" => 404,
+            "request_too_large" => 413,
+            "rate_limit_error" | "insufficient_quota" => 429,
+            "overloaded_error" => 529,
+            "timeout_error" => 504,
+            _ => 500,
+        }
+    }
 }
 
 /// The request half of an asset.
@@ -40,9 +128,9 @@ pub struct AssetRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssetResponse {
-    /// HTTP status, default 200.
-    #[serde(default = "default_status")]
-    pub status: u16,
+    /// HTTP status, default 200 (or the error type's status with `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// Response headers, default `content-type: application/json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
@@ -52,14 +140,24 @@ pub struct AssetResponse {
     /// A non-JSON body (e.g. recorded SSE), instead of `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
+    /// An error in the dialect's shape, instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorSpec>,
+}
+
+impl AssetResponse {
+    /// The status to answer with.
+    pub fn status(&self) -> u16 {
+        match (self.status, &self.error) {
+            (Some(s), _) => s,
+            (None, Some(e)) => e.default_status(),
+            (None, None) => 200,
+        }
+    }
 }
 
 fn default_method() -> String {
     "POST".to_string()
-}
-
-fn default_status() -> u16 {
-    200
 }
 
 /// Version tag of the bundle format.
@@ -88,17 +186,65 @@ pub struct BundledAsset {
     pub name: Option<String>,
     /// The request.
     pub request: AssetRequest,
-    /// The response.
-    pub response: AssetResponse,
+    /// See [`Asset::response`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<AssetResponse>,
+    /// See [`Asset::responses`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<Vec<AssetResponse>>,
+    /// See [`Asset::sequence`].
+    #[serde(default, skip_serializing_if = "Sequence::is_default")]
+    pub sequence: Sequence,
+    /// See [`Asset::seed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// See [`Asset::refresh`].
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub refresh: bool,
+    /// See [`Asset::latency`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
 }
 
 impl BundledAsset {
+    /// Bundles `asset` under its computed key and source label.
+    pub fn new(key: String, source: String, a: Asset) -> Self {
+        BundledAsset {
+            key,
+            source,
+            name: a.name,
+            request: a.request,
+            response: a.response,
+            responses: a.responses,
+            sequence: a.sequence,
+            seed: a.seed,
+            refresh: a.refresh,
+            latency: a.latency,
+        }
+    }
+
     /// The asset without bundle bookkeeping.
     pub fn asset(&self) -> Asset {
         Asset {
             name: self.name.clone(),
             request: self.request.clone(),
             response: self.response.clone(),
+            responses: self.responses.clone(),
+            sequence: self.sequence,
+            seed: self.seed,
+            refresh: self.refresh,
+            latency: self.latency,
+        }
+    }
+}
+
+impl Asset {
+    /// Its responses in order (`response` alone is a sequence of one).
+    pub fn all_responses(&self) -> Vec<&AssetResponse> {
+        match (&self.response, &self.responses) {
+            (Some(r), _) => vec![r],
+            (None, Some(rs)) => rs.iter().collect(),
+            (None, None) => Vec::new(),
         }
     }
 }
@@ -175,39 +321,75 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
     if !a.request.body.is_object() {
         return Err(err("request.body: must be a JSON object".into()));
     }
-    match (&a.response.body, &a.response.body_text) {
-        (Some(_), Some(_)) => return Err(err("response: has both `body` and `body_text`; keep one".into())),
-        (None, None) => return Err(err("response: needs `body` (JSON) or `body_text` (string)".into())),
+    match (&a.response, &a.responses) {
+        (Some(_), Some(_)) => return Err(err("has both `response` and `responses`; keep one".into())),
+        (None, None) => return Err(err("needs `response` (or `responses`, a list)".into())),
+        (None, Some(rs)) if rs.is_empty() => return Err(err("responses: the list is empty".into())),
         _ => {}
     }
-    if !(100..=599).contains(&a.response.status) {
-        return Err(err(format!(
-            "response.status: {} is not an HTTP status",
-            a.response.status
-        )));
+    if let Some(l) = &a.latency {
+        if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
+            return Err(err(
+                "latency: ttft_ms must be at most 600000 and per_token_ms a non-negative number".into(),
+            ));
+        }
+    }
+    let many = a.responses.is_some();
+    for (i, r) in a.all_responses().into_iter().enumerate() {
+        let at = if many {
+            format!("responses[{i}]")
+        } else {
+            "response".to_string()
+        };
+        validate_response(r, &at).map_err(&err)?;
+    }
+    Ok(())
+}
+
+fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
+    let bodies = [r.body.is_some(), r.body_text.is_some(), r.error.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if bodies > 1 {
+        return Err(format!(
+            "{at}: has more than one of `body`, `body_text`, `error`; keep one"
+        ));
+    }
+    if bodies == 0 {
+        return Err(format!("{at}: needs `body` (JSON), `body_text` (string) or `error`"));
+    }
+    let status = r.status();
+    if !(100..=599).contains(&status) {
+        return Err(format!("{at}.status: {status} is not an HTTP status"));
+    }
+    if r.error.is_some() && status < 400 {
+        return Err(format!(
+            "{at}.status: an `error` response needs a 4xx or 5xx status, not {status}"
+        ));
     }
     let mut seen = std::collections::HashSet::new();
-    for (name, value) in a.response.headers.iter().flatten() {
+    for (name, value) in r.headers.iter().flatten() {
         if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(err(format!(
-                "response.headers: {name:?} appears twice (header names are case-insensitive)"
-            )));
+            return Err(format!(
+                "{at}.headers: {name:?} appears twice (header names are case-insensitive)"
+            ));
         }
         if crate::render::is_understudy_header(name) {
-            return Err(err(format!(
-                "response.headers.{name}: x-understudy headers are set by Understudy itself"
-            )));
+            return Err(format!(
+                "{at}.headers.{name}: x-understudy headers are set by Understudy itself"
+            ));
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(err(format!("response.headers.{name}: value holds control characters")));
+            return Err(format!("{at}.headers.{name}: value holds control characters"));
         }
         if crate::render::is_secret_header(name) {
-            return Err(err(format!(
-                "response.headers.{name}: secret-bearing headers never belong in an asset; remove it"
-            )));
+            return Err(format!(
+                "{at}.headers.{name}: secret-bearing headers never belong in an asset; remove it"
+            ));
         }
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            return Err(err(format!("response.headers: {name:?} is not a valid header name")));
+            return Err(format!("{at}.headers: {name:?} is not a valid header name"));
         }
     }
     Ok(())

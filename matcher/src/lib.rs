@@ -23,6 +23,7 @@ pub mod error;
 pub mod normalize;
 pub mod render;
 mod runtime;
+pub mod stream;
 pub mod template;
 
 pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};

@@ -46,24 +46,25 @@ pub fn is_understudy_header(name: &str) -> bool {
 
 /// An error body in the dialect's own shape, so SDKs raise their usual exception types.
 pub fn error_body(dialect: Dialect, status: u16, message: &str, code: &str) -> Vec<u8> {
-    let v = match dialect {
+    let kind = if status == 404 {
+        "not_found_error"
+    } else {
+        "invalid_request_error"
+    };
+    serde_json::to_vec(&error_json(dialect, kind, message, Some(code))).unwrap_or_default()
+}
+
+/// An error object of type `kind` in the dialect's shape (OpenAI's `code` is dropped for Anthropic).
+pub fn error_json(dialect: Dialect, kind: &str, message: &str, code: Option<&str>) -> Value {
+    match dialect {
         Dialect::OpenAi => json!({
-            "error": {
-                "message": message,
-                "type": if status == 404 { "not_found_error" } else { "invalid_request_error" },
-                "param": null,
-                "code": code,
-            }
+            "error": {"message": message, "type": kind, "param": null, "code": code}
         }),
         Dialect::Anthropic => json!({
             "type": "error",
-            "error": {
-                "type": if status == 404 { "not_found_error" } else { "invalid_request_error" },
-                "message": message,
-            }
+            "error": {"type": kind, "message": message}
         }),
-    };
-    serde_json::to_vec(&v).unwrap_or_default()
+    }
 }
 
 /// How a client wants embedding vectors encoded.
