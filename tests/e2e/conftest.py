@@ -652,3 +652,33 @@ def asset_key(rel: str, index: int = 0) -> str:
         if p.exists():
             return asset_keys(p)[index]
     raise FileNotFoundError(rel)
+
+
+# --------------------------------------------------------------------------------------------------
+# Served bodies
+# --------------------------------------------------------------------------------------------------
+
+FRESH_FIELDS = ("id", "created", "created_at")
+
+
+def id_prefix(i: str) -> str:
+    """`chatcmpl-`, `msg_01`, `resp_`: the part of an id that stays when Understudy refreshes it."""
+    m = re.match(r"^[A-Za-z]*[-_](01)?", i)
+    return m.group(0) if m else ""
+
+
+def assert_served_body(served: dict, recorded: dict) -> None:
+    """A hit serves the recorded body, except that the top-level id is fresh (same format) and
+    created/created_at is now, as live APIs do (assets opt out with "refresh": false)."""
+    assert {k: v for k, v in served.items() if k not in FRESH_FIELDS} == {
+        k: v for k, v in recorded.items() if k not in FRESH_FIELDS
+    }
+    if isinstance(recorded.get("id"), str):
+        old, new = recorded["id"], served["id"]
+        assert new != old, "id was not refreshed"
+        # Same prefix and length; very short recorded ids grow to 8 random characters.
+        p = id_prefix(old)
+        assert id_prefix(new) == p and len(new) == max(len(old), len(p) + 8), (old, new)
+    for f in ("created", "created_at"):
+        if isinstance(recorded.get(f), int):
+            assert abs(served[f] - time.time()) < 120, (f, served[f])

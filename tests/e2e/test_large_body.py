@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from conftest import assert_served_body
+
 EIGHT_MIB = 8 * 1024 * 1024
 
 
@@ -53,7 +55,7 @@ def test_8_mib_body_hits(understudy_factory, upstream, big_asset):
     )
     assert r.status == 200, r.body[:2000]
     assert r.header("x-understudy") == "hit"
-    assert r.json() == asset["response"]["body"]
+    assert_served_body(r.json(), asset["response"]["body"])
     upstream.assert_untouched_since(before, settle=0.5)
 
     # The same size that does not match is a strict miss (not a 413, not a leak).
@@ -67,7 +69,7 @@ def test_8_mib_body_hits(understudy_factory, upstream, big_asset):
 
 @pytest.fixture(scope="module")
 def small_limit(upstream, assets_dir, log_dir):
-    from conftest import start_understudy
+    from conftest import assert_served_body, start_understudy
 
     u = start_understudy("small-limit", assets_dir, log_dir, upstream=upstream.url, extra=["--max-body-bytes", "65536"])
     yield u

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import FAKE_CHAT, FAKE_MESSAGE, asset_key, load_asset
+from conftest import assert_served_body, FAKE_CHAT, FAKE_MESSAGE, asset_key, load_asset
 
 CAPITAL = load_asset("openai/chat-capital.json")
 HAIKU = load_asset("anthropic/messages-haiku.json")
@@ -58,8 +58,8 @@ def test_hit_in_passthrough_mode_sends_nothing_upstream(passthrough, upstream):
     assert r.status == 200, r.body
     assert r.header("x-understudy") == "hit"
     assert r.header("x-understudy-key") == asset_key("openai/chat-capital.json")
-    assert r.json() == CAPITAL["response"]["body"]
+    assert_served_body(r.json(), CAPITAL["response"]["body"])
     r = passthrough.post("/v1/messages", HAIKU["request"]["body"])
     assert r.header("x-understudy") == "hit"
-    assert r.json() == HAIKU["response"]["body"]
+    assert_served_body(r.json(), HAIKU["response"]["body"])
     upstream.assert_untouched_since(before)
