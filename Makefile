@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UP_ARGS ?=
 
-.PHONY: help setup build up test test-unit test-wasm test-e2e lint fmt clean
+.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e lint fmt clean
 
 help: ## Show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ up: setup ## Run a local Envoy with Understudy serving examples/assets (UP_ARGS=
 	./target/release/understudy up $(UP_ARGS)
 
 test: setup ## Run the whole test suite: lint, unit, wasm golden vectors, end-to-end against real Envoy
-	@$(MAKE) --no-print-directory lint test-unit test-wasm test-e2e
+	@$(MAKE) --no-print-directory lint test-unit test-wasm test-streams test-e2e
 
 lint: ## rustfmt and clippy (no unwrap/expect/indexing/panic outside tests)
 	cargo fmt --all -- --check
@@ -30,6 +30,10 @@ test-unit: ## Native unit, integration and doc tests
 
 test-wasm: ## Matcher tests and golden key vectors compiled to wasm32-wasip1, run under Node's WASI
 	bash scripts/test-wasm.sh
+
+test-streams: ## Rendered SSE streams parsed by the official OpenAI and Anthropic SDKs' stream helpers
+	@d=$$(mktemp -d) && UNDERSTUDY_SSE_OUT=$$d cargo test -q --locked -p understudy-matcher --lib stream_fixtures_for_sdk_check \
+	  && $(PY) matcher/tests/stream_sdk/check.py $$d; rc=$$?; rm -rf "$$d"; exit $$rc
 
 test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
 	$(PY) -m pytest tests/e2e
