@@ -31,10 +31,7 @@ pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
         Ok(())
     }
     if !dir.is_dir() {
-        bail!(
-            "assets directory {} does not exist or is not a directory",
-            dir.display()
-        );
+        bail!("assets directory {} does not exist or is not a directory", dir.display());
     }
     let mut out = Vec::new();
     walk(dir, &mut out)?;
@@ -48,10 +45,14 @@ pub fn load_normalization(path: Option<&Path>) -> Result<NormalizationConfig> {
         return Ok(NormalizationConfig::default());
     };
     let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-    Ok(understudy_matcher::asset::from_str_strict(
-        &text,
-        &p.display().to_string(),
-    )?)
+    Ok(understudy_matcher::asset::from_str_strict(&text, &p.display().to_string())?)
+}
+
+/// Reads a `synthesize` rules file (a JSON array of rules), or none.
+pub fn load_synthesize(path: Option<&Path>) -> Result<Vec<understudy_matcher::synth::SynthRule>> {
+    let Some(p) = path else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    Ok(understudy_matcher::asset::from_str_strict(&text, &p.display().to_string())?)
 }
 
 /// Validates every asset under `dir` and bundles them. All problems are reported, not just the first.
@@ -87,18 +88,10 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
         }
     }
     if !errors.is_empty() {
-        bail!(
-            "{} problem(s) in {}:\n  {}",
-            errors.len(),
-            dir.display(),
-            errors.join("\n  ")
-        );
+        bail!("{} problem(s) in {}:\n  {}", errors.len(), dir.display(), errors.join("\n  "));
     }
     Ok(Built {
-        bundle: Bundle {
-            format: BUNDLE_FORMAT.to_string(),
-            assets,
-        },
+        bundle: Bundle { format: BUNDLE_FORMAT.to_string(), assets },
         files: files.len(),
         counts: set.counts(),
         duplicates: set.duplicates().to_vec(),

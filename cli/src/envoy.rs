@@ -29,25 +29,15 @@ impl Upstream {
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port: u16 = p
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--upstream {url:?}: bad port {p:?}"))?;
+                let port: u16 = p.parse().map_err(|_| anyhow::anyhow!("--upstream {url:?}: bad port {p:?}"))?;
                 (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
             }
-            _ => (
-                authority.trim_start_matches('[').trim_end_matches(']').to_string(),
-                if tls { 443 } else { 80 },
-            ),
+            _ => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             bail!("--upstream {url:?}: no host");
         }
-        Ok(Upstream {
-            tls,
-            host,
-            port,
-            prefix: path.trim_end_matches('/').to_string(),
-        })
+        Ok(Upstream { tls, host, port, prefix: path.trim_end_matches('/').to_string() })
     }
 }
 
@@ -138,23 +128,10 @@ pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = match s.upstream {
         Some(up) => (vec![route("/", "upstream", up)], vec![cluster("upstream", up)]),
         None => {
-            let openai = Upstream {
-                tls: true,
-                host: "api.openai.com".into(),
-                port: 443,
-                prefix: String::new(),
-            };
-            let anthropic = Upstream {
-                tls: true,
-                host: "api.anthropic.com".into(),
-                port: 443,
-                prefix: String::new(),
-            };
+            let openai = Upstream { tls: true, host: "api.openai.com".into(), port: 443, prefix: String::new() };
+            let anthropic = Upstream { tls: true, host: "api.anthropic.com".into(), port: 443, prefix: String::new() };
             (
-                vec![
-                    route("/v1/messages", "anthropic", &anthropic),
-                    route("/", "openai", &openai),
-                ],
+                vec![route("/v1/messages", "anthropic", &anthropic), route("/", "openai", &openai)],
                 vec![cluster("openai", &openai), cluster("anthropic", &anthropic)],
             )
         }
@@ -198,21 +175,11 @@ mod tests {
     fn upstream_urls_parse() {
         assert_eq!(
             Upstream::parse("https://api.openai.com").unwrap(),
-            Upstream {
-                tls: true,
-                host: "api.openai.com".into(),
-                port: 443,
-                prefix: "".into()
-            }
+            Upstream { tls: true, host: "api.openai.com".into(), port: 443, prefix: "".into() }
         );
         assert_eq!(
             Upstream::parse("http://127.0.0.1:8080/gw/").unwrap(),
-            Upstream {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: 8080,
-                prefix: "/gw".into()
-            }
+            Upstream { tls: false, host: "127.0.0.1".into(), port: 8080, prefix: "/gw".into() }
         );
         assert_eq!(Upstream::parse("http://[::1]:9000").unwrap().host, "::1");
         assert!(Upstream::parse("ftp://x").is_err());
@@ -222,16 +189,8 @@ mod tests {
     #[test]
     fn filter_order_is_wasm_buffer_router() {
         let f = http_filters("/x.wasm", "{}", 10);
-        let names: Vec<&str> = f
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            ["understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]
-        );
+        let names: Vec<&str> = f.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]);
     }
 
     #[test]
@@ -239,8 +198,6 @@ mod tests {
         let up = Upstream::parse("https://llm.example.com:8443").unwrap();
         let c = cluster("upstream", &up);
         assert_eq!(c["transport_socket"]["typed_config"]["sni"], "llm.example.com");
-        assert!(cluster("u", &Upstream::parse("http://h").unwrap())
-            .get("transport_socket")
-            .is_none());
+        assert!(cluster("u", &Upstream::parse("http://h").unwrap()).get("transport_socket").is_none());
     }
 }

@@ -65,6 +65,9 @@ enum Command {
         on_miss: OnMissArg,
         #[arg(long)]
         normalization: Option<PathBuf>,
+        /// Synthesize rules (JSON array) for requests no asset matches.
+        #[arg(long)]
+        synthesize: Option<PathBuf>,
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
@@ -73,22 +76,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Key {
-            file,
-            path,
-            method,
-            normalization,
-        } => key(&file, path.as_deref(), &method, normalization.as_deref()),
-        Command::Bundle {
-            dir,
-            output,
-            normalization,
-        } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig {
-            dir,
-            on_miss,
-            normalization,
-        } => plugin_config(&dir, on_miss, normalization.as_deref()).map(|c| println!("{c}")),
+        Command::Key { file, path, method, normalization } => {
+            key(&file, path.as_deref(), &method, normalization.as_deref())
+        }
+        Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
+        Command::PluginConfig { dir, on_miss, normalization, synthesize } => {
+            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
+        }
         Command::Up(args) => up::run(args),
     };
     match res {
@@ -116,9 +110,7 @@ fn key(file: &str, path: Option<&str>, method: &str, normalization: Option<&Path
         let Some(route) = classify(method, p) else {
             bail!("{method} {p} is not an LLM operation Understudy virtualizes");
         };
-        let (k, _) = normalizer
-            .key(&route, text.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let (k, _) = normalizer.key(&route, text.as_bytes()).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         println!("{k}");
         return Ok(());
     }
@@ -129,9 +121,7 @@ fn key(file: &str, path: Option<&str>, method: &str, normalization: Option<&Path
             bail!("{label}: not an LLM operation");
         };
         let body = serde_json::to_vec(&a.request.body)?;
-        let (k, _) = normalizer
-            .key(&route, &body)
-            .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let (k, _) = normalizer.key(&route, &body).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         if many {
             println!("{k}  {label}{}", a.name.map(|n| format!(" {n:?}")).unwrap_or_default());
         } else {
@@ -154,7 +144,12 @@ fn bundle_cmd(dir: &Path, output: &str, normalization: Option<&Path>) -> Result<
 }
 
 /// Builds the full plugin configuration JSON for an assets directory.
-fn plugin_config(dir: &Path, on_miss: OnMissArg, normalization: Option<&Path>) -> Result<String> {
+fn plugin_config(
+    dir: &Path,
+    on_miss: OnMissArg,
+    normalization: Option<&Path>,
+    synthesize: Option<&Path>,
+) -> Result<String> {
     let norm = bundle::load_normalization(normalization)?;
     let built = bundle::build(dir, &norm)?;
     eprintln!("{}", bundle::report(&built));
@@ -165,6 +160,7 @@ fn plugin_config(dir: &Path, on_miss: OnMissArg, normalization: Option<&Path>) -
         },
         normalization: norm,
         bundle: built.bundle,
+        synthesize: bundle::load_synthesize(synthesize)?,
     };
     // Prove the filter will accept it before handing it to Envoy.
     understudy_matcher::Runtime::compile(cfg.clone())?;

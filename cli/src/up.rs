@@ -41,6 +41,9 @@ pub struct UpArgs {
     /// Normalization settings (JSON: ignore_fields, scrubbers).
     #[arg(long)]
     normalization: Option<PathBuf>,
+    /// Synthesize rules (JSON array) answering requests no asset matches.
+    #[arg(long)]
+    synthesize: Option<PathBuf>,
     /// Largest request body buffered for matching; bigger ones get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: u64,
@@ -58,10 +61,7 @@ pub struct UpArgs {
 /// The project checkout this binary was built from; defaults are relative to it.
 fn project_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
 fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -84,19 +84,13 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 pub fn run(a: UpArgs) -> Result<()> {
     let root = project_root();
     let assets = a.assets.clone().unwrap_or_else(|| root.join("examples/assets"));
-    let wasm = a
-        .wasm
-        .clone()
-        .unwrap_or_else(|| root.join("target/wasm32-wasip1/release/understudy.wasm"));
+    let wasm = a.wasm.clone().unwrap_or_else(|| root.join("target/wasm32-wasip1/release/understudy.wasm"));
     if !wasm.is_file() {
-        bail!(
-            "filter {} not found: build it with `make build` (or pass --wasm PATH)",
-            wasm.display()
-        );
+        bail!("filter {} not found: build it with `make build` (or pass --wasm PATH)", wasm.display());
     }
     let wasm = wasm.canonicalize()?;
     let upstream = a.upstream.as_deref().map(Upstream::parse).transpose()?;
-    let plugin_config = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref())?;
+    let plugin_config = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref(), a.synthesize.as_deref())?;
     let work = std::env::temp_dir().join(format!("understudy-up-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let _cleanup = RemoveOnDrop(work.clone());
@@ -127,13 +121,7 @@ pub fn run(a: UpArgs) -> Result<()> {
         .arg(&config_path)
         .arg("--admin-address-path")
         .arg(&admin_file)
-        .args([
-            "--concurrency",
-            &a.workers.to_string(),
-            "--log-level",
-            &a.log_level,
-            "--disable-hot-restart",
-        ])
+        .args(["--concurrency", &a.workers.to_string(), "--log-level", &a.log_level, "--disable-hot-restart"])
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", envoy.display()))?;
@@ -213,11 +201,7 @@ fn listener_port(json: &str) -> Option<u16> {
         .as_array()?
         .iter()
         .find(|l| l.get("name").and_then(|n| n.as_str()) == Some("understudy"))?;
-    let port = l
-        .get("local_address")?
-        .get("socket_address")?
-        .get("port_value")?
-        .as_u64()?;
+    let port = l.get("local_address")?.get("socket_address")?.get("port_value")?.as_u64()?;
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 

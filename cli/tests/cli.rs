@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn understudy(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_understudy"))
-        .args(args)
-        .output()
-        .expect("run understudy")
+    Command::new(env!("CARGO_BIN_EXE_understudy")).args(args).output().expect("run understudy")
 }
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -40,23 +37,14 @@ fn key_of_an_asset_equals_key_of_its_raw_body_sent_by_a_client() {
     let d = tmpdir("key");
     write(&d, "a.json", &chat("hi", "x"));
     let from_asset = understudy(&["key", d.join("a.json").to_str().unwrap()]);
-    assert!(
-        from_asset.status.success(),
-        "{}",
-        String::from_utf8_lossy(&from_asset.stderr)
-    );
+    assert!(from_asset.status.success(), "{}", String::from_utf8_lossy(&from_asset.stderr));
     // Same request as a client would spell it: other key order, spacing, ignored fields.
     write(
         &d,
         "raw.txt",
         r#"{ "messages":[{"content":"hi","role":"user"}], "stream": false, "model":"m", "user": "u1" }"#,
     );
-    let from_raw = understudy(&[
-        "key",
-        d.join("raw.txt").to_str().unwrap(),
-        "--path",
-        "/gw/v1/chat/completions",
-    ]);
+    let from_raw = understudy(&["key", d.join("raw.txt").to_str().unwrap(), "--path", "/gw/v1/chat/completions"]);
     assert!(from_raw.status.success());
     let k = String::from_utf8(from_asset.stdout).unwrap();
     assert_eq!(k.trim().len(), 64);
@@ -67,11 +55,7 @@ fn key_of_an_asset_equals_key_of_its_raw_body_sent_by_a_client() {
 fn bundle_reports_counts_and_duplicates_and_writes_a_loadable_bundle() {
     let d = tmpdir("bundle");
     write(&d, "a.json", &chat("hi", "x"));
-    write(
-        &d,
-        "sub/b.json",
-        &format!("[{}, {}]", chat("hi", "x"), chat("bye", "y")),
-    );
+    write(&d, "sub/b.json", &format!("[{}, {}]", chat("hi", "x"), chat("bye", "y")));
     write(&d, "notes.txt", "not an asset");
     let out = d.join("bundle.json");
     let o = understudy(&["bundle", d.to_str().unwrap(), "-o", out.to_str().unwrap()]);
@@ -112,11 +96,7 @@ fn every_bad_asset_is_reported_with_file_and_field() {
         "both.json",
         r#"{"request": {"path": "/v1/embeddings", "body": {}}, "response": {"body": {}, "body_text": "x"}}"#,
     );
-    write(
-        &d,
-        "path.json",
-        r#"{"request": {"path": "/v1/files", "body": {}}, "response": {"body": {}}}"#,
-    );
+    write(&d, "path.json", r#"{"request": {"path": "/v1/files", "body": {}}, "response": {"body": {}}}"#);
     write(
         &d,
         "secret.json",
@@ -126,30 +106,16 @@ fn every_bad_asset_is_reported_with_file_and_field() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("5 problem(s)"), "{err}");
-    assert!(
-        err.contains("unknown.json#0: request.headers: unknown field `headers`"),
-        "{err}"
-    );
+    assert!(err.contains("unknown.json#0: request.headers: unknown field `headers`"), "{err}");
     assert!(err.contains("syntax.json"), "{err}");
-    assert!(
-        err.contains("both.json#0") && err.contains("more than one of `body`, `body_text`, `error`"),
-        "{err}"
-    );
-    assert!(
-        err.contains("path.json#0") && err.contains("not an LLM operation"),
-        "{err}"
-    );
+    assert!(err.contains("both.json#0") && err.contains("more than one of `body`, `body_text`, `error`"), "{err}");
+    assert!(err.contains("path.json#0") && err.contains("not an LLM operation"), "{err}");
     assert!(err.contains("secret.json#0") && err.contains("Set-Cookie"), "{err}");
 }
 
 #[test]
 fn plugin_config_of_the_examples_is_accepted_by_the_runtime() {
-    let o = understudy(&[
-        "plugin-config",
-        examples().to_str().unwrap(),
-        "--on-miss",
-        "passthrough",
-    ]);
+    let o = understudy(&["plugin-config", examples().to_str().unwrap(), "--on-miss", "passthrough"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
     let rt = understudy_matcher::Runtime::from_json(&text).unwrap();
@@ -161,20 +127,9 @@ fn plugin_config_of_the_examples_is_accepted_by_the_runtime() {
 fn a_bad_normalization_file_names_the_field() {
     let d = tmpdir("norm");
     write(&d, "a.json", &chat("hi", "x"));
-    write(
-        &d,
-        "../norm-bad.json",
-        r#"{"scrubbers": [{"pattern": "(", "placeholder": "x"}]}"#,
-    );
+    write(&d, "../norm-bad.json", r#"{"scrubbers": [{"pattern": "(", "placeholder": "x"}]}"#);
     let norm = d.join("../norm-bad.json");
-    let o = understudy(&[
-        "bundle",
-        d.to_str().unwrap(),
-        "-o",
-        "-",
-        "--normalization",
-        norm.to_str().unwrap(),
-    ]);
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", "-", "--normalization", norm.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("normalization.scrubbers[0].pattern"), "{err}");
@@ -182,14 +137,6 @@ fn a_bad_normalization_file_names_the_field() {
 
 #[test]
 fn up_refuses_a_bad_upstream_before_starting_envoy() {
-    let o = understudy(&[
-        "up",
-        "--upstream",
-        "ftp://nope",
-        "--wasm",
-        "/dev/null",
-        "--print-config",
-        "/dev/null",
-    ]);
+    let o = understudy(&["up", "--upstream", "ftp://nope", "--wasm", "/dev/null", "--print-config", "/dev/null"]);
     assert!(!o.status.success());
 }

@@ -38,10 +38,7 @@ pub struct Flow {
 impl Flow {
     /// A new stream using the shared runtime.
     pub fn new(runtime: Rc<Runtime>) -> Self {
-        Flow {
-            runtime,
-            state: State::Start,
-        }
+        Flow { runtime, state: State::Start }
     }
 
     /// Request headers arrived.
@@ -122,6 +119,7 @@ impl Flow {
         host.increment(match outcome {
             Outcome::Hit => Counter::Hits,
             Outcome::Miss => Counter::Misses,
+            Outcome::Synthesized => Counter::Synthesized,
             Outcome::BadRequest => Counter::BadRequests,
         });
         match decision {
@@ -205,10 +203,8 @@ mod tests {
     fn runtime_with_latency(on_miss: OnMiss, latency_ms: u64) -> Rc<Runtime> {
         let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
         let route = classify("POST", "/v1/chat/completions").unwrap();
-        let (key, _) = Normalizer::compile(&NormalizationConfig::default())
-            .unwrap()
-            .key(&route, REQ.as_bytes())
-            .unwrap();
+        let (key, _) =
+            Normalizer::compile(&NormalizationConfig::default()).unwrap().key(&route, REQ.as_bytes()).unwrap();
         let asset: BundledAsset = serde_json::from_value(serde_json::json!({
             "key": key,
             "source": "t.json#0",
@@ -222,10 +218,8 @@ mod tests {
         let cfg = PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
-            bundle: Bundle {
-                format: understudy_matcher::BUNDLE_FORMAT.into(),
-                assets: vec![asset],
-            },
+            bundle: Bundle { format: understudy_matcher::BUNDLE_FORMAT.into(), assets: vec![asset] },
+            synthesize: Vec::new(),
         };
         Rc::new(Runtime::compile(cfg).unwrap())
     }
@@ -278,14 +272,8 @@ mod tests {
         assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
         assert!(h.sent.borrow().is_none());
         f.on_response_headers(&h);
-        assert_eq!(
-            *h.response_headers.borrow(),
-            vec![("x-understudy".to_string(), "passthrough".to_string())]
-        );
-        assert_eq!(
-            *h.counters.borrow(),
-            vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]
-        );
+        assert_eq!(*h.response_headers.borrow(), vec![("x-understudy".to_string(), "passthrough".to_string())]);
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 /// Counters the filter exports as Envoy stats (`understudy.<name>`; `understudy_<name>` in Prometheus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {
-    /// LLM requests seen (hits + misses + bad requests).
+    /// LLM requests seen (hits + synthesized + misses + bad requests).
     Requests,
     /// Answered from an asset.
     Hits,
-    /// No asset matched (answered 404 or forwarded).
+    /// No asset matched and no rule synthesized an answer (answered 404 or forwarded).
     Misses,
+    /// No asset matched; a `synthesize` rule answered.
+    Synthesized,
     /// Body could not be parsed (answered 400 or forwarded).
     BadRequests,
     /// Forwarded to the live upstream.
@@ -19,10 +21,11 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Requests,
         Counter::Hits,
         Counter::Misses,
+        Counter::Synthesized,
         Counter::BadRequests,
         Counter::Passthroughs,
         Counter::Misconfigured,
@@ -34,6 +37,7 @@ impl Counter {
             Counter::Requests => "understudy.requests",
             Counter::Hits => "understudy.hits",
             Counter::Misses => "understudy.misses",
+            Counter::Synthesized => "understudy.synthesized",
             Counter::BadRequests => "understudy.bad_requests",
             Counter::Passthroughs => "understudy.passthroughs",
             Counter::Misconfigured => "understudy.misconfigured",

@@ -15,7 +15,7 @@ use crate::host::{Counter, Host};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { runtime: None, metrics: Rc::new([0; 6]), delayed: Rc::new(RefCell::new(Vec::new())) })
+        Box::new(Root { runtime: None, metrics: Rc::new([0; 7]), delayed: Rc::new(RefCell::new(Vec::new())) })
     });
 }}
 
@@ -36,7 +36,7 @@ const TICK: Duration = Duration::from_millis(5);
 
 struct Root {
     runtime: Option<Rc<Runtime>>,
-    metrics: Rc<[u32; 6]>,
+    metrics: Rc<[u32; 7]>,
     delayed: DelayQueue,
 }
 
@@ -44,15 +44,12 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let mut ids = [0u32; 6];
+        let mut ids = [0u32; 7];
         for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
             match hostcalls::define_metric(MetricType::Counter, c.stat_name()) {
                 Ok(id) => *slot = id,
                 Err(e) => {
-                    log(
-                        LogLevel::Critical,
-                        &format!("understudy: cannot define metric {}: {e:?}", c.stat_name()),
-                    );
+                    log(LogLevel::Critical, &format!("understudy: cannot define metric {}: {e:?}", c.stat_name()));
                     return false;
                 }
             }
@@ -68,10 +65,7 @@ impl RootContext for Root {
         let text = match std::str::from_utf8(&bytes) {
             Ok(t) => t,
             Err(e) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("understudy: plugin configuration is not UTF-8: {e}"),
-                );
+                log(LogLevel::Critical, &format!("understudy: plugin configuration is not UTF-8: {e}"));
                 return false;
             }
         };
@@ -79,20 +73,13 @@ impl RootContext for Root {
             Ok(rt) => {
                 log(
                     LogLevel::Info,
-                    &format!(
-                        "understudy: loaded {} assets, on_miss={:?}",
-                        rt.asset_count(),
-                        rt.on_miss()
-                    ),
+                    &format!("understudy: loaded {} assets, on_miss={:?}", rt.asset_count(), rt.on_miss()),
                 );
                 self.runtime = Some(Rc::new(rt));
                 true
             }
             Err(e) => {
-                log(
-                    LogLevel::Critical,
-                    &format!("understudy: invalid plugin configuration: {e}"),
-                );
+                log(LogLevel::Critical, &format!("understudy: invalid plugin configuration: {e}"));
                 false
             }
         }
@@ -100,15 +87,8 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let runtime = self.runtime.clone()?;
-        let host = ProxyHost {
-            metrics: self.metrics.clone(),
-            delayed: self.delayed.clone(),
-            context_id,
-        };
-        Some(Box::new(Http {
-            flow: Flow::new(runtime),
-            host,
-        }))
+        let host = ProxyHost { metrics: self.metrics.clone(), delayed: self.delayed.clone(), context_id };
+        Some(Box::new(Http { flow: Flow::new(runtime), host }))
     }
 
     fn on_tick(&mut self) {
@@ -173,7 +153,7 @@ fn log(level: LogLevel, msg: &str) {
 }
 
 struct ProxyHost {
-    metrics: Rc<[u32; 6]>,
+    metrics: Rc<[u32; 7]>,
     delayed: DelayQueue,
     context_id: u32,
 }
@@ -199,24 +179,17 @@ impl ProxyHost {
 
 impl Host for ProxyHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
     fn request_body(&self, len: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, len)
-            .ok()
-            .flatten()
+        hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, len).ok().flatten()
     }
 
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
         let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         if let Err(e) = hostcalls::send_http_response(u32::from(status), hs, Some(body)) {
-            log(
-                LogLevel::Error,
-                &format!("understudy: send_http_response failed: {e:?}"),
-            );
+            log(LogLevel::Error, &format!("understudy: send_http_response failed: {e:?}"));
         }
     }
 
@@ -224,21 +197,12 @@ impl Host for ProxyHost {
         let was_idle = self.delayed.borrow().is_empty();
         if was_idle {
             if let Err(e) = hostcalls::set_tick_period(TICK) {
-                log(
-                    LogLevel::Error,
-                    &format!("understudy: cannot start the latency timer ({e:?}); answering now"),
-                );
+                log(LogLevel::Error, &format!("understudy: cannot start the latency timer ({e:?}); answering now"));
                 return self.send_response(status, &headers, &body);
             }
         }
         let due_nanos = now_nanos().saturating_add(delay_ms.saturating_mul(1_000_000));
-        self.delayed.borrow_mut().push(Delayed {
-            context_id: self.context_id,
-            due_nanos,
-            status,
-            headers,
-            body,
-        });
+        self.delayed.borrow_mut().push(Delayed { context_id: self.context_id, due_nanos, status, headers, body });
     }
 
     fn now_nanos(&self) -> u64 {

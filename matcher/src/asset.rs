@@ -269,29 +269,17 @@ pub fn from_str_strict<T: serde::de::DeserializeOwned>(text: &str, source_name: 
 }
 
 fn parse_err(source_name: &str, field: &str, reason: String) -> ConfigError {
-    ConfigError::Parse {
-        source_name: source_name.to_string(),
-        field: field.to_string(),
-        reason,
-    }
+    ConfigError::Parse { source_name: source_name.to_string(), field: field.to_string(), reason }
 }
 
 /// Parses one asset file (an object or an array of objects). Each asset gets a `file#index` source label.
 pub fn parse_asset_file(text: &str, source_name: &str) -> Result<Vec<(String, Asset)>, ConfigError> {
     let doc: Value = from_str_strict(text, source_name)?;
     let items: Vec<(String, Value)> = match doc {
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (format!("{source_name}#{i}"), v))
-            .collect(),
+        Value::Array(items) => items.into_iter().enumerate().map(|(i, v)| (format!("{source_name}#{i}"), v)).collect(),
         v @ Value::Object(_) => vec![(format!("{source_name}#0"), v)],
         _ => {
-            return Err(parse_err(
-                source_name,
-                ".",
-                "an asset file holds one asset object or an array of them".into(),
-            ))
+            return Err(parse_err(source_name, ".", "an asset file holds one asset object or an array of them".into()))
         }
     };
     let mut out = Vec::with_capacity(items.len());
@@ -308,10 +296,7 @@ pub fn parse_asset_file(text: &str, source_name: &str) -> Result<Vec<(String, As
 
 /// Checks the rules serde can't express. `label` names the asset in errors.
 pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
-    let err = |reason: String| ConfigError::Asset {
-        asset: label.to_string(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
     if crate::classify(&a.request.method, &a.request.path).is_none() {
         return Err(err(format!(
             "request: {} {} is not an LLM operation Understudy virtualizes (POST .../chat/completions, .../completions, .../embeddings, .../responses, .../v1/messages)",
@@ -329,32 +314,21 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
     }
     if let Some(l) = &a.latency {
         if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
-            return Err(err(
-                "latency: ttft_ms must be at most 600000 and per_token_ms a non-negative number".into(),
-            ));
+            return Err(err("latency: ttft_ms must be at most 600000 and per_token_ms a non-negative number".into()));
         }
     }
     let many = a.responses.is_some();
     for (i, r) in a.all_responses().into_iter().enumerate() {
-        let at = if many {
-            format!("responses[{i}]")
-        } else {
-            "response".to_string()
-        };
+        let at = if many { format!("responses[{i}]") } else { "response".to_string() };
         validate_response(r, &at).map_err(&err)?;
     }
     Ok(())
 }
 
 fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
-    let bodies = [r.body.is_some(), r.body_text.is_some(), r.error.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let bodies = [r.body.is_some(), r.body_text.is_some(), r.error.is_some()].iter().filter(|b| **b).count();
     if bodies > 1 {
-        return Err(format!(
-            "{at}: has more than one of `body`, `body_text`, `error`; keep one"
-        ));
+        return Err(format!("{at}: has more than one of `body`, `body_text`, `error`; keep one"));
     }
     if bodies == 0 {
         return Err(format!("{at}: needs `body` (JSON), `body_text` (string) or `error`"));
@@ -364,29 +338,21 @@ fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
         return Err(format!("{at}.status: {status} is not an HTTP status"));
     }
     if r.error.is_some() && status < 400 {
-        return Err(format!(
-            "{at}.status: an `error` response needs a 4xx or 5xx status, not {status}"
-        ));
+        return Err(format!("{at}.status: an `error` response needs a 4xx or 5xx status, not {status}"));
     }
     let mut seen = std::collections::HashSet::new();
     for (name, value) in r.headers.iter().flatten() {
         if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(format!(
-                "{at}.headers: {name:?} appears twice (header names are case-insensitive)"
-            ));
+            return Err(format!("{at}.headers: {name:?} appears twice (header names are case-insensitive)"));
         }
         if crate::render::is_understudy_header(name) {
-            return Err(format!(
-                "{at}.headers.{name}: x-understudy headers are set by Understudy itself"
-            ));
+            return Err(format!("{at}.headers.{name}: x-understudy headers are set by Understudy itself"));
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
             return Err(format!("{at}.headers.{name}: value holds control characters"));
         }
         if crate::render::is_secret_header(name) {
-            return Err(format!(
-                "{at}.headers.{name}: secret-bearing headers never belong in an asset; remove it"
-            ));
+            return Err(format!("{at}.headers.{name}: secret-bearing headers never belong in an asset; remove it"));
         }
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
             return Err(format!("{at}.headers: {name:?} is not a valid header name"));

@@ -86,10 +86,7 @@ pub fn canonical_number(lit: &str) -> String {
         None => (rest, ""),
     };
     let (int_part, frac_part) = match mantissa.find('.') {
-        Some(i) => (
-            mantissa.get(..i).unwrap_or_default(),
-            mantissa.get(i + 1..).unwrap_or_default(),
-        ),
+        Some(i) => (mantissa.get(..i).unwrap_or_default(), mantissa.get(i + 1..).unwrap_or_default()),
         None => (mantissa, ""),
     };
     if !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
@@ -179,20 +176,8 @@ mod tests {
 
     #[test]
     fn different_numbers_stay_different() {
-        let lits = [
-            "1",
-            "1.1",
-            "0.1",
-            "0.01",
-            "10",
-            "-1",
-            "1e21",
-            "1e22",
-            "1e-7",
-            "1e-6",
-            "0.30000000000000004",
-            "0.3",
-        ];
+        let lits =
+            ["1", "1.1", "0.1", "0.01", "10", "-1", "1e21", "1e22", "1e-7", "1e-6", "0.30000000000000004", "0.3"];
         let mut seen = std::collections::HashSet::new();
         for l in lits {
             assert!(seen.insert(canonical_number(l)), "{l} collided");

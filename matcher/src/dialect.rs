@@ -152,11 +152,7 @@ mod tests {
 
     #[test]
     fn azure_deployment_is_extracted() {
-        let r = classify(
-            "post",
-            "/openai/deployments/my%2Dgpt/chat/completions?api-version=2024-06-01",
-        )
-        .unwrap();
+        let r = classify("post", "/openai/deployments/my%2Dgpt/chat/completions?api-version=2024-06-01").unwrap();
         assert_eq!(r.operation, Operation::ChatCompletions);
         assert_eq!(r.deployment.as_deref(), Some("my-gpt"));
     }
@@ -164,15 +160,9 @@ mod tests {
     #[test]
     fn azure_deployment_named_like_an_operation() {
         let r = classify("POST", "/openai/deployments/chat/completions?api-version=2024-06-01").unwrap();
-        assert_eq!(
-            (r.operation, r.deployment.as_deref()),
-            (Operation::Completions, Some("chat"))
-        );
+        assert_eq!((r.operation, r.deployment.as_deref()), (Operation::Completions, Some("chat")));
         let r = classify("POST", "/openai/deployments/embeddings/embeddings").unwrap();
-        assert_eq!(
-            (r.operation, r.deployment.as_deref()),
-            (Operation::Embeddings, Some("embeddings"))
-        );
+        assert_eq!((r.operation, r.deployment.as_deref()), (Operation::Embeddings, Some("embeddings")));
     }
 
     #[test]

@@ -70,9 +70,6 @@ pub enum ConfigError {
 impl ConfigError {
     /// Shorthand for [`ConfigError::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { field: field.into(), reason: reason.into() }
     }
 }

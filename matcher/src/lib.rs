@@ -24,6 +24,7 @@ pub mod normalize;
 pub mod render;
 mod runtime;
 pub mod stream;
+pub mod synth;
 pub mod template;
 
 pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};

@@ -14,16 +14,8 @@ use crate::dialect::{Operation, Route};
 use crate::error::ConfigError;
 
 /// Top-level request fields that don't change the model's answer, for every operation.
-pub const ALWAYS_IGNORED: &[&str] = &[
-    "stream",
-    "stream_options",
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "safety_identifier",
-    "prompt_cache_key",
-];
+pub const ALWAYS_IGNORED: &[&str] =
+    &["stream", "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"];
 
 /// Also ignored for embeddings: the filter converts between float and base64 itself.
 pub const EMBEDDINGS_IGNORED: &[&str] = &["encoding_format"];
@@ -67,18 +59,12 @@ impl Normalizer {
         for (i, p) in cfg.ignore_fields.iter().enumerate() {
             let field = format!("normalization.ignore_fields[{i}]");
             if p.is_empty() || !p.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    field,
-                    format!("{p:?} is not a JSON Pointer (must start with '/')"),
-                ));
+                return Err(ConfigError::invalid(field, format!("{p:?} is not a JSON Pointer (must start with '/')")));
             }
             let mut segs = Vec::new();
             for raw in p.split('/').skip(1) {
                 if raw.contains('~') && !valid_pointer_escapes(raw) {
-                    return Err(ConfigError::invalid(
-                        field,
-                        format!("{p:?} has an invalid '~' escape (use ~0 or ~1)"),
-                    ));
+                    return Err(ConfigError::invalid(field, format!("{p:?} has an invalid '~' escape (use ~0 or ~1)")));
                 }
                 segs.push(raw.replace("~1", "/").replace("~0", "~"));
             }
@@ -91,10 +77,7 @@ impl Normalizer {
             if re.is_match("") {
                 return Err(ConfigError::invalid(
                     format!("normalization.scrubbers[{i}].pattern"),
-                    format!(
-                        "{:?} matches the empty string, which would rewrite every value",
-                        s.pattern
-                    ),
+                    format!("{:?} matches the empty string, which would rewrite every value", s.pattern),
                 ));
             }
             scrubbers.push((re, s.placeholder.clone()));
@@ -162,9 +145,7 @@ impl Normalizer {
 
 fn valid_pointer_escapes(s: &str) -> bool {
     let b = s.as_bytes();
-    b.iter()
-        .enumerate()
-        .all(|(i, &c)| c != b'~' || matches!(b.get(i + 1), Some(b'0') | Some(b'1')))
+    b.iter().enumerate().all(|(i, &c)| c != b'~' || matches!(b.get(i + 1), Some(b'0') | Some(b'1')))
 }
 
 fn remove_pointer(v: &mut Value, segs: &[String]) {

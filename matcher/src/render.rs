@@ -6,25 +6,12 @@ use serde_json::{json, Value};
 use crate::dialect::Dialect;
 
 /// Headers that carry credentials: never stored, logged or hashed.
-pub const SECRET_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "api-key",
-    "x-api-key",
-    "cookie",
-    "set-cookie",
-];
+pub const SECRET_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"];
 
 /// Headers Envoy computes itself; copying them from an asset would corrupt the reply.
-const HOP_BY_HOP: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-];
+const HOP_BY_HOP: &[&str] =
+    &["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"];
 
 /// Is `name` a credential-bearing header?
 pub fn is_secret_header(name: &str) -> bool {
@@ -46,11 +33,7 @@ pub fn is_understudy_header(name: &str) -> bool {
 
 /// An error body in the dialect's own shape, so SDKs raise their usual exception types.
 pub fn error_body(dialect: Dialect, status: u16, message: &str, code: &str) -> Vec<u8> {
-    let kind = if status == 404 {
-        "not_found_error"
-    } else {
-        "invalid_request_error"
-    };
+    let kind = if status == 404 { "not_found_error" } else { "invalid_request_error" };
     serde_json::to_vec(&error_json(dialect, kind, message, Some(code))).unwrap_or_default()
 }
 
@@ -162,12 +145,8 @@ mod tests {
         assert_eq!(f32::from_le_bytes(raw[4..8].try_into().unwrap()), -2.5);
         assert_eq!(embedding_encoding_of(&body), Some(EmbeddingEncoding::Base64));
         assert!(convert_embeddings(&mut body, EmbeddingEncoding::Float));
-        let back: Vec<f64> = body["data"][0]["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let back: Vec<f64> =
+            body["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let want: Vec<f64> = orig["data"][0]["embedding"]
             .as_array()
             .unwrap()

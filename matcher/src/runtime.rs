@@ -15,6 +15,7 @@ use crate::render::{
     convert_embeddings, embedding_encoding_of, error_body, error_json, is_dropped_header, EmbeddingEncoding,
 };
 use crate::stream::{assemble_sse, is_sse, render_sse, wants_stream, StreamOptions, SSE_CONTENT_TYPE};
+use crate::synth::{SynthRule, Synthesizer};
 use crate::template::{refresh_id, Context, Rng, Template};
 
 /// What to do when no asset matches.
@@ -40,6 +41,9 @@ pub struct PluginConfig {
     pub normalization: NormalizationConfig,
     /// The asset bundle, as written by `understudy bundle`.
     pub bundle: Bundle,
+    /// Rules that synthesize an answer for requests no asset matches (before `on_miss` applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synthesize: Vec<SynthRule>,
 }
 
 impl PluginConfig {
@@ -56,6 +60,8 @@ pub enum Outcome {
     Hit,
     /// No asset matched.
     Miss,
+    /// No asset matched; a `synthesize` rule answered.
+    Synthesized,
     /// The body could not be parsed.
     BadRequest,
 }
@@ -150,16 +156,11 @@ impl AssetSet {
         stored_key: Option<&str>,
     ) -> Result<String, ConfigError> {
         validate_asset(asset, label)?;
-        let bad = |reason: String| ConfigError::Asset {
-            asset: label.to_string(),
-            reason,
-        };
+        let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
         let route = classify(&asset.request.method, &asset.request.path)
             .ok_or_else(|| bad("request is not an LLM operation".into()))?;
         let mut normalized = asset.request.body.clone();
-        normalizer
-            .normalize(&route, &mut normalized)
-            .map_err(|e| bad(format!("request.body: {e}")))?;
+        normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
         let key = Normalizer::key_of_normalized(route.operation, &normalized);
         if let Some(stored) = stored_key {
             if stored != key {
@@ -177,40 +178,21 @@ impl AssetSet {
         let many = asset.responses.is_some();
         let mut responses = Vec::new();
         for (i, r) in asset.all_responses().into_iter().enumerate() {
-            let at = if many {
-                format!("responses[{i}]")
-            } else {
-                "response".to_string()
-            };
+            let at = if many { format!("responses[{i}]") } else { "response".to_string() };
             responses.push(compile_response(route.operation, r, asset.refresh).map_err(|e| bad(format!("{at}{e}")))?);
         }
-        let fingerprint = serde_json::to_string(&(
-            asset.all_responses(),
-            asset.sequence,
-            asset.seed,
-            asset.refresh,
-            asset.latency,
-        ))
-        .unwrap_or_default();
-        if let Some(&i) = self.index.get(&key) {
-            let prev = self
-                .assets
-                .get(i)
-                .map(|p| (p.label.clone(), p.fingerprint.clone()))
+        let fingerprint =
+            serde_json::to_string(&(asset.all_responses(), asset.sequence, asset.seed, asset.refresh, asset.latency))
                 .unwrap_or_default();
+        if let Some(&i) = self.index.get(&key) {
+            let prev = self.assets.get(i).map(|p| (p.label.clone(), p.fingerprint.clone())).unwrap_or_default();
             if prev.1 == fingerprint {
                 self.duplicates.push((prev.0, display));
                 return Ok(key);
             }
-            return Err(ConfigError::Conflict {
-                key,
-                first: prev.0,
-                second: display,
-            });
+            return Err(ConfigError::Conflict { key, first: prev.0, second: display });
         }
-        let seed = asset
-            .seed
-            .unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
+        let seed = asset.seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
         let idx = self.assets.len();
         self.assets.push(Compiled {
             label: display,
@@ -257,11 +239,9 @@ impl AssetSet {
 fn compile_response(op: Operation, r: &AssetResponse, refresh: bool) -> Result<Response, String> {
     let status = r.status();
     let mut headers: Vec<(String, String)> = match &r.headers {
-        Some(h) => h
-            .iter()
-            .filter(|(k, _)| !is_dropped_header(k))
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
+        Some(h) => {
+            h.iter().filter(|(k, _)| !is_dropped_header(k)).map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()
+        }
         None => vec![("content-type".to_string(), "application/json".to_string())],
     };
     if let Some(e) = &r.error {
@@ -408,6 +388,7 @@ pub struct Runtime {
     on_miss: OnMiss,
     normalizer: Normalizer,
     assets: AssetSet,
+    synth: Synthesizer,
     /// Distinguishes this VM's fresh ids from other workers'.
     salt: u64,
     served: Cell<u64>,
@@ -424,13 +405,11 @@ impl Runtime {
         if cfg.bundle.format != BUNDLE_FORMAT {
             return Err(ConfigError::invalid(
                 "bundle.format",
-                format!(
-                    "{:?} is not supported by this filter (expected {BUNDLE_FORMAT:?})",
-                    cfg.bundle.format
-                ),
+                format!("{:?} is not supported by this filter (expected {BUNDLE_FORMAT:?})", cfg.bundle.format),
             ));
         }
         let normalizer = Normalizer::compile(&cfg.normalization)?;
+        let synth = Synthesizer::compile(&cfg.synthesize)?;
         let mut assets = AssetSet::default();
         for (i, b) in cfg.bundle.assets.iter().enumerate() {
             let label = format!("bundle.assets[{i}] from {}", b.source);
@@ -438,13 +417,7 @@ impl Runtime {
         }
         // std seeds RandomState from the OS (WASI random_get under Envoy): a per-VM salt.
         let salt = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        Ok(Runtime {
-            on_miss: cfg.on_miss,
-            normalizer,
-            assets,
-            salt,
-            served: Cell::new(0),
-        })
+        Ok(Runtime { on_miss: cfg.on_miss, normalizer, assets, synth, salt, served: Cell::new(0) })
     }
 
     /// The miss policy.
@@ -459,10 +432,7 @@ impl Runtime {
 
     /// [`Runtime::decide_at`] with the system clock.
     pub fn decide(&self, route: &Route, body: &[u8]) -> Decision {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         self.decide_at(route, body, u64::try_from(now).unwrap_or(u64::MAX))
     }
 
@@ -480,6 +450,9 @@ impl Runtime {
         }
         let key = Normalizer::key_of_normalized(route.operation, &normalized);
         let Some(asset) = self.assets.index.get(&key).and_then(|&i| self.assets.assets.get(i)) else {
+            if let Some(r) = self.synthesized(route, &request, key.clone(), now_nanos) {
+                return Decision::Respond(r);
+            }
             if self.on_miss == OnMiss::Passthrough {
                 return Decision::Forward(Outcome::Miss);
             }
@@ -516,9 +489,7 @@ impl Runtime {
         let needs_work = stream
             || asset.refresh
             || !resp.templates.is_empty()
-            || resp
-                .embeddings
-                .is_some_and(|have| have != EmbeddingEncoding::requested(request));
+            || resp.embeddings.is_some_and(|have| have != EmbeddingEncoding::requested(request));
         let body = match (&resp.json, &resp.sse) {
             (_, Some(sse)) if stream => {
                 set_content_type(&mut headers, SSE_CONTENT_TYPE);
@@ -575,37 +546,42 @@ impl Runtime {
         if n > 1 {
             headers.push(("x-understudy-response".into(), format!("{}/{n}", pick + 1)));
         }
-        let delay_ms = asset.latency.map_or(0, |l| {
-            let per_token = l.per_token_ms * resp.output_tokens as f64;
-            l.ttft_ms.saturating_add(per_token.min(600_000.0) as u64)
-        });
-        LocalResponse {
-            outcome: Outcome::Hit,
-            status: resp.status,
-            headers,
-            body,
-            delay_ms,
+        let delay_ms = delay(asset.latency, resp.output_tokens);
+        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms }
+    }
+
+    /// A `synthesize` rule's answer for a request no asset matches, if a rule applies.
+    fn synthesized(&self, route: &Route, request: &Value, key: String, now_nanos: u64) -> Option<LocalResponse> {
+        if self.synth.is_empty() {
+            return None;
         }
+        let served = self.served.get();
+        self.served.set(served.wrapping_add(1));
+        let mut ids = Rng::new(now_nanos ^ self.salt ^ served.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let body = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids)?;
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let stream = wants_stream(request) && route.operation != Operation::Embeddings;
+        let bytes = if stream {
+            set_content_type(&mut headers, SSE_CONTENT_TYPE);
+            headers.push(("cache-control".into(), "no-cache".into()));
+            render_sse(route.operation, &body, &StreamOptions::from_request(request)).ok()?.into_bytes()
+        } else {
+            serde_json::to_vec(&body).ok()?
+        };
+        headers.push(("x-understudy".into(), "synthesized".into()));
+        headers.push(("x-understudy-key".into(), key));
+        let delay_ms = delay(self.synth.latency(route, request), output_tokens(&body));
+        Some(LocalResponse { outcome: Outcome::Synthesized, status: 200, headers, body: bytes, delay_ms })
     }
 
     /// An asset that matched but can't produce this answer: a 500 that says why, never a panic.
     fn asset_error(&self, asset: &Compiled, route: &Route, key: &str, why: String) -> LocalResponse {
         let message = format!("Understudy matched asset {} but it {why}", asset.label);
         let kind = "api_error";
-        let body = serde_json::to_vec(&error_json(
-            route.operation.dialect(),
-            kind,
-            &message,
-            Some("understudy_bad_asset"),
-        ))
-        .unwrap_or_default();
-        LocalResponse {
-            outcome: Outcome::Hit,
-            status: 500,
-            headers: local_headers("hit", key),
-            body,
-            delay_ms: 0,
-        }
+        let body =
+            serde_json::to_vec(&error_json(route.operation.dialect(), kind, &message, Some("understudy_bad_asset")))
+                .unwrap_or_default();
+        LocalResponse { outcome: Outcome::Hit, status: 500, headers: local_headers("hit", key), body, delay_ms: 0 }
     }
 
     fn bad_request(&self, route: &Route, e: &RequestError) -> Decision {
@@ -630,12 +606,7 @@ impl Runtime {
         // Rank a bounded number of same-operation candidates so a miss stays cheap on huge stores.
         const SCAN: usize = 5_000;
         const CAP: usize = 10_000;
-        let candidates = self
-            .assets
-            .by_operation
-            .get(&operation)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let candidates = self.assets.by_operation.get(&operation).map(Vec::as_slice).unwrap_or_default();
         let best = candidates
             .iter()
             .take(SCAN)
@@ -646,10 +617,7 @@ impl Runtime {
             Some((_, a)) => {
                 let at = first_difference(&a.normalized, normalized).unwrap_or_default();
                 let at = if at.is_empty() { "/".to_string() } else { at };
-                msg.push_str(&format!(
-                    " Closest asset: {} (key {}), first difference at {at}.",
-                    a.label, a.key
-                ));
+                msg.push_str(&format!(" Closest asset: {} (key {}), first difference at {at}.", a.label, a.key));
             }
             None => msg.push_str(&format!(" No asset for {operation} is loaded.")),
         }
@@ -660,6 +628,14 @@ impl Runtime {
         );
         msg
     }
+}
+
+/// Time to first token plus time per output token, in milliseconds.
+fn delay(latency: Option<Latency>, output_tokens: u64) -> u64 {
+    latency.map_or(0, |l| {
+        let per_token = l.per_token_ms * output_tokens as f64;
+        l.ttft_ms.saturating_add(per_token.min(600_000.0) as u64)
+    })
 }
 
 /// Fresh top-level `id` in the same format, and `created`/`created_at` set to now.

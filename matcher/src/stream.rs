@@ -59,10 +59,7 @@ pub struct StreamOptions {
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions {
-            include_usage: false,
-            chunk_chars: DEFAULT_CHUNK_CHARS,
-        }
+        StreamOptions { include_usage: false, chunk_chars: DEFAULT_CHUNK_CHARS }
     }
 }
 
@@ -74,10 +71,7 @@ impl StreamOptions {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        StreamOptions {
-            include_usage,
-            ..StreamOptions::default()
-        }
+        StreamOptions { include_usage, ..StreamOptions::default() }
     }
 }
 
@@ -135,11 +129,7 @@ pub enum StreamError {
 }
 
 fn bad(op: Operation, field: impl Into<String>, reason: impl Into<String>) -> StreamError {
-    StreamError::BadBody {
-        op,
-        field: field.into(),
-        reason: reason.into(),
-    }
+    StreamError::BadBody { op, field: field.into(), reason: reason.into() }
 }
 
 /// Renders a non-streaming response `body` of `op` as the SSE stream the live API sends.
@@ -235,11 +225,7 @@ fn key_rank(order: &[&str], k: &str) -> usize {
 fn write_json(out: &mut String, v: &Value) {
     match v {
         Value::Object(m) => {
-            let order = if m.contains_key("index") && m.contains_key("id") {
-                TOOL_CALL_ORDER
-            } else {
-                KEY_ORDER
-            };
+            let order = if m.contains_key("index") && m.contains_key("id") { TOOL_CALL_ORDER } else { KEY_ORDER };
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
             entries.sort_by_key(|(k, _)| key_rank(order, k));
             out.push('{');
@@ -343,13 +329,7 @@ fn path_of(prefix: &str, key: &str) -> String {
 }
 
 fn as_object<'a>(op: Operation, v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, StreamError> {
-    v.as_object().ok_or_else(|| {
-        bad(
-            op,
-            if path.is_empty() { "(body)" } else { path },
-            "must be a JSON object",
-        )
-    })
+    v.as_object().ok_or_else(|| bad(op, if path.is_empty() { "(body)" } else { path }, "must be a JSON object"))
 }
 
 fn req_str<'a>(op: Operation, o: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a str, StreamError> {
@@ -440,11 +420,7 @@ fn render_chat(body: &Value, opts: &StreamOptions) -> Result<String, StreamError
     let mut base = Map::new();
     copy_keys(b, &mut base, &["id"]);
     base.insert("object".into(), "chat.completion.chunk".into());
-    copy_keys(
-        b,
-        &mut base,
-        &["created", "model", "service_tier", "system_fingerprint"],
-    );
+    copy_keys(b, &mut base, &["created", "model", "service_tier", "system_fingerprint"]);
     if opts.include_usage {
         base.insert("usage".into(), Value::Null);
     }
@@ -493,10 +469,7 @@ fn chat_choice(
     // (delta, logprobs) per chunk.
     let mut deltas: Vec<(Value, Value)> = Vec::new();
     let mut opening = Map::new();
-    opening.insert(
-        "role".into(),
-        msg.get("role").cloned().unwrap_or_else(|| "assistant".into()),
-    );
+    opening.insert("role".into(), msg.get("role").cloned().unwrap_or_else(|| "assistant".into()));
     opening.insert("content".into(), content.map_or(Value::Null, |_| "".into()));
     opening.insert("refusal".into(), refusal.map_or(Value::Null, |_| "".into()));
     // Like the live API, a message with only tool calls opens with its first tool call's header.
@@ -574,12 +547,7 @@ fn chat_choice(
     let mut out: Vec<Value> = deltas
         .into_iter()
         .map(|(delta, lp)| {
-            obj([
-                ("index", index.into()),
-                ("delta", delta),
-                ("logprobs", lp),
-                ("finish_reason", Value::Null),
-            ])
+            obj([("index", index.into()), ("delta", delta), ("logprobs", lp), ("finish_reason", Value::Null)])
         })
         .collect();
     out.push(obj([
@@ -608,11 +576,7 @@ fn tool_call_deltas(
     let p_at = path_of(at, ty);
     let payload = as_object(op, t.get(ty).unwrap_or(&Value::Null), &p_at)?;
     // Function calls stream `arguments`; custom tool calls stream `input`.
-    let field = if payload.contains_key("arguments") || !payload.contains_key("input") {
-        "arguments"
-    } else {
-        "input"
-    };
+    let field = if payload.contains_key("arguments") || !payload.contains_key("input") { "arguments" } else { "input" };
     let args = req_str(op, payload, field, &p_at)?;
     let mut head_payload = payload.clone();
     head_payload.insert(field.into(), "".into());
@@ -653,12 +617,7 @@ fn render_completions(body: &Value, opts: &StreamOptions) -> Result<String, Stre
         let text = req_str(op, c, "text", &at)?;
         let mut logprobs = c.get("logprobs").filter(|v| !v.is_null()).cloned();
         let entry = |text: &str, lp: Value, finish: Value| {
-            obj([
-                ("text", text.into()),
-                ("index", index.into()),
-                ("logprobs", lp),
-                ("finish_reason", finish),
-            ])
+            obj([("text", text.into()), ("index", index.into()), ("logprobs", lp), ("finish_reason", finish)])
         };
         let mut entries: Vec<Value> = pieces(text, opts.chunk_chars)
             .into_iter()
@@ -725,17 +684,9 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
             "function_call" | "custom_tool_call" => {
                 let id = req_str(op, it, "id", &at)?;
                 let (field, delta_ty, done_ty) = if ty == "function_call" {
-                    (
-                        "arguments",
-                        "response.function_call_arguments.delta",
-                        "response.function_call_arguments.done",
-                    )
+                    ("arguments", "response.function_call_arguments.delta", "response.function_call_arguments.done")
                 } else {
-                    (
-                        "input",
-                        "response.custom_tool_call_input.delta",
-                        "response.custom_tool_call_input.done",
-                    )
+                    ("input", "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done")
                 };
                 let args = req_str(op, it, field, &at)?;
                 added.insert(field.into(), "".into());
@@ -749,14 +700,7 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
                         map([("item_id", id.into()), ("output_index", oi.into()), ("delta", p.into())]),
                     );
                 }
-                s.sequenced(
-                    done_ty,
-                    map([
-                        ("item_id", id.into()),
-                        ("output_index", oi.into()),
-                        (field, args.into()),
-                    ]),
-                );
+                s.sequenced(done_ty, map([("item_id", id.into()), ("output_index", oi.into()), (field, args.into())]));
             }
             "reasoning" => {
                 let id = req_str(op, it, "id", &at)?;
@@ -769,18 +713,10 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
                 for (si, part) in summary.iter().enumerate() {
                     let p_at = format!("{at}.summary[{si}]");
                     let text = req_str(op, as_object(op, part, &p_at)?, "text", &p_at)?;
-                    let ids = || {
-                        map([
-                            ("item_id", id.into()),
-                            ("output_index", oi.into()),
-                            ("summary_index", si.into()),
-                        ])
-                    };
+                    let ids =
+                        || map([("item_id", id.into()), ("output_index", oi.into()), ("summary_index", si.into())]);
                     let mut f = ids();
-                    f.insert(
-                        "part".into(),
-                        obj([("type", "summary_text".into()), ("text", "".into())]),
-                    );
+                    f.insert("part".into(), obj([("type", "summary_text".into()), ("text", "".into())]));
                     s.sequenced("response.reasoning_summary_part.added", f);
                     for p in pieces(text, opts.chunk_chars) {
                         let mut f = ids();
@@ -791,10 +727,7 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
                     f.insert("text".into(), text.into());
                     s.sequenced("response.reasoning_summary_text.done", f);
                     let mut f = ids();
-                    f.insert(
-                        "part".into(),
-                        obj([("type", "summary_text".into()), ("text", text.into())]),
-                    );
+                    f.insert("part".into(), obj([("type", "summary_text".into()), ("text", text.into())]));
                     s.sequenced("response.reasoning_summary_part.done", f);
                 }
             }
@@ -803,10 +736,7 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
                 map([("output_index", oi.into()), ("item", Value::Object(added))]),
             ),
         }
-        s.sequenced(
-            "response.output_item.done",
-            map([("output_index", oi.into()), ("item", item.clone())]),
-        );
+        s.sequenced("response.output_item.done", map([("output_index", oi.into()), ("item", item.clone())]));
     }
     let terminal = match b.get("status").and_then(Value::as_str) {
         Some("incomplete") => "response.incomplete",
@@ -830,13 +760,7 @@ fn message_part(
 ) -> Result<(), StreamError> {
     let p = as_object(op, part, at)?;
     let ty = req_str(op, p, "type", at)?;
-    let ids = || {
-        map([
-            ("item_id", item_id.into()),
-            ("output_index", oi.into()),
-            ("content_index", ci.into()),
-        ])
-    };
+    let ids = || map([("item_id", item_id.into()), ("output_index", oi.into()), ("content_index", ci.into())]);
     let with = |k: &str, v: Value| {
         let mut f = ids();
         f.insert(k.into(), v);
@@ -933,10 +857,7 @@ fn render_messages(body: &Value, opts: &StreamOptions) -> Result<String, StreamE
         start.insert("usage".into(), Value::Object(su));
     }
     let mut s = Sse::default();
-    s.named(
-        "message_start",
-        &obj([("type", "message_start".into()), ("message", Value::Object(start))]),
-    );
+    s.named("message_start", &obj([("type", "message_start".into()), ("message", Value::Object(start))]));
     s.named("ping", &obj([("type", "ping".into())]));
 
     for (i, block) in content.iter().enumerate() {
@@ -972,9 +893,7 @@ fn render_messages(body: &Value, opts: &StreamOptions) -> Result<String, StreamE
                 }
             }
             "tool_use" | "server_tool_use" | "mcp_tool_use" => {
-                let input = bl
-                    .get("input")
-                    .ok_or_else(|| bad(op, format!("{at}.input"), "is missing"))?;
+                let input = bl.get("input").ok_or_else(|| bad(op, format!("{at}.input"), "is missing"))?;
                 started.insert("input".into(), Value::Object(Map::new()));
                 deltas.push(obj([("type", "input_json_delta".into()), ("partial_json", "".into())]));
                 if input.as_object().is_none_or(|o| !o.is_empty()) {
@@ -997,17 +916,10 @@ fn render_messages(body: &Value, opts: &StreamOptions) -> Result<String, StreamE
         for d in deltas {
             s.named(
                 "content_block_delta",
-                &obj([
-                    ("type", "content_block_delta".into()),
-                    ("index", i.into()),
-                    ("delta", d),
-                ]),
+                &obj([("type", "content_block_delta".into()), ("index", i.into()), ("delta", d)]),
             );
         }
-        s.named(
-            "content_block_stop",
-            &obj([("type", "content_block_stop".into()), ("index", i.into())]),
-        );
+        s.named("content_block_stop", &obj([("type", "content_block_stop".into()), ("index", i.into())]));
     }
 
     let mut delta = map([
@@ -1025,11 +937,7 @@ fn render_messages(body: &Value, opts: &StreamOptions) -> Result<String, StreamE
     du.insert("output_tokens".into(), output_tokens);
     s.named(
         "message_delta",
-        &obj([
-            ("type", "message_delta".into()),
-            ("delta", Value::Object(delta)),
-            ("usage", Value::Object(du)),
-        ]),
+        &obj([("type", "message_delta".into()), ("delta", Value::Object(delta)), ("usage", Value::Object(du))]),
     );
     s.named("message_stop", &obj([("type", "message_stop".into())]));
     Ok(s.out)
@@ -1048,8 +956,7 @@ struct RawEvent {
 
 /// Lines split on `\r\n`, `\n` or `\r`.
 fn lines(text: &str) -> impl Iterator<Item = &str> {
-    text.split('\n')
-        .flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
+    text.split('\n').flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r'))
 }
 
 /// The SSE event stream interpretation (WHATWG), lenient about a missing final blank line.
@@ -1096,11 +1003,7 @@ fn parse_sse(text: &str) -> Vec<RawEvent> {
         }
     }
     if has_data {
-        events.push(RawEvent {
-            name: name.filter(|n| !n.is_empty()),
-            data,
-            line: start.unwrap_or(1),
-        });
+        events.push(RawEvent { name: name.filter(|n| !n.is_empty()), data, line: start.unwrap_or(1) });
     }
     events
 }
@@ -1152,11 +1055,7 @@ fn event_error(
 }
 
 fn upstream(op: Operation, error: &Value) -> StreamError {
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| error.to_string());
+    let message = error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string());
     StreamError::Upstream { op, message }
 }
 
@@ -1277,11 +1176,7 @@ fn assemble_chat(events: &[RawEvent]) -> Result<Value, StreamError> {
             return Err(upstream(op, e));
         }
         // Azure's content-filter chunks have an empty `object`: the SDK skips them too.
-        if chunk
-            .get("object")
-            .and_then(Value::as_str)
-            .is_some_and(|o| o != "chat.completion.chunk")
-        {
+        if chunk.get("object").and_then(Value::as_str).is_some_and(|o| o != "chat.completion.chunk") {
             continue;
         }
         seen = true;
@@ -1299,15 +1194,7 @@ fn assemble_chat(events: &[RawEvent]) -> Result<Value, StreamError> {
             match choice.get("delta") {
                 Some(Value::Object(d)) => accumulate(&mut acc.message, d),
                 None | Some(Value::Null) => {}
-                Some(_) => {
-                    return Err(event_error(
-                        op,
-                        index,
-                        ev,
-                        &chunk,
-                        "a choice's `delta` is not an object",
-                    ))
-                }
+                Some(_) => return Err(event_error(op, index, ev, &chunk, "a choice's `delta` is not an object")),
             }
             if let Some(f) = choice.get("finish_reason").filter(|f| !f.is_null()) {
                 acc.finish_reason = f.clone();
@@ -1318,10 +1205,7 @@ fn assemble_chat(events: &[RawEvent]) -> Result<Value, StreamError> {
         }
     }
     if !seen {
-        return Err(StreamError::MissingEvent {
-            op,
-            event: "chat.completion.chunk",
-        });
+        return Err(StreamError::MissingEvent { op, event: "chat.completion.chunk" });
     }
     let choices: Vec<Value> = choices
         .into_iter()
@@ -1393,10 +1277,7 @@ fn assemble_completions(events: &[RawEvent]) -> Result<Value, StreamError> {
         }
     }
     if !seen {
-        return Err(StreamError::MissingEvent {
-            op,
-            event: "text_completion",
-        });
+        return Err(StreamError::MissingEvent { op, event: "text_completion" });
     }
     let choices: Vec<Value> = choices
         .into_iter()
@@ -1420,11 +1301,7 @@ fn assemble_responses(events: &[RawEvent]) -> Result<Value, StreamError> {
     let op = Operation::Responses;
     let mut done_items: BTreeMap<u64, Value> = BTreeMap::new();
     for (index, ev, data) in json_events(op, events)? {
-        let ty = data
-            .get("type")
-            .and_then(Value::as_str)
-            .or(ev.name.as_deref())
-            .unwrap_or_default();
+        let ty = data.get("type").and_then(Value::as_str).or(ev.name.as_deref()).unwrap_or_default();
         match ty {
             "error" => return Err(upstream(op, &Value::Object(data.clone()))),
             "response.output_item.done" => {
@@ -1447,10 +1324,7 @@ fn assemble_responses(events: &[RawEvent]) -> Result<Value, StreamError> {
             _ => {}
         }
     }
-    Err(StreamError::MissingEvent {
-        op,
-        event: "response.completed",
-    })
+    Err(StreamError::MissingEvent { op, event: "response.completed" })
 }
 
 struct BlockAcc {
@@ -1482,12 +1356,7 @@ fn assemble_messages(events: &[RawEvent]) -> Result<Value, StreamError> {
     let mut blocks: BTreeMap<u64, BlockAcc> = BTreeMap::new();
     let mut last = None;
     for (index, ev, data) in json_events(op, events)? {
-        let ty = data
-            .get("type")
-            .and_then(Value::as_str)
-            .or(ev.name.as_deref())
-            .unwrap_or_default()
-            .to_string();
+        let ty = data.get("type").and_then(Value::as_str).or(ev.name.as_deref()).unwrap_or_default().to_string();
         let fail = |reason: &str| event_error(op, index, ev, &data, reason);
         if ty == "error" {
             return Err(upstream(op, data.get("error").unwrap_or(&Value::Object(data.clone()))));
@@ -1511,25 +1380,14 @@ fn assemble_messages(events: &[RawEvent]) -> Result<Value, StreamError> {
             }
             continue;
         };
-        let block_index = || {
-            data.get("index")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| fail("has no integer `index`"))
-        };
+        let block_index = || data.get("index").and_then(Value::as_u64).ok_or_else(|| fail("has no integer `index`"));
         match ty.as_str() {
             "content_block_start" => {
                 let i = block_index()?;
                 let Some(Value::Object(b)) = data.get("content_block") else {
                     return Err(fail("`content_block` is not an object"));
                 };
-                blocks.insert(
-                    i,
-                    BlockAcc {
-                        block: b.clone(),
-                        json: String::new(),
-                        finished: false,
-                    },
-                );
+                blocks.insert(i, BlockAcc { block: b.clone(), json: String::new(), finished: false });
             }
             "content_block_delta" => {
                 let i = block_index()?;
@@ -1540,9 +1398,7 @@ fn assemble_messages(events: &[RawEvent]) -> Result<Value, StreamError> {
                     return Err(fail("`delta` is not an object"));
                 };
                 let text_of = |k: &str| {
-                    d.get(k)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| fail(&format!("the delta has no string `{k}`")))
+                    d.get(k).and_then(Value::as_str).ok_or_else(|| fail(&format!("the delta has no string `{k}`")))
                 };
                 match d.get("type").and_then(Value::as_str).unwrap_or_default() {
                     "text_delta" => append(&mut acc.block, "text", text_of("text")?),
@@ -1598,10 +1454,7 @@ fn assemble_messages(events: &[RawEvent]) -> Result<Value, StreamError> {
         }
     }
     let Some(mut msg) = message else {
-        return Err(StreamError::MissingEvent {
-            op,
-            event: "message_start",
-        });
+        return Err(StreamError::MissingEvent { op, event: "message_start" });
     };
     let mut content = Vec::with_capacity(blocks.len());
     for (i, mut acc) in blocks {
@@ -1638,10 +1491,7 @@ mod tests {
     use serde_json::json;
 
     fn opts(include_usage: bool, chunk_chars: usize) -> StreamOptions {
-        StreamOptions {
-            include_usage,
-            chunk_chars,
-        }
+        StreamOptions { include_usage, chunk_chars }
     }
 
     const SIZES: [usize; 5] = [0, 1, 3, DEFAULT_CHUNK_CHARS, 1000];
@@ -1652,11 +1502,7 @@ mod tests {
     }
 
     fn chunks(sse: &str) -> Vec<Value> {
-        datas(sse)
-            .iter()
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect()
+        datas(sse).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect()
     }
 
     fn chat_body(choices: Value) -> Value {
@@ -1714,14 +1560,9 @@ mod tests {
 
     #[test]
     fn pieces_split_on_char_boundaries_and_rejoin() {
-        for text in [
-            "",
-            "a",
-            "The capital of France is Paris.",
-            MULTIBYTE,
-            "  lead\n\nand trail  ",
-            "xxxxxxxxxxxxxxxxxxxxxx",
-        ] {
+        for text in
+            ["", "a", "The capital of France is Paris.", MULTIBYTE, "  lead\n\nand trail  ", "xxxxxxxxxxxxxxxxxxxxxx"]
+        {
             for size in SIZES {
                 let p = pieces(text, size);
                 assert_eq!(p.concat(), text);
@@ -1740,10 +1581,7 @@ mod tests {
 
     #[test]
     fn chat_text_round_trips() {
-        assert_chat_round_trip(&chat_body(json!([text_choice(
-            0,
-            json!("The capital of France is Paris.")
-        )])));
+        assert_chat_round_trip(&chat_body(json!([text_choice(0, json!("The capital of France is Paris."))])));
         assert_chat_round_trip(&chat_body(json!([text_choice(0, json!(MULTIBYTE))])));
         assert_chat_round_trip(&chat_body(json!([text_choice(0, json!(""))])));
     }
@@ -1770,10 +1608,7 @@ mod tests {
         assert_chat_round_trip(&body);
         // Choices are interleaved and each chunk carries one.
         let sse = render_sse(Operation::ChatCompletions, &body, &opts(false, 4)).unwrap();
-        let order: Vec<u64> = chunks(&sse)
-            .iter()
-            .map(|c| c["choices"][0]["index"].as_u64().unwrap())
-            .collect();
+        let order: Vec<u64> = chunks(&sse).iter().map(|c| c["choices"][0]["index"].as_u64().unwrap()).collect();
         assert_eq!(&order[..4], &[0, 1, 2, 3]);
     }
 
@@ -1819,14 +1654,8 @@ mod tests {
             assert_eq!(first["tool_calls"][0]["function"]["arguments"], "");
             // Argument pieces carry only index + function.arguments.
             let piece = &c[1]["choices"][0]["delta"]["tool_calls"][0];
-            assert_eq!(
-                piece.as_object().unwrap().keys().collect::<Vec<_>>(),
-                ["function", "index"]
-            );
-            assert_eq!(
-                piece["function"].as_object().unwrap().keys().collect::<Vec<_>>(),
-                ["arguments"]
-            );
+            assert_eq!(piece.as_object().unwrap().keys().collect::<Vec<_>>(), ["function", "index"]);
+            assert_eq!(piece["function"].as_object().unwrap().keys().collect::<Vec<_>>(), ["arguments"]);
             let last_choice = if usage {
                 assert_eq!(c.last().unwrap()["choices"], json!([]));
                 assert_eq!(c.last().unwrap()["usage"], body["usage"]);
@@ -1837,10 +1666,7 @@ mod tests {
             };
             assert_eq!(last_choice["choices"][0]["delta"], json!({}));
             assert_eq!(last_choice["choices"][0]["finish_reason"], "tool_calls");
-            let finishes = c
-                .iter()
-                .filter(|ch| !ch["choices"][0]["finish_reason"].is_null())
-                .count();
+            let finishes = c.iter().filter(|ch| !ch["choices"][0]["finish_reason"].is_null()).count();
             assert_eq!(finishes, 1);
         }
         // Text: the opening delta has role, empty content and refusal null, and the live key order.
@@ -1853,10 +1679,7 @@ mod tests {
         let first = sse.lines().next().unwrap();
         assert!(first
             .starts_with(r#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1764403200,"model":"#));
-        assert!(
-            first.contains(r#""delta":{"role":"assistant","content":"","refusal":null}"#),
-            "{first}"
-        );
+        assert!(first.contains(r#""delta":{"role":"assistant","content":"","refusal":null}"#), "{first}");
     }
 
     #[test]
@@ -1901,10 +1724,7 @@ mod tests {
     fn response_deltas(sse: &str) -> BTreeMap<(u64, u64), String> {
         let mut out: BTreeMap<(u64, u64), String> = BTreeMap::new();
         for e in chunks(sse) {
-            let key = (
-                e["output_index"].as_u64().unwrap_or(0),
-                e["content_index"].as_u64().unwrap_or(99),
-            );
+            let key = (e["output_index"].as_u64().unwrap_or(0), e["content_index"].as_u64().unwrap_or(99));
             match e["type"].as_str().unwrap() {
                 "response.output_text.delta" | "response.refusal.delta" | "response.function_call_arguments.delta" => {
                     out.entry(key).or_default().push_str(e["delta"].as_str().unwrap())
@@ -1935,10 +1755,7 @@ mod tests {
                 assert_eq!(data["sequence_number"], i as u64);
             }
             let types: Vec<&str> = c.iter().map(|e| e["type"].as_str().unwrap()).collect();
-            assert_eq!(
-                &types[..3],
-                &["response.created", "response.in_progress", "response.output_item.added"]
-            );
+            assert_eq!(&types[..3], &["response.created", "response.in_progress", "response.output_item.added"]);
             assert_eq!(*types.last().unwrap(), "response.completed");
             assert_eq!(c[0]["response"]["status"], "in_progress");
             assert_eq!(c[0]["response"]["output"], json!([]));
@@ -2021,19 +1838,14 @@ mod tests {
         assert_eq!(start["stop_reason"], Value::Null);
         assert_eq!(start["usage"]["input_tokens"], 384);
         assert_eq!(start["usage"]["output_tokens"], 1);
-        assert_eq!(
-            c[2]["content_block"],
-            json!({"type": "thinking", "thinking": "", "signature": ""})
-        );
+        assert_eq!(c[2]["content_block"], json!({"type": "thinking", "thinking": "", "signature": ""}));
         let tool_start = c.iter().find(|d| d["content_block"]["type"] == "tool_use").unwrap();
         assert_eq!(tool_start["content_block"]["input"], json!({}));
         let md = &c[c.len() - 2];
         assert_eq!(md["delta"], json!({"stop_reason": "tool_use", "stop_sequence": null}));
         assert_eq!(md["usage"]["output_tokens"], 62);
         assert!(c.iter().any(|d| d["delta"]["type"] == "signature_delta"));
-        assert!(c
-            .iter()
-            .any(|d| d["delta"]["type"] == "input_json_delta" && d["delta"]["partial_json"] != ""));
+        assert!(c.iter().any(|d| d["delta"]["type"] == "input_json_delta" && d["delta"]["partial_json"] != ""));
     }
 
     #[test]
@@ -2054,15 +1866,9 @@ mod tests {
         };
         assert_eq!(field_of(Operation::ChatCompletions, json!([])), "(body)");
         assert_eq!(field_of(Operation::ChatCompletions, json!({})), "choices");
+        assert_eq!(field_of(Operation::ChatCompletions, json!({"choices": [{}]})), "choices[0].message");
         assert_eq!(
-            field_of(Operation::ChatCompletions, json!({"choices": [{}]})),
-            "choices[0].message"
-        );
-        assert_eq!(
-            field_of(
-                Operation::ChatCompletions,
-                json!({"choices": [{"message": {"content": 3}}]})
-            ),
+            field_of(Operation::ChatCompletions, json!({"choices": [{"message": {"content": 3}}]})),
             "choices[0].message.content"
         );
         assert_eq!(
@@ -2072,37 +1878,19 @@ mod tests {
             ),
             "choices[0].message.tool_calls[0].function.arguments"
         );
+        assert_eq!(field_of(Operation::Completions, json!({"choices": [{"index": 0}]})), "choices[0].text");
         assert_eq!(
-            field_of(Operation::Completions, json!({"choices": [{"index": 0}]})),
-            "choices[0].text"
-        );
-        assert_eq!(
-            field_of(
-                Operation::Responses,
-                json!({"output": [{"type": "message", "content": []}]})
-            ),
+            field_of(Operation::Responses, json!({"output": [{"type": "message", "content": []}]})),
             "output[0].id"
         );
         assert_eq!(
-            field_of(
-                Operation::Responses,
-                json!({"output": [{"type": "function_call", "id": "fc"}]})
-            ),
+            field_of(Operation::Responses, json!({"output": [{"type": "function_call", "id": "fc"}]})),
             "output[0].arguments"
         );
-        assert_eq!(
-            field_of(Operation::Messages, json!({"content": [{"type": "text"}]})),
-            "content[0].text"
-        );
-        assert_eq!(
-            field_of(Operation::Messages, json!({"content": [{"type": "tool_use"}]})),
-            "content[0].input"
-        );
+        assert_eq!(field_of(Operation::Messages, json!({"content": [{"type": "text"}]})), "content[0].text");
+        assert_eq!(field_of(Operation::Messages, json!({"content": [{"type": "tool_use"}]})), "content[0].input");
         let e = render_sse(Operation::Messages, &json!({"content": "x"}), &StreamOptions::default()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "anthropic.messages: cannot stream this response body: `content` must be an array"
-        );
+        assert_eq!(e.to_string(), "anthropic.messages: cannot stream this response body: `content` must be an array");
     }
 
     #[test]
@@ -2150,18 +1938,12 @@ mod tests {
     fn malformed_streams_are_typed_errors() {
         let op = Operation::ChatCompletions;
         assert!(matches!(assemble_sse(op, ""), Err(StreamError::MissingEvent { .. })));
-        assert!(matches!(
-            assemble_sse(op, "data: [DONE]\n\n"),
-            Err(StreamError::MissingEvent { .. })
-        ));
+        assert!(matches!(assemble_sse(op, "data: [DONE]\n\n"), Err(StreamError::MissingEvent { .. })));
         match assemble_sse(op, "data: {\"choices\":[]}\n\ndata: {nope\n\n") {
             Err(StreamError::BadEvent { index, line, .. }) => assert_eq!((index, line), (1, 3)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            assemble_sse(op, "data: [1]\n\n"),
-            Err(StreamError::BadEvent { .. })
-        ));
+        assert!(matches!(assemble_sse(op, "data: [1]\n\n"), Err(StreamError::BadEvent { .. })));
         assert!(matches!(
             assemble_sse(op, "data: {\"choices\":[{\"delta\":{}}]}\n\n"),
             Err(StreamError::BadEvent { .. })
@@ -2172,10 +1954,7 @@ mod tests {
         ));
         let m = Operation::Messages;
         assert!(matches!(
-            assemble_sse(
-                m,
-                "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
-            ),
+            assemble_sse(m, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"),
             Err(StreamError::BadEvent { .. })
         ));
         assert!(matches!(
@@ -2195,25 +1974,16 @@ mod tests {
                 Operation::Responses,
                 "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{}}\n\n"
             ),
-            Err(StreamError::MissingEvent {
-                event: "response.completed",
-                ..
-            })
+            Err(StreamError::MissingEvent { event: "response.completed", .. })
         ));
-        assert!(matches!(
-            assemble_sse(m, "data: {}"),
-            Err(StreamError::MissingEvent { .. })
-        ));
+        assert!(matches!(assemble_sse(m, "data: {}"), Err(StreamError::MissingEvent { .. })));
     }
 
     /// Tiny deterministic PRNG (no extra test dependencies).
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (self.0 >> 33) as usize
         }
     }
@@ -2221,10 +1991,7 @@ mod tests {
     #[test]
     fn truncated_and_mutated_streams_never_panic() {
         let cases = [
-            (
-                Operation::ChatCompletions,
-                chat_body(json!([text_choice(0, json!(MULTIBYTE))])),
-            ),
+            (Operation::ChatCompletions, chat_body(json!([text_choice(0, json!(MULTIBYTE))]))),
             (
                 Operation::ChatCompletions,
                 chat_body(
@@ -2234,21 +2001,8 @@ mod tests {
             (Operation::Responses, responses_body()),
             (Operation::Messages, anthropic_body()),
         ];
-        let junk = [
-            "\n",
-            "\r",
-            ":",
-            "data: ",
-            "{",
-            "}",
-            "\"",
-            "[DONE]",
-            "event: error\n",
-            "é",
-            "\u{feff}",
-            "0",
-            "null",
-        ];
+        let junk =
+            ["\n", "\r", ":", "data: ", "{", "}", "\"", "[DONE]", "event: error\n", "é", "\u{feff}", "0", "null"];
         let mut rng = Lcg(7);
         for (op, body) in cases {
             let sse = render_sse(op, &body, &opts(true, 5)).unwrap();
@@ -2298,10 +2052,7 @@ mod tests {
         // Minimal bodies render and round-trip.
         let m = json!({"choices": [{"message": {"content": "hi"}}]});
         let sse = render_sse(Operation::ChatCompletions, &m, &StreamOptions::default()).unwrap();
-        assert_eq!(
-            assemble_sse(Operation::ChatCompletions, &sse).unwrap()["choices"][0]["message"]["content"],
-            "hi"
-        );
+        assert_eq!(assemble_sse(Operation::ChatCompletions, &sse).unwrap()["choices"][0]["message"]["content"], "hi");
     }
 
     #[test]
@@ -2314,12 +2065,7 @@ mod tests {
         assert!(!is_sse("  \n\n"));
         assert!(!is_sse("hello\ndata: x"));
         assert!(!is_sse("database: x"));
-        for op in [
-            Operation::ChatCompletions,
-            Operation::Completions,
-            Operation::Responses,
-            Operation::Messages,
-        ] {
+        for op in [Operation::ChatCompletions, Operation::Completions, Operation::Responses, Operation::Messages] {
             let body = match op {
                 Operation::Responses => responses_body(),
                 Operation::Messages => anthropic_body(),
@@ -2375,11 +2121,9 @@ mod tests {
                     assert!(render_sse(route.operation, body, &StreamOptions::default()).is_err());
                     continue;
                 }
-                for (variant, o) in [
-                    ("plain", opts(false, DEFAULT_CHUNK_CHARS)),
-                    ("usage-1", opts(true, 1)),
-                    ("whole", opts(true, 0)),
-                ] {
+                for (variant, o) in
+                    [("plain", opts(false, DEFAULT_CHUNK_CHARS)), ("usage-1", opts(true, 1)), ("whole", opts(true, 0))]
+                {
                     let sse = render_sse(route.operation, body, &o).unwrap();
                     let back = assemble_sse(route.operation, &sse).unwrap();
                     let name = format!("{stem}-{i}-{variant}");

@@ -51,9 +51,7 @@ impl Rng {
     /// `len` base62 characters.
     pub fn base62(&mut self, len: usize) -> String {
         const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-        (0..len)
-            .map(|_| ALPHABET.get(self.below(62) as usize).map_or('0', |&b| char::from(b)))
-            .collect()
+        (0..len).map(|_| ALPHABET.get(self.below(62) as usize).map_or('0', |&b| char::from(b))).collect()
     }
 }
 
@@ -179,17 +177,9 @@ fn parse_expr(e: &str) -> Result<Expr, String> {
         ("request", Some(p)) if p.is_empty() || p.starts_with('/') => Expr::RequestPointer(p.to_string()),
         ("random", Some(opts)) => Expr::Random(opts.split('|').map(str::to_string).collect()),
         ("random_int", Some(range)) => {
-            let (lo, hi) = range
-                .split_once(':')
-                .ok_or_else(|| format!("{{{{{e}}}}}: use random_int:LO:HI"))?;
-            let lo: i64 = lo
-                .trim()
-                .parse()
-                .map_err(|_| format!("{{{{{e}}}}}: {lo:?} is not an integer"))?;
-            let hi: i64 = hi
-                .trim()
-                .parse()
-                .map_err(|_| format!("{{{{{e}}}}}: {hi:?} is not an integer"))?;
+            let (lo, hi) = range.split_once(':').ok_or_else(|| format!("{{{{{e}}}}}: use random_int:LO:HI"))?;
+            let lo: i64 = lo.trim().parse().map_err(|_| format!("{{{{{e}}}}}: {lo:?} is not an integer"))?;
+            let hi: i64 = hi.trim().parse().map_err(|_| format!("{{{{{e}}}}}: {hi:?} is not an integer"))?;
             if lo > hi {
                 return Err(format!("{{{{{e}}}}}: LO is greater than HI"));
             }
@@ -237,9 +227,7 @@ pub fn fresh_id(op: Operation, rng: &mut Rng) -> String {
         Operation::ChatCompletions => format!("chatcmpl-{}", rng.base62(29)),
         Operation::Completions => format!("cmpl-{}", rng.base62(29)),
         Operation::Responses => {
-            let hex: String = (0..48)
-                .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0'))
-                .collect();
+            let hex: String = (0..48).map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0')).collect();
             format!("resp_{hex}")
         }
         Operation::Messages => format!("msg_01{}", rng.base62(22)),
@@ -258,9 +246,7 @@ pub fn refresh_id(old: &str, rng: &mut Rng) -> String {
     };
     let hexy = !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let fresh: String = if hexy {
-        (0..body.len())
-            .map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0'))
-            .collect()
+        (0..body.len()).map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0')).collect()
     } else {
         rng.base62(body.chars().count().max(8))
     };
@@ -295,12 +281,7 @@ pub fn iso8601(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -331,10 +312,7 @@ mod tests {
         assert_eq!(t("{{now_iso}}").expand(&mut c), json!("2025-11-29T08:00:00Z"));
         assert_eq!(t("{{request.model}}").expand(&mut c), json!("gpt-4o"));
         assert_eq!(t("{{request:/n}}").expand(&mut c), json!(2));
-        assert_eq!(
-            t("you said: {{request:/messages/0/content}}!").expand(&mut c),
-            json!("you said: hello!")
-        );
+        assert_eq!(t("you said: {{request:/messages/0/content}}!").expand(&mut c), json!("you said: hello!"));
         assert_eq!(t("{{'{{'}}x}}").expand(&mut c), json!("{{x}}"));
         let id = t("{{id}}").expand(&mut c);
         let id = id.as_str().unwrap();
@@ -353,9 +331,7 @@ mod tests {
         let run = |seed| {
             let (mut a, mut b) = (Rng::new(0), Rng::new(seed));
             let mut c = ctx(&req, &mut a, &mut b);
-            (0..30)
-                .map(|_| t.expand(&mut c).as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+            (0..30).map(|_| t.expand(&mut c).as_str().unwrap().to_string()).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -372,14 +348,7 @@ mod tests {
 
     #[test]
     fn bad_placeholders_are_errors_not_panics() {
-        for bad in [
-            "{{nope}}",
-            "{{now",
-            "{{random_int:3}}",
-            "{{random_int:9:1}}",
-            "{{request:x}}",
-            "{{id:}}",
-        ] {
+        for bad in ["{{nope}}", "{{now", "{{random_int:3}}", "{{random_int:9:1}}", "{{request:x}}", "{{id:}}"] {
             assert!(Template::compile(bad).is_err(), "{bad}");
         }
         assert_eq!(Template::compile("plain").unwrap(), None);

@@ -48,9 +48,7 @@ fn compute(c: &Case) -> String {
     let n = Normalizer::compile(&cfg).unwrap_or_else(|e| panic!("{}: normalization does not compile: {e}", c.name));
     let route =
         classify(&c.method, &c.path).unwrap_or_else(|| panic!("{}: {} {} is not classified", c.name, c.method, c.path));
-    let (key, _) = n
-        .key(&route, c.body.as_bytes())
-        .unwrap_or_else(|e| panic!("{}: no key: {e}", c.name));
+    let (key, _) = n.key(&route, c.body.as_bytes()).unwrap_or_else(|e| panic!("{}: no key: {e}", c.name));
     key
 }
 
@@ -117,10 +115,7 @@ fn golden_file_is_in_blessed_form() {
         assert!(names.insert(c.name.as_str()), "duplicate case name {}", c.name);
     }
     if !bless_requested() {
-        assert!(
-            render(&cases) == GOLDEN,
-            "golden/keys.json is not formatted as UNDERSTUDY_BLESS=1 writes it"
-        );
+        assert!(render(&cases) == GOLDEN, "golden/keys.json is not formatted as UNDERSTUDY_BLESS=1 writes it");
     }
 }
 
@@ -137,11 +132,7 @@ fn classes(cases: &[Case]) -> Vec<usize> {
     }
     for (i, c) in cases.iter().enumerate() {
         for other in c.same_as.iter().chain(&c.differs_from) {
-            assert!(
-                index.contains_key(other.as_str()),
-                "{} refers to unknown case {other}",
-                c.name
-            );
+            assert!(index.contains_key(other.as_str()), "{} refers to unknown case {other}", c.name);
         }
         if let Some(other) = &c.same_as {
             let j = index[other.as_str()];
@@ -187,11 +178,7 @@ fn differs_from_relations_hold() {
     for (i, c) in cases.iter().enumerate() {
         if let Some(other) = &c.differs_from {
             let j = by_name[other.as_str()];
-            assert_ne!(
-                class[i], class[j],
-                "{} differs_from {other}, but same_as links join them",
-                c.name
-            );
+            assert_ne!(class[i], class[j], "{} differs_from {other}, but same_as links join them", c.name);
             assert_ne!(compute(c), compute(&cases[j]), "{} must differ from {other}", c.name);
         }
     }

@@ -25,20 +25,13 @@ fn norm(ignore: &[&str], scrub: &[(&str, &str)]) -> NormalizationConfig {
         ignore_fields: ignore.iter().map(|s| s.to_string()).collect(),
         scrubbers: scrub
             .iter()
-            .map(|(p, r)| ScrubberConfig {
-                pattern: p.to_string(),
-                placeholder: r.to_string(),
-            })
+            .map(|(p, r)| ScrubberConfig { pattern: p.to_string(), placeholder: r.to_string() })
             .collect(),
     }
 }
 
 fn key_with(cfg: &NormalizationConfig, path: &str, body: &str) -> String {
-    Normalizer::compile(cfg)
-        .unwrap()
-        .key(&route(path), body.as_bytes())
-        .unwrap_or_else(|e| panic!("{body}: {e}"))
-        .0
+    Normalizer::compile(cfg).unwrap().key(&route(path), body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}")).0
 }
 
 fn key(path: &str, body: &str) -> String {
@@ -47,10 +40,7 @@ fn key(path: &str, body: &str) -> String {
 
 fn normalized(cfg: &NormalizationConfig, path: &str, body: Value) -> Value {
     let mut v = body;
-    Normalizer::compile(cfg)
-        .unwrap()
-        .normalize(&route(path), &mut v)
-        .unwrap();
+    Normalizer::compile(cfg).unwrap().normalize(&route(path), &mut v).unwrap();
     v
 }
 
@@ -83,10 +73,8 @@ fn number_spellings_form_exact_equivalence_classes() {
     ];
     let mut seen: Vec<(String, &str)> = Vec::new();
     for g in groups {
-        let keys: Vec<String> = g
-            .iter()
-            .map(|lit| key(CHAT, &format!(r#"{{"model":"m","temperature":{lit}}}"#)))
-            .collect();
+        let keys: Vec<String> =
+            g.iter().map(|lit| key(CHAT, &format!(r#"{{"model":"m","temperature":{lit}}}"#))).collect();
         for (lit, k) in g.iter().zip(&keys) {
             assert_eq!(k, &keys[0], "{lit} should equal {}", g[0]);
         }
@@ -142,10 +130,7 @@ fn member_order_and_whitespace_never_matter() {
     assert_eq!(perms.len(), 24);
     for (n, p) in perms.iter().enumerate() {
         let sep = seps[n % seps.len()];
-        let body = format!(
-            " \n{{ {} }}\t\n",
-            p.iter().map(|&i| members[i]).collect::<Vec<_>>().join(sep)
-        );
+        let body = format!(" \n{{ {} }}\t\n", p.iter().map(|&i| members[i]).collect::<Vec<_>>().join(sep));
         assert_eq!(key(CHAT, &body), want, "{body}");
         count += 1;
     }
@@ -165,10 +150,7 @@ fn string_escapes_decode_to_one_value() {
     // Escaped member names too.
     assert_all_same(
         CHAT,
-        &[
-            r#"{"model":"m","logit_bias":{"é":1}}"#,
-            r#"{"\u006dodel":"m","logit_bias":{"\u00e9":1.0}}"#,
-        ],
+        &[r#"{"model":"m","logit_bias":{"é":1}}"#, r#"{"\u006dodel":"m","logit_bias":{"\u00e9":1.0}}"#],
     );
     // No Unicode normalization, no case folding, no trimming.
     let base = key(CHAT, r#"{"model":"m","messages":[{"role":"user","content":"é"}]}"#);
@@ -235,25 +217,13 @@ fn operation_is_part_of_the_key_but_gateway_prefix_is_not() {
 fn azure_deployment_is_the_model() {
     let openai = key(CHAT, r#"{"model":"gpt-4o","messages":[]}"#);
     for (path, body) in [
-        (
-            "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
-            r#"{"messages":[]}"#,
-        ),
-        (
-            "/openai/deployments/gpt-4o/chat/completions",
-            r#"{"messages":[],"model":"ignored"}"#,
-        ),
-        (
-            "/my/gateway/openai/deployments/gpt%2d4o/chat/completions?api-version=1",
-            r#"{"messages":[]}"#,
-        ),
+        ("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", r#"{"messages":[]}"#),
+        ("/openai/deployments/gpt-4o/chat/completions", r#"{"messages":[],"model":"ignored"}"#),
+        ("/my/gateway/openai/deployments/gpt%2d4o/chat/completions?api-version=1", r#"{"messages":[]}"#),
     ] {
         assert_eq!(key(path, body), openai, "{path} {body}");
     }
-    assert_ne!(
-        key("/openai/deployments/gpt-4o-mini/chat/completions", r#"{"messages":[]}"#),
-        openai
-    );
+    assert_ne!(key("/openai/deployments/gpt-4o-mini/chat/completions", r#"{"messages":[]}"#), openai);
     // The deployment is visible in the normalized body as `model`.
     let v = normalized(
         &NormalizationConfig::default(),
@@ -287,18 +257,12 @@ fn semantically_different_requests_differ() {
         keys.push(k);
     }
     // Embeddings dimensions.
-    assert_ne!(
-        key(EMB, r#"{"model":"e","input":"x"}"#),
-        key(EMB, r#"{"model":"e","input":"x","dimensions":256}"#)
-    );
+    assert_ne!(key(EMB, r#"{"model":"e","input":"x"}"#), key(EMB, r#"{"model":"e","input":"x","dimensions":256}"#));
 }
 
 #[test]
 fn duplicate_members_last_one_wins() {
-    assert_eq!(
-        key(CHAT, r#"{"model":"a","model":"b","x":{"k":1,"k":2}}"#),
-        key(CHAT, r#"{"model":"b","x":{"k":2}}"#)
-    );
+    assert_eq!(key(CHAT, r#"{"model":"a","model":"b","x":{"k":1,"k":2}}"#), key(CHAT, r#"{"model":"b","x":{"k":2}}"#));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -372,19 +336,12 @@ fn ignore_fields_with_indices_escapes_and_trailing_wildcards() {
     );
     assert_eq!(v, json!({"a": {"b": 4}, "keep": 5}));
     // A trailing `*` empties the container; the container itself stays.
-    let v = normalized(
-        &norm(&["/tools/*", "/extra/*"], &[]),
-        CHAT,
-        json!({"tools": [1, 2, 3], "extra": {"x": 1}, "m": 1}),
-    );
+    let v =
+        normalized(&norm(&["/tools/*", "/extra/*"], &[]), CHAT, json!({"tools": [1, 2, 3], "extra": {"x": 1}, "m": 1}));
     assert_eq!(v, json!({"tools": [], "extra": {}, "m": 1}));
     // Pointers through missing members, scalars or out-of-range indices are no-ops.
     let body = json!({"a": 1, "b": [1], "c": "s"});
-    let v = normalized(
-        &norm(&["/zz/y", "/a/x", "/b/5", "/b/5/x", "/c/*", "/b/-1"], &[]),
-        CHAT,
-        body.clone(),
-    );
+    let v = normalized(&norm(&["/zz/y", "/a/x", "/b/5", "/b/5/x", "/c/*", "/b/-1"], &[]), CHAT, body.clone());
     assert_eq!(v, body);
 }
 
@@ -433,11 +390,7 @@ fn scrubbers_rewrite_string_values_in_order() {
     assert_eq!(v, json!({"x": "c-c"}));
     // Scrubbers run after ignore_fields and see the Azure deployment as `model`.
     let cfg = norm(&["/secret"], &[("^dep-[0-9]+$", "dep-N")]);
-    let v = normalized(
-        &cfg,
-        "/openai/deployments/dep-42/chat/completions",
-        json!({"secret": "dep-1", "messages": []}),
-    );
+    let v = normalized(&cfg, "/openai/deployments/dep-42/chat/completions", json!({"secret": "dep-1", "messages": []}));
     assert_eq!(v, json!({"model": "dep-N", "messages": []}));
 }
 
@@ -460,10 +413,7 @@ fn bad_normalization_config_names_the_field() {
         (norm(&["/a", "/b", "/c~2"], &[]), "normalization.ignore_fields[2]"),
         (norm(&["/c~"], &[]), "normalization.ignore_fields[0]"),
         (norm(&[], &[("(", "x")]), "normalization.scrubbers[0].pattern"),
-        (
-            norm(&[], &[("ok", "x"), ("[z-a]", "x")]),
-            "normalization.scrubbers[1].pattern",
-        ),
+        (norm(&[], &[("ok", "x"), ("[z-a]", "x")]), "normalization.scrubbers[1].pattern"),
         (norm(&[], &[("a*", "x")]), "normalization.scrubbers[0].pattern"),
         (norm(&[], &[("^", "x")]), "normalization.scrubbers[0].pattern"),
     ];
@@ -489,10 +439,7 @@ fn bad_normalization_config_names_the_field() {
 fn bad_plugin_config_names_the_field() {
     let empty = format!(r#"{{"format":"{BUNDLE_FORMAT}","assets":[]}}"#);
     let cases: Vec<(String, &[&str])> = vec![
-        (
-            format!(r#"{{"on_mis":"error","bundle":{empty}}}"#),
-            &["on_mis:", "unknown field `on_mis`"],
-        ),
+        (format!(r#"{{"on_mis":"error","bundle":{empty}}}"#), &["on_mis:", "unknown field `on_mis`"]),
         (
             format!(r#"{{"normalization":{{"ignore_field":[]}},"bundle":{empty}}}"#),
             &["normalization.ignore_field:", "unknown field `ignore_field`"],
@@ -503,15 +450,9 @@ fn bad_plugin_config_names_the_field() {
             ),
             &["normalization.scrubbers[0].flags:"],
         ),
-        (
-            format!(r#"{{"on_miss":"sometimes","bundle":{empty}}}"#),
-            &["on_miss:", "sometimes"],
-        ),
+        (format!(r#"{{"on_miss":"sometimes","bundle":{empty}}}"#), &["on_miss:", "sometimes"]),
         (r#"{"on_miss":"error"}"#.to_string(), &["missing field `bundle`"]),
-        (
-            format!(r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[],"extra":1}}}}"#),
-            &["bundle.extra:"],
-        ),
+        (format!(r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[],"extra":1}}}}"#), &["bundle.extra:"]),
         (
             format!(
                 r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"s","request":{{"path":"/v1/embeddings","body":{{}},"headers":{{}}}},"response":{{"body":{{}}}}}}]}}}}"#
@@ -523,10 +464,7 @@ fn bad_plugin_config_names_the_field() {
     ];
     for (text, needles) in cases {
         let e = Runtime::from_json(&text).unwrap_err();
-        assert!(
-            matches!(e, ConfigError::Parse { .. }),
-            "{text}: expected a parse error, got {e:?}"
-        );
+        assert!(matches!(e, ConfigError::Parse { .. }), "{text}: expected a parse error, got {e:?}");
         let msg = e.to_string();
         for n in needles {
             assert!(msg.contains(n), "{text}: {msg:?} should mention {n:?}");
@@ -545,11 +483,7 @@ fn invalid_assets_in_a_bundle_name_the_asset() {
             r#"{"body":{},"headers":{"Authorization":"Bearer x"}}"#,
             &["bundle.assets[0]", "Authorization", "secret"],
         ),
-        (
-            CHAT,
-            r#"{"body":{},"body_text":"x"}"#,
-            &["bundle.assets[0]", "body_text"],
-        ),
+        (CHAT, r#"{"body":{},"body_text":"x"}"#, &["bundle.assets[0]", "body_text"]),
         (CHAT, r#"{"status":700,"body":{}}"#, &["response.status"]),
         (CHAT, r#"{}"#, &["response"]),
     ];
@@ -578,12 +512,7 @@ struct A<'a> {
 }
 
 fn a<'a>(name: &'a str, path: &'a str, body: &'a str, response: &'a str) -> A<'a> {
-    A {
-        name,
-        path,
-        body,
-        response,
-    }
+    A { name, path, body, response }
 }
 
 /// A plugin configuration whose bundle keys are computed with `Normalizer::key` under `normalization`.
@@ -725,10 +654,8 @@ fn miss_under_error_is_a_404_that_explains_itself() {
 
     // The closest asset is the one with the fewest differing leaves, and the path goes into arrays.
     let req = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say bye!"}],"temperature":0,"max_tokens":99,"seed":3}"#;
-    let msg = json_body(&respond(rt.decide(&route(CHAT), req.as_bytes())))["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let msg =
+        json_body(&respond(rt.decide(&route(CHAT), req.as_bytes())))["error"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("farewell"), "{msg}");
     assert!(msg.contains("first difference at /messages/0/content"), "{msg}");
 
@@ -755,10 +682,7 @@ fn miss_under_error_is_a_404_that_explains_itself() {
 #[test]
 fn passthrough_forwards_misses_and_bad_requests_but_serves_hits() {
     let rt = chat_runtime("passthrough");
-    assert_eq!(
-        rt.decide(&route(CHAT), br#"{"model":"gpt-4o","messages":[]}"#),
-        Decision::Forward(Outcome::Miss)
-    );
+    assert_eq!(rt.decide(&route(CHAT), br#"{"model":"gpt-4o","messages":[]}"#), Decision::Forward(Outcome::Miss));
     for bad in [&b""[..], b"{", b"[]", b"  "] {
         assert_eq!(
             rt.decide(&route(CHAT), bad),
@@ -801,10 +725,7 @@ fn bad_bodies() -> Vec<(&'static str, Vec<u8>)> {
         ("10k [", "[".repeat(10_000).into_bytes()),
         ("10k {\"a\":", "{\"a\":".repeat(10_000).into_bytes()),
         ("10k balanced []", deep(10_000, "[", "]")),
-        (
-            "deep inside an object",
-            [&br#"{"model":"m","x":"#[..], &deep(10_000, "[", "]"), b"}"].concat(),
-        ),
+        ("deep inside an object", [&br#"{"model":"m","x":"#[..], &deep(10_000, "[", "]"), b"}"].concat()),
     ]
 }
 
@@ -836,10 +757,7 @@ fn bad_bodies_have_typed_errors() {
     assert_eq!(n.key(&r, b"\n ").unwrap_err(), RequestError::Empty);
     assert_eq!(n.key(&r, b"[]").unwrap_err(), RequestError::NotAnObject);
     assert_eq!(n.key(&r, b"1").unwrap_err(), RequestError::NotAnObject);
-    assert!(matches!(
-        n.key(&r, "[".repeat(10_000).as_bytes()).unwrap_err(),
-        RequestError::Malformed(_)
-    ));
+    assert!(matches!(n.key(&r, "[".repeat(10_000).as_bytes()).unwrap_err(), RequestError::Malformed(_)));
     assert!(matches!(n.key(&r, b"{").unwrap_err(), RequestError::Malformed(_)));
 }
 
@@ -872,10 +790,7 @@ const EMB_REQ: &str = r#"{"model":"text-embedding-3-small","input":["a","b"]}"#;
 fn f32s_of_base64(s: &str) -> Vec<f32> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
     assert_eq!(bytes.len() % 4, 0);
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 fn base64_of_f32s(xs: &[f32]) -> String {
@@ -884,11 +799,7 @@ fn base64_of_f32s(xs: &[f32]) -> String {
 }
 
 fn f32s_of_array(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 #[test]
@@ -900,10 +811,9 @@ fn float_embeddings_are_served_as_base64_when_asked() {
     let stored: Value = serde_json::from_str(response).unwrap();
 
     // base64 requested: vectors converted, everything else as stored.
-    let r = respond(rt.decide(
-        &route(EMB),
-        br#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"base64"}"#,
-    ));
+    let r = respond(
+        rt.decide(&route(EMB), br#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"base64"}"#),
+    );
     assert_eq!(r.outcome, Outcome::Hit);
     let body = json_body(&r);
     assert_eq!(f32s_of_base64(body["data"][0]["embedding"].as_str().unwrap()), v0);
@@ -912,10 +822,7 @@ fn float_embeddings_are_served_as_base64_when_asked() {
     assert_eq!(body["data"][1]["index"], 1);
 
     // float requested, explicitly or by default: served exactly as stored.
-    for req in [
-        EMB_REQ,
-        r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"float"}"#,
-    ] {
+    for req in [EMB_REQ, r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"float"}"#] {
         let r = respond(rt.decide(&route(EMB), req.as_bytes()));
         assert_eq!(json_body(&r), stored["body"], "{req}");
         assert_eq!(r.body, serde_json::to_vec(&stored["body"]).unwrap(), "{req}");
@@ -946,10 +853,9 @@ fn base64_embeddings_are_served_as_floats_when_asked() {
         v.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
     );
     // base64 requested: as stored.
-    let r = respond(rt.decide(
-        &route(EMB),
-        br#"{"encoding_format":"base64","model":"text-embedding-3-small","input":["a","b"]}"#,
-    ));
+    let r = respond(
+        rt.decide(&route(EMB), br#"{"encoding_format":"base64","model":"text-embedding-3-small","input":["a","b"]}"#),
+    );
     assert_eq!(json_body(&r)["data"][0]["embedding"], b64.as_str());
 }
 
@@ -965,11 +871,7 @@ fn wrong_stored_key_is_a_key_mismatch() {
     let text = good.replace(&real, &bad_key);
     assert_ne!(text, good);
     match Runtime::from_json(&text).unwrap_err() {
-        ConfigError::KeyMismatch {
-            asset,
-            stored,
-            computed,
-        } => {
+        ConfigError::KeyMismatch { asset, stored, computed } => {
             assert!(asset.contains("bundle.assets[0]"), "{asset}");
             assert!(asset.contains("assets/t.json#0"), "{asset}");
             assert_eq!(stored, bad_key);
@@ -981,14 +883,8 @@ fn wrong_stored_key_is_a_key_mismatch() {
     let scrubbed = r#"{"scrubbers":[{"pattern":"hi","placeholder":"X"}]}"#;
     let text = config_json("error", scrubbed, &[a("g", CHAT, GREETING, r#"{"body":{}}"#)]);
     Runtime::from_json(&text).unwrap();
-    let text = text.replace(
-        &key_with(&serde_json::from_str(scrubbed).unwrap(), CHAT, GREETING),
-        &real,
-    );
-    assert!(matches!(
-        Runtime::from_json(&text).unwrap_err(),
-        ConfigError::KeyMismatch { .. }
-    ));
+    let text = text.replace(&key_with(&serde_json::from_str(scrubbed).unwrap(), CHAT, GREETING), &real);
+    assert!(matches!(Runtime::from_json(&text).unwrap_err(), ConfigError::KeyMismatch { .. }));
 }
 
 #[test]
@@ -1117,16 +1013,12 @@ fn mutated_bodies_never_panic_and_classify_consistently() {
                 }
                 Decision::Forward(o) => panic!("error mode never forwards: {o:?}"),
             };
-            assert_eq!(
-                outcome == Outcome::BadRequest,
-                !parsed_ok,
-                "{:?} on {path}",
-                String::from_utf8_lossy(&body)
-            );
+            assert_eq!(outcome == Outcome::BadRequest, !parsed_ok, "{:?} on {path}", String::from_utf8_lossy(&body));
             outcomes[match outcome {
                 Outcome::Hit => 0,
                 Outcome::Miss => 1,
                 Outcome::BadRequest => 2,
+                Outcome::Synthesized => panic!("no synthesize rules are configured"),
             }] += 1;
         }
     }
