@@ -35,7 +35,7 @@ E2E_ASSETS = E2E_DIR / "assets"
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-COUNTERS = ("requests", "hits", "misses", "bad_requests", "passthroughs", "misconfigured")
+COUNTERS = ("requests", "hits", "synthesized", "misses", "bad_requests", "passthroughs", "misconfigured")
 
 
 # --------------------------------------------------------------------------------------------------
