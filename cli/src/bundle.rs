@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use understudy_matcher::{
-    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation, BUNDLE_FORMAT,
+    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation,
 };
 
 /// A built bundle plus what the bundler noticed.
@@ -91,7 +91,7 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
         bail!("{} problem(s) in {}:\n  {}", errors.len(), dir.display(), errors.join("\n  "));
     }
     Ok(Built {
-        bundle: Bundle { format: BUNDLE_FORMAT.to_string(), assets },
+        bundle: Bundle::sealed(assets),
         files: files.len(),
         counts: set.counts(),
         duplicates: set.duplicates().to_vec(),

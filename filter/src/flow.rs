@@ -218,7 +218,7 @@ mod tests {
         let cfg = PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
-            bundle: Bundle { format: understudy_matcher::BUNDLE_FORMAT.into(), assets: vec![asset] },
+            bundle: Bundle::sealed(vec![asset]),
             synthesize: Vec::new(),
         };
         Rc::new(Runtime::compile(cfg).unwrap())

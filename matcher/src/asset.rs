@@ -169,8 +169,44 @@ pub const BUNDLE_FORMAT: &str = "understudy.bundle/v1";
 pub struct Bundle {
     /// Always [`BUNDLE_FORMAT`].
     pub format: String,
+    /// SHA-256 of the canonical JSON of `assets`, written by `understudy bundle` and verified by the filter,
+    /// so a bundle edited or truncated after it was validated fails the load instead of serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// The assets, in a stable order.
     pub assets: Vec<BundledAsset>,
+}
+
+impl Bundle {
+    /// A sealed bundle: `assets` plus their content hash.
+    pub fn sealed(assets: Vec<BundledAsset>) -> Self {
+        let mut b = Bundle { format: BUNDLE_FORMAT.to_string(), sha256: None, assets };
+        b.sha256 = Some(b.content_hash());
+        b
+    }
+
+    /// SHA-256 (hex) of the canonical JSON of the assets.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let v = serde_json::to_value(&self.assets).unwrap_or(Value::Null);
+        let digest = Sha256::digest(crate::canonical::to_canonical(&v).as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks the stored content hash, if any.
+    pub fn verify(&self) -> Result<(), ConfigError> {
+        match &self.sha256 {
+            Some(stored) if *stored != self.content_hash() => Err(ConfigError::invalid(
+                "bundle.sha256",
+                format!(
+                    "the assets do not match the bundle's content hash {stored} (computed {}): the bundle was \
+                     changed after `understudy bundle` validated it; rebuild it",
+                    self.content_hash()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An asset inside a bundle: the asset plus where it came from and the key the bundler computed.

@@ -408,6 +408,7 @@ impl Runtime {
                 format!("{:?} is not supported by this filter (expected {BUNDLE_FORMAT:?})", cfg.bundle.format),
             ));
         }
+        cfg.bundle.verify()?;
         let normalizer = Normalizer::compile(&cfg.normalization)?;
         let synth = Synthesizer::compile(&cfg.synthesize)?;
         let mut assets = AssetSet::default();

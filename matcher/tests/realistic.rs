@@ -266,3 +266,25 @@ fn latency_adds_time_per_output_token() {
     );
     assert_eq!(call(&rt, CHAT, &chat_req("slow")).delay_ms, 250 + 100); // usage.completion_tokens = 40
 }
+
+#[test]
+fn a_sealed_bundle_that_was_edited_fails_the_load() {
+    let req = chat_req("sealed");
+    let asset: understudy_matcher::BundledAsset = serde_json::from_value(json!({
+        "key": key(CHAT, &req), "source": "s.json#0",
+        "request": {"path": CHAT, "body": req}, "response": {"body": chat_body("chatcmpl-1", "original")}
+    }))
+    .unwrap();
+    let bundle = understudy_matcher::Bundle::sealed(vec![asset]);
+    let ok = json!({"bundle": bundle});
+    assert!(Runtime::from_json(&ok.to_string()).is_ok());
+    // Change only the response (the key still matches): the content hash catches it.
+    let mut tampered = ok.clone();
+    tampered["bundle"]["assets"][0]["response"]["body"]["choices"][0]["message"]["content"] = json!("forged");
+    let err = Runtime::from_json(&tampered.to_string()).unwrap_err().to_string();
+    assert!(err.starts_with("bundle.sha256:"), "{err}");
+    // Dropping an asset is caught as well.
+    let mut truncated = ok.clone();
+    truncated["bundle"]["assets"] = json!([]);
+    assert!(Runtime::from_json(&truncated.to_string()).is_err());
+}
