@@ -82,7 +82,7 @@ fn cluster(name: &str, up: &Upstream) -> Value {
 }
 
 fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
-    let mut action = json!({"cluster": cluster, "timeout": "600s", "auto_host_rewrite": true});
+    let mut action = json!({"cluster": cluster, "timeout": "660s", "auto_host_rewrite": true});
     if !up.prefix.is_empty() {
         if let Some(m) = action.as_object_mut() {
             m.insert("prefix_rewrite".into(), json!(format!("{}{}", up.prefix, prefix)));
@@ -155,6 +155,8 @@ pub fn bootstrap(s: &Settings) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "understudy",
+                        // Simulated latency may hold a reply up to 600 s; Envoy's default idle timeout is 300 s.
+                        "stream_idle_timeout": "660s",
                         "codec_type": "AUTO",
                         "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
                         "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)

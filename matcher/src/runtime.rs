@@ -274,8 +274,10 @@ fn compile_response(op: Operation, r: &AssetResponse, refresh: bool) -> Result<R
         headers.retain(|(k, _)| k != "content-type");
         headers.push(("content-type".into(), "application/json".into()));
     }
+    // Placeholders live in authored `body`s only; a recorded stream is a literal recording, served the same
+    // streamed or assembled.
     let mut templates = Vec::new();
-    if let Some(v) = &json {
+    if let (Some(v), None) = (&json, &sse) {
         collect_templates(v, &mut Vec::new(), &mut templates).map_err(|e| format!(".body{e}"))?;
     }
     let body = match (&json, &r.body_text) {
