@@ -91,9 +91,23 @@ fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
     json!({"match": {"prefix": prefix}, "route": action})
 }
 
-/// The Understudy HTTP filters, in the order that is safe everywhere: wasm, then buffer, then router.
+/// The Understudy HTTP filters, in the order that is safe everywhere: (decompressor), wasm, buffer, router.
 pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Value {
     json!([
+        {
+            // gzip request bodies are inflated before understudy reads them.
+            "name": "envoy.filters.http.decompressor",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor",
+                "decompressor_library": {
+                    "name": "gzip",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip"}
+                },
+                "response_direction_config": {
+                    "common_config": {"enabled": {"default_value": false, "runtime_key": "understudy.decompress_responses"}}
+                }
+            }
+        },
         {
             "name": "understudy",
             "typed_config": {
@@ -192,7 +206,10 @@ mod tests {
     fn filter_order_is_wasm_buffer_router() {
         let f = http_filters("/x.wasm", "{}", 10);
         let names: Vec<&str> = f.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]);
+        assert_eq!(
+            names,
+            ["envoy.filters.http.decompressor", "understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+        );
     }
 
     #[test]

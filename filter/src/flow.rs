@@ -23,6 +23,8 @@ enum State {
     Untouched,
     /// An LLM call whose body is still arriving.
     Buffering(Route),
+    /// An LLM call with a compressed body: rejected once the body has arrived.
+    Compressed(Route, String),
     /// Forwarded upstream after the decision.
     Forwarded,
     /// Answered locally.
@@ -49,6 +51,15 @@ impl Flow {
             self.state = State::Untouched;
             return Next::Continue;
         };
+        let encoding = host.request_header("content-encoding").unwrap_or_default();
+        let encoding = encoding.trim();
+        if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            self.state = State::Compressed(route.clone(), encoding.to_string());
+            if end_of_stream {
+                return self.finish_compressed(host);
+            }
+            return Next::Continue;
+        }
         if end_of_stream {
             return self.finish(host, &route, &[]);
         }
@@ -61,6 +72,9 @@ impl Flow {
 
     /// A request body chunk arrived; `body_size` is the total buffered so far.
     pub fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Next {
+        if let State::Compressed(..) = self.state {
+            return if end_of_stream { self.finish_compressed(host) } else { Next::Pause };
+        }
         let State::Buffering(route) = &self.state else {
             return match self.state {
                 State::Answered => Next::Pause,
@@ -77,7 +91,7 @@ impl Flow {
 
     /// Request trailers arrived: the body is complete.
     pub fn on_request_trailers(&mut self, host: &dyn Host, body_size: usize) -> Next {
-        if matches!(self.state, State::Buffering(_)) {
+        if matches!(self.state, State::Buffering(_) | State::Compressed(..)) {
             return self.on_request_body(host, body_size, true);
         }
         Next::Continue
@@ -89,7 +103,7 @@ impl Flow {
             State::Forwarded => host.set_response_header("x-understudy", "passthrough"),
             // A reply while we are still deciding: the upstream's (router started early: misconfigured), or
             // a local reply from a later filter, e.g. the buffer filter's 413, which is fine.
-            State::Buffering(_) if host.upstream_started() => {
+            State::Buffering(_) | State::Compressed(..) if host.upstream_started() => {
                 self.report_misconfigured(host);
                 host.set_response_header("x-understudy", "misconfigured");
             }
@@ -106,12 +120,24 @@ impl Flow {
         );
     }
 
+    fn finish_compressed(&mut self, host: &dyn Host) -> Next {
+        let State::Compressed(route, encoding) = std::mem::replace(&mut self.state, State::Start) else {
+            return Next::Continue;
+        };
+        let decision = self.runtime.reject(&route, &understudy_matcher::RequestError::Compressed(encoding));
+        self.act(host, decision)
+    }
+
     fn finish(&mut self, host: &dyn Host, route: &Route, body: &[u8]) -> Next {
+        let decision = self.runtime.decide_at(route, body, host.now_nanos());
+        self.act(host, decision)
+    }
+
+    fn act(&mut self, host: &dyn Host, decision: Decision) -> Next {
         if host.upstream_started() {
             self.report_misconfigured(host);
         }
         host.increment(Counter::Requests);
-        let decision = self.runtime.decide_at(route, body, host.now_nanos());
         let outcome = match &decision {
             Decision::Respond(r) => r.outcome,
             Decision::Forward(o) => *o,
@@ -288,6 +314,21 @@ mod tests {
         let mut f = Flow::new(runtime(OnMiss::Error));
         assert_eq!(f.on_request_headers(&h, true), Next::Pause);
         assert_eq!(h.sent.borrow().as_ref().unwrap().0, 400);
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::BadRequests]);
+    }
+
+    #[test]
+    fn compressed_bodies_are_a_clear_400_not_a_parse_error() {
+        let mut h = host("/v1/chat/completions", "\u{1f}\u{8b}garbage");
+        h.headers.push(("content-encoding".into(), "gzip".into()));
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        assert_eq!(f.on_request_headers(&h, false), Next::Continue);
+        assert_eq!(f.on_request_body(&h, 4, false), Next::Pause);
+        assert!(h.sent.borrow().is_none());
+        f.on_request_body(&h, 10, true);
+        let (status, _, body) = h.sent.borrow().clone().unwrap();
+        assert_eq!(status, 400);
+        assert!(String::from_utf8(body).unwrap().contains("content-encoding: gzip"));
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::BadRequests]);
     }
 

@@ -14,6 +14,12 @@ pub enum RequestError {
     /// Valid JSON, but not an object.
     #[error("the request body must be a JSON object")]
     NotAnObject,
+    /// The body is compressed; Understudy matches plain JSON only.
+    #[error(
+        "the request body is compressed (content-encoding: {0}); Understudy matches uncompressed JSON: put \
+         envoy.filters.http.decompressor before it (`understudy up` does), or send the body uncompressed"
+    )]
+    Compressed(String),
 }
 
 /// A bad asset, bundle or plugin configuration. Always names where the problem is.

@@ -587,6 +587,12 @@ impl Runtime {
         LocalResponse { outcome: Outcome::Hit, status: 500, headers: local_headers("hit", key), body, delay_ms: 0 }
     }
 
+    /// The decision for a request rejected before its body could be read: a 400 in the dialect's shape
+    /// under `on_miss: error`, forwarded under `passthrough`.
+    pub fn reject(&self, route: &Route, e: &RequestError) -> Decision {
+        self.bad_request(route, e)
+    }
+
     fn bad_request(&self, route: &Route, e: &RequestError) -> Decision {
         if self.on_miss == OnMiss::Passthrough {
             return Decision::Forward(Outcome::BadRequest);
