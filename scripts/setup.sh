@@ -29,3 +29,5 @@ fi
 echo "setup: building understudy.wasm and the understudy CLI (release)"
 cargo build --release --locked -p understudy-filter --target wasm32-wasip1
 cargo build --release --locked -p understudy-cli
+# A test-only build whose VM can be made to trap (x-understudy-fault: panic), for the fail-closed tests.
+cargo build --release --locked -p understudy-filter --target wasm32-wasip1 --features fault-injection --target-dir target/fault

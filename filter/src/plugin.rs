@@ -132,6 +132,11 @@ fn action(n: Next) -> Action {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        #[allow(clippy::panic)]
+        if self.host.request_header("x-understudy-fault").as_deref() == Some("panic") {
+            panic!("understudy: fault injected by x-understudy-fault (test build)");
+        }
         action(self.flow.on_request_headers(&self.host, end_of_stream))
     }
 
