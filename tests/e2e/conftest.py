@@ -501,15 +501,17 @@ def start_understudy(
     on_miss: str = "error",
     extra: list[str] | None = None,
     timeout: float = READY_TIMEOUT,
+    workers: int = 1,
+    log_level: str = "info",
 ) -> Understudy:
     args = [
         str(UNDERSTUDY), "up",
         "--assets", str(assets),
         "--port", "0",
         "--admin-port", "0",
-        "--workers", "1",
+        "--workers", str(workers),
         "--on-miss", on_miss,
-        "--log-level", "info",
+        "--log-level", log_level,
     ]
     if upstream:
         args += ["--upstream", upstream]
