@@ -93,21 +93,23 @@ pub fn canonical_number(lit: &str) -> String {
         // Not a number literal (cannot come from a parsed JSON document); keep it verbatim.
         return lit.to_string();
     }
-    let mut exp: i64 = parse_exp(exp_part);
-    exp = exp.saturating_sub(frac_part.len() as i64);
+    // Exponent arithmetic is exact in i128; a literal whose exponent has more than 36 digits is kept
+    // verbatim (it is still canonical: the same spelling always gives the same bytes).
+    let Some(exp) = parse_exp(exp_part) else { return lit.to_string() };
     let all: String = int_part.chars().chain(frac_part.chars()).collect();
     let trimmed_lead = all.trim_start_matches('0');
     let digits = trimmed_lead.trim_end_matches('0');
     if digits.is_empty() {
         return "0".to_string();
     }
-    exp = exp.saturating_add((trimmed_lead.len() - digits.len()) as i64);
-    let n = digits.len() as i64;
+    let shift = (trimmed_lead.len() - digits.len()) as i128 - frac_part.len() as i128;
+    let Some(exp) = exp.checked_add(shift) else { return lit.to_string() };
+    let n = digits.len() as i128;
     let mut out = String::new();
     if neg {
         out.push('-');
     }
-    let point = n.saturating_add(exp); // position of the decimal point from the left of `digits`
+    let Some(point) = n.checked_add(exp) else { return lit.to_string() }; // position of the decimal point from the left of `digits`
     if exp >= 0 && point <= 21 {
         out.push_str(digits);
         out.extend(std::iter::repeat_n('0', exp as usize));
@@ -128,27 +130,26 @@ pub fn canonical_number(lit: &str) -> String {
             out.push_str(tail);
         }
         out.push('e');
-        out.push_str(&(point.saturating_sub(1)).to_string());
+        out.push_str(&(point - 1).to_string());
     }
     out
 }
 
-fn parse_exp(s: &str) -> i64 {
+/// The exponent's value, or `None` when it has more than 36 significant digits.
+fn parse_exp(s: &str) -> Option<i128> {
     let (neg, digits) = match s.strip_prefix('-') {
         Some(d) => (true, d),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    // Saturate absurd exponents instead of overflowing; such numbers are only compared, never computed.
-    let mut v: i64 = 0;
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 36 {
+        return None;
+    }
+    let mut v: i128 = 0;
     for b in digits.bytes() {
-        v = v.saturating_mul(10).saturating_add(i64::from(b.wrapping_sub(b'0')));
+        v = v * 10 + i128::from(b.wrapping_sub(b'0'));
     }
-    v = v.min(i64::MAX / 4);
-    if neg {
-        -v
-    } else {
-        v
-    }
+    Some(if neg { -v } else { v })
 }
 
 #[cfg(test)]
