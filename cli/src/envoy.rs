@@ -169,6 +169,10 @@ pub fn bootstrap(s: &Settings) -> Value {
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "understudy",
+                        // Decode and merge paths as upstreams do, so no spelling of an LLM path is routed
+                        // differently from how understudy classifies it.
+                        "normalize_path": true,
+                        "merge_slashes": true,
                         // Simulated latency may hold a reply up to 600 s; Envoy's default idle timeout is 300 s.
                         "stream_idle_timeout": "660s",
                         "codec_type": "AUTO",

@@ -162,7 +162,8 @@ fn plugin_config(
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
     };
-    // Prove the filter will accept it before handing it to Envoy.
-    understudy_matcher::Runtime::compile(cfg.clone())?;
-    Ok(serde_json::to_string(&cfg)?)
+    // Prove the filter will accept it, through the filter's own loader, before handing it to Envoy.
+    let text = serde_json::to_string(&cfg)?;
+    understudy_matcher::Runtime::from_json_sealed(&text)?;
+    Ok(text)
 }

@@ -69,7 +69,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Runtime::from_json(text) {
+        match Runtime::from_json_sealed(text) {
             Ok(rt) => {
                 log(
                     LogLevel::Info,

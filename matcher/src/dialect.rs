@@ -87,12 +87,29 @@ pub fn classify(method: &str, path: &str) -> Option<Route> {
         return None;
     }
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Match what a lenient upstream would route, so no spelling of an LLM path slips past strict mode:
+    // percent-decoding (also of `%2F`), `;params`, dot segments, empty segments, case and stray control
+    // characters are all normalized away. Deployment names keep their case.
+    let decoded = percent_decode(path);
+    let mut raw: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or_default();
+        let seg = seg.trim_matches(|c: char| c.is_control() || c.is_whitespace());
+        match seg {
+            "" | "." => {}
+            ".." => {
+                raw.pop();
+            }
+            s => raw.push(s),
+        }
+    }
+    let lower: Vec<String> = raw.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let segs: Vec<&str> = lower.iter().map(String::as_str).collect();
     // Azure OpenAI first: .../openai/deployments/{deployment}/<operation>, so a deployment named like an
     // operation segment ("chat") can't be mistaken for one.
     let azure = segs.windows(2).position(|w| w == ["openai", "deployments"]);
-    let (deployment, op_segs) = match azure.and_then(|i| segs.get(i + 2..)) {
-        Some([d, rest @ ..]) if !rest.is_empty() => (Some(percent_decode(d)), rest),
+    let (deployment, op_segs) = match azure.and_then(|i| segs.get(i + 2..).map(|rest| (i, rest))) {
+        Some((i, [_, rest @ ..])) if !rest.is_empty() => (raw.get(i + 2).map(|d| d.to_string()), rest),
         _ => (None, segs.as_slice()),
     };
     let operation = match op_segs {
@@ -163,6 +180,25 @@ mod tests {
         assert_eq!((r.operation, r.deployment.as_deref()), (Operation::Completions, Some("chat")));
         let r = classify("POST", "/openai/deployments/embeddings/embeddings").unwrap();
         assert_eq!((r.operation, r.deployment.as_deref()), (Operation::Embeddings, Some("embeddings")));
+    }
+
+    #[test]
+    fn every_spelling_of_an_llm_path_is_classified() {
+        for p in [
+            "/v1/chat/%63ompletions",
+            "/V1/Chat/Completions",
+            "/v1/chat/completions;x=1",
+            "/v1%2Fchat%2Fcompletions",
+            "/v1/chat/completions%00",
+            "//v1//chat/./completions",
+            "/v1/embeddings/../chat/completions",
+            "/v1/chat/completions/",
+        ] {
+            let r = classify("POST", p).unwrap_or_else(|| panic!("{p} not classified"));
+            assert_eq!(r.operation, Operation::ChatCompletions, "{p}");
+        }
+        let az = classify("POST", "/OpenAI/Deployments/My-GPT/Chat/Completions").unwrap();
+        assert_eq!(az.deployment.as_deref(), Some("My-GPT"));
     }
 
     #[test]

@@ -398,8 +398,24 @@ pub struct Runtime {
 
 impl Runtime {
     /// Parses and compiles a plugin configuration. Any problem fails the whole load, naming the field/asset.
+    /// A bundle without a content hash is accepted here (tools and tests build them); the filter uses
+    /// [`Runtime::from_json_sealed`].
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         Self::compile(PluginConfig::from_json(text)?)
+    }
+
+    /// As [`Runtime::from_json`], but the bundle must carry its content hash (`bundle.sha256`), so deleting
+    /// the hash can't switch the integrity check off. What the filter loads.
+    pub fn from_json_sealed(text: &str) -> Result<Self, ConfigError> {
+        let cfg = PluginConfig::from_json(text)?;
+        if cfg.bundle.sha256.is_none() {
+            return Err(ConfigError::invalid(
+                "bundle.sha256",
+                "missing: the filter loads only sealed bundles; build the bundle with `understudy bundle` \
+                 (or `understudy plugin-config`)",
+            ));
+        }
+        Self::compile(cfg)
     }
 
     /// Compiles a parsed configuration.

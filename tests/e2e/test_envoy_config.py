@@ -55,7 +55,9 @@ def http_filter_names(boot: dict) -> list[str]:
 def test_print_config_bootstrap_validates(tmp_path, assets_dir, extra):
     out = tmp_path / "bootstrap.json"
     boot = print_config(out, assets_dir, *extra)
-    assert http_filter_names(boot) == ["understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    assert http_filter_names(boot) == [
+        "envoy.filters.http.decompressor", "understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"
+    ]
     clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
     upstream = extra[extra.index("--upstream") + 1] if "--upstream" in extra else None
     if upstream is None:
@@ -107,7 +109,7 @@ def test_missing_buffer_filter_is_reported_as_misconfigured(request, tmp_path, a
     boot = print_config(cfg, assets_dir, "--upstream", upstream.url, port=port, admin_port=admin_port)
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.buffer"]
-    assert http_filter_names(boot) == ["understudy", "envoy.filters.http.router"]
+    assert http_filter_names(boot) == ["envoy.filters.http.decompressor", "understudy", "envoy.filters.http.router"]
     cfg.write_text(json.dumps(boot))
 
     log = tmp_path / "envoy-misconfigured.log"
