@@ -283,6 +283,13 @@ fn a_sealed_bundle_that_was_edited_fails_the_load() {
     tampered["bundle"]["assets"][0]["response"]["body"]["choices"][0]["message"]["content"] = json!("forged");
     let err = Runtime::from_json(&tampered.to_string()).unwrap_err().to_string();
     assert!(err.starts_with("bundle.sha256:"), "{err}");
+    // The filter's loader refuses an unsealed bundle, so deleting the hash doesn't disable the check.
+    let mut unsealed = tampered.clone();
+    unsealed["bundle"].as_object_mut().unwrap().remove("sha256");
+    assert!(Runtime::from_json(&unsealed.to_string()).is_ok(), "library loader: hash optional");
+    let err = Runtime::from_json_sealed(&unsealed.to_string()).unwrap_err().to_string();
+    assert!(err.starts_with("bundle.sha256: missing"), "{err}");
+    assert!(Runtime::from_json_sealed(&ok.to_string()).is_ok());
     // Dropping an asset is caught as well.
     let mut truncated = ok.clone();
     truncated["bundle"]["assets"] = json!([]);
