@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UP_ARGS ?=
 
-.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak lint fmt clean
+.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak test-fuzz lint fmt clean
 
 help: ## Show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ up: setup ## Run a local Envoy with Understudy serving examples/assets (UP_ARGS=
 	./target/release/understudy up $(UP_ARGS)
 
 test: setup ## Run the whole test suite: lint, unit, wasm golden vectors, end-to-end against real Envoy
-	@$(MAKE) --no-print-directory lint test-unit test-wasm test-streams test-e2e test-soak
+	@$(MAKE) --no-print-directory lint test-unit test-wasm test-streams test-e2e test-soak test-fuzz
 
 lint: ## rustfmt and clippy (no unwrap/expect/indexing/panic outside tests)
 	cargo fmt --all -- --check
@@ -41,6 +41,9 @@ test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
 test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact stats, flat memory (SOAK_REQUESTS=N)
 	bash scripts/install-load-tools.sh
 	$(PY) -m pytest -p no:cacheprovider tests/soak -s
+
+test-fuzz: ## Every cargo-fuzz target for a bounded time (FUZZ_SECONDS per target, default 15; more on demand)
+	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),15)
 
 fmt: ## Format the Rust code
 	cargo fmt --all

@@ -1,0 +1,125 @@
+//! `Runtime::decide_at` on arbitrary request paths and bodies, against fixed small runtimes built from
+//! `examples/assets/**` through the public API (parse, key, bundle, compile), plus one templated asset with
+//! several responses and `synthesize` rules, in both miss modes.
+//!
+//! Input: the first line is the request path (if it is not an LLM path, a route is picked from its length),
+//! the rest is the body. Properties: never panics; a streamed 2xx answer assembles back into a body; a JSON
+//! 2xx answer is valid JSON.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::json;
+use understudy_matcher::stream::assemble_sse;
+use understudy_matcher::synth::SynthRule;
+use understudy_matcher::{
+    classify, parse_asset_file, Asset, AssetSet, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer,
+    OnMiss, PluginConfig, Route, Runtime,
+};
+
+const ASSET_FILES: &[(&str, &str)] = &[
+    ("anthropic/messages-haiku.json", include_str!("../../examples/assets/anthropic/messages-haiku.json")),
+    ("openai/chat-capital.json", include_str!("../../examples/assets/openai/chat-capital.json")),
+    ("openai/chat-weather-tool.json", include_str!("../../examples/assets/openai/chat-weather-tool.json")),
+    ("openai/embeddings-fox.json", include_str!("../../examples/assets/openai/embeddings-fox.json")),
+];
+
+const FALLBACK_PATHS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+];
+
+const NOW_NANOS: u64 = 1_764_403_200_123_456_789;
+
+/// A chat asset whose responses hold placeholders, served in a seeded random order.
+fn templated() -> Asset {
+    serde_json::from_value(json!({
+        "name": "templated",
+        "request": {"path": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "template me"}]}},
+        "responses": [
+            {"body": {"id": "{{id}}", "object": "chat.completion", "created": "{{now}}", "model": "{{request.model}}",
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                    "content": "{{random:a|b|c}} at {{now_iso}} {{uuid}} {{request:/messages/0/content}}"},
+                    "finish_reason": "stop"}]}},
+            {"body": {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "{{random_int:-5:5}}"},
+                    "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}},
+            {"status": 429, "error": {"type": "rate_limit_error", "message": "slow down"}}
+        ],
+        "sequence": "random",
+        "seed": 7,
+        "latency": {"ttft_ms": 5, "per_token_ms": 0.5}
+    }))
+    .expect("templated asset parses")
+}
+
+fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
+    let normalization = NormalizationConfig::default();
+    let normalizer = Normalizer::compile(&normalization).expect("default normalization compiles");
+    let mut set = AssetSet::default();
+    let mut assets = Vec::new();
+    let mut all: Vec<(String, Asset)> = Vec::new();
+    for (name, text) in ASSET_FILES {
+        all.extend(parse_asset_file(text, name).expect("example asset parses"));
+    }
+    all.push(("inline#0".into(), templated()));
+    for (label, asset) in all {
+        let key = set.add(&normalizer, &label, &asset, None).expect("example asset compiles");
+        assets.push(BundledAsset::new(key, label, asset));
+    }
+    let cfg = PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize };
+    Runtime::compile(cfg).expect("runtime compiles")
+}
+
+fn rules() -> Vec<SynthRule> {
+    serde_json::from_value(json!([
+        {"operation": "openai.chat_completions", "model": "echo*", "echo": true},
+        {"operation": "openai.embeddings", "model": "*", "dimensions": 16},
+        {"model": "gpt-*", "text": "Synthesized answer, streamed in pieces.", "latency": {"ttft_ms": 1}},
+        {"operation": "anthropic.messages", "echo": true}
+    ]))
+    .expect("rules parse")
+}
+
+thread_local! {
+    static RUNTIMES: [Runtime; 2] = [runtime(OnMiss::Error, rules()), runtime(OnMiss::Passthrough, Vec::new())];
+}
+
+fn route_for(path: &str) -> Route {
+    classify("POST", path).unwrap_or_else(|| {
+        let p = FALLBACK_PATHS.get(path.len() % FALLBACK_PATHS.len()).copied().unwrap_or("/v1/chat/completions");
+        classify("POST", p).expect("fallback path classifies")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (path, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&data[..0], data),
+    };
+    let route = route_for(&String::from_utf8_lossy(path));
+    RUNTIMES.with(|rts| {
+        for rt in rts {
+            let Decision::Respond(r) = rt.decide_at(&route, body, NOW_NANOS) else { continue };
+            if !(200..300).contains(&r.status) {
+                continue;
+            }
+            let ct = r.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("");
+            if ct.starts_with("text/event-stream") {
+                let text = std::str::from_utf8(&r.body).expect("a stream is UTF-8");
+                if let Err(e) = assemble_sse(route.operation, text) {
+                    panic!("served stream does not assemble: {e}\n{text}");
+                }
+            } else if ct.starts_with("application/json") {
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+                    panic!("served JSON does not parse: {e}");
+                }
+            }
+        }
+    });
+});
