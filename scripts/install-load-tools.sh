@@ -7,4 +7,4 @@ if ! command -v hey >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq hey >/dev/null
 fi
-hey 2>&1 | head -1 >/dev/null
+command -v hey >/dev/null || { echo "install-load-tools: hey is not on PATH after installing" >&2; exit 1; }
