@@ -102,8 +102,7 @@ impl RootContext for Root {
         for d in due {
             // The stream may be gone (client hung up): then there is nobody to answer.
             if hostcalls::set_effective_context(d.context_id).is_ok() {
-                let hs: Vec<(&str, &str)> = d.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let _ = hostcalls::send_http_response(u32::from(d.status), hs, Some(&d.body));
+                send_local_reply(d.status, &d.headers, &d.body);
             }
         }
         if self.delayed.borrow().is_empty() {
@@ -153,6 +152,14 @@ impl HttpContext for Http {
     }
 }
 
+/// Sends a local reply on the current effective context.
+fn send_local_reply(status: u16, headers: &[(String, String)], body: &[u8]) {
+    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(e) = hostcalls::send_http_response(u32::from(status), hs, Some(body)) {
+        log(LogLevel::Error, &format!("understudy: send_http_response failed: {e:?}"));
+    }
+}
+
 fn log(level: LogLevel, msg: &str) {
     let _ = hostcalls::log(level, msg);
 }
@@ -192,10 +199,7 @@ impl Host for ProxyHost {
     }
 
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        if let Err(e) = hostcalls::send_http_response(u32::from(status), hs, Some(body)) {
-            log(LogLevel::Error, &format!("understudy: send_http_response failed: {e:?}"));
-        }
+        send_local_reply(status, headers, body);
     }
 
     fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {

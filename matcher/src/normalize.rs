@@ -196,6 +196,11 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Equal as exact decimals (`1` and `1.0` are the same number), as keys compare them.
+fn same_number(p: &serde_json::Number, q: &serde_json::Number) -> bool {
+    crate::canonical::canonical_number(&p.to_string()) == crate::canonical::canonical_number(&q.to_string())
+}
+
 /// The JSON Pointer of the first place where two normalized values differ, in canonical order.
 pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
     fn walk(a: &Value, b: &Value, path: &mut String) -> bool {
@@ -237,9 +242,7 @@ pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
                 }
                 false
             }
-            (Value::Number(p), Value::Number(q)) => {
-                crate::canonical::canonical_number(&p.to_string()) != crate::canonical::canonical_number(&q.to_string())
-            }
+            (Value::Number(p), Value::Number(q)) => !same_number(p, q),
             _ => a != b,
         }
     }
@@ -270,9 +273,7 @@ pub fn difference_count(a: &Value, b: &Value, cap: usize) -> usize {
                 *n += x.len().abs_diff(y.len());
             }
             (Value::Number(p), Value::Number(q)) => {
-                if crate::canonical::canonical_number(&p.to_string())
-                    != crate::canonical::canonical_number(&q.to_string())
-                {
+                if !same_number(p, q) {
                     *n += 1;
                 }
             }

@@ -393,6 +393,7 @@ pub struct Runtime {
     synth: Synthesizer,
     /// Distinguishes this VM's fresh ids from other workers'.
     salt: u64,
+    /// Fresh-id generators handed out so far (see `fresh_ids`).
     served: Cell<u64>,
 }
 
@@ -492,8 +493,6 @@ impl Runtime {
     fn serve(&self, asset: &Compiled, route: &Route, request: &Value, key: String, now_nanos: u64) -> LocalResponse {
         let call = asset.calls.get();
         asset.calls.set(call.saturating_add(1));
-        let served = self.served.get();
-        self.served.set(served.wrapping_add(1));
         let n = asset.responses.len() as u64;
         let pick = match asset.sequence {
             Sequence::RepeatLast => call.min(n.saturating_sub(1)),
@@ -516,7 +515,7 @@ impl Runtime {
             }
             (Some(json), _) if !resp.is_error && needs_work => {
                 let mut v = json.clone();
-                let mut ids = Rng::new(now_nanos ^ self.salt ^ served.wrapping_mul(0xD1B5_4A32_D192_ED03));
+                let mut ids = self.fresh_ids(now_nanos);
                 let mut choices = Rng::new(asset.seed ^ call.wrapping_mul(0xA076_1D64_78BD_642F));
                 if asset.refresh {
                     refresh(&mut v, now_nanos, &mut ids);
@@ -569,14 +568,20 @@ impl Runtime {
         LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms }
     }
 
+    /// A generator for fresh ids: seeded from the clock, this VM's salt and a per-VM serial, so ids differ
+    /// across hits, workers and restarts.
+    fn fresh_ids(&self, now_nanos: u64) -> Rng {
+        let serial = self.served.get();
+        self.served.set(serial.wrapping_add(1));
+        Rng::new(now_nanos ^ self.salt ^ serial.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
     /// A `synthesize` rule's answer for a request no asset matches, if a rule applies.
     fn synthesized(&self, route: &Route, request: &Value, key: String, now_nanos: u64) -> Option<LocalResponse> {
         if self.synth.is_empty() {
             return None;
         }
-        let served = self.served.get();
-        self.served.set(served.wrapping_add(1));
-        let mut ids = Rng::new(now_nanos ^ self.salt ^ served.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut ids = self.fresh_ids(now_nanos);
         let body = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids)?;
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         let stream = wants_stream(request) && route.operation != Operation::Embeddings;
