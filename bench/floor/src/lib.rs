@@ -1,0 +1,1 @@
+//! Benchmark contender (skeleton, to be written): the trivial wasm filter.

@@ -1,0 +1,1 @@
+//! Matcher micro-benchmarks inside Envoy's wasm VM (skeleton, to be written).
