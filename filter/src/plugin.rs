@@ -1,6 +1,6 @@
 //! proxy-wasm glue: root context (config load, metrics) and HTTP contexts wrapping [`Flow`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -15,7 +15,13 @@ use crate::host::{Counter, Host};
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { runtime: None, metrics: Rc::new([0; 7]), delayed: Rc::new(RefCell::new(Vec::new())) })
+        Box::new(Root {
+            runtime: None,
+            metrics: Rc::new([0; 7]),
+            memory_gauge: None,
+            memory_seen: Rc::new(Cell::new(0)),
+            delayed: Rc::new(RefCell::new(Vec::new())),
+        })
     });
 }}
 
@@ -37,10 +43,40 @@ const TICK: Duration = Duration::from_millis(5);
 struct Root {
     runtime: Option<Rc<Runtime>>,
     metrics: Rc<[u32; 7]>,
+    /// `understudy.wasm_memory_bytes`: the largest linear memory of any of this plugin's VMs.
+    memory_gauge: Option<u32>,
+    /// Memory size last recorded by this VM.
+    memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
 }
 
 impl Context for Root {}
+
+const MEMORY_GAUGE: &str = "understudy.wasm_memory_bytes";
+
+/// This VM's linear memory size. It only grows (V8 never shrinks it), so it is the VM's high-water mark.
+fn wasm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    let pages = core::arch::wasm32::memory_size(0) as u64;
+    #[cfg(not(target_arch = "wasm32"))]
+    let pages = 0u64;
+    pages.saturating_mul(65_536)
+}
+
+/// Raises the shared gauge to this VM's memory size if it is larger (each worker has its own VM, and Envoy
+/// keeps one gauge per name; the largest VM is the one near the 1 GiB cap).
+/// Cheap when memory hasn't grown since the last call (one instruction, no host call).
+fn record_memory(gauge: Option<u32>, seen: &Cell<u64>) {
+    let Some(id) = gauge else { return };
+    let mine = wasm_memory_bytes();
+    if mine <= seen.get() {
+        return;
+    }
+    seen.set(mine);
+    if hostcalls::get_metric(id).map_or(true, |current| mine > current) {
+        let _ = hostcalls::record_metric(id, mine);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -55,6 +91,8 @@ impl RootContext for Root {
             }
         }
         self.metrics = Rc::new(ids);
+        self.memory_gauge = hostcalls::define_metric(MetricType::Gauge, MEMORY_GAUGE).ok();
+        let started = now_nanos();
         let Some(bytes) = self.get_plugin_configuration() else {
             log(
                 LogLevel::Critical,
@@ -69,12 +107,21 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Runtime::from_json_sealed(text) {
+        let loaded = Runtime::from_json_sealed(text);
+        drop(bytes);
+        match loaded {
             Ok(rt) => {
+                let ms = now_nanos().saturating_sub(started) / 1_000_000;
                 log(
                     LogLevel::Info,
-                    &format!("understudy: loaded {} assets, on_miss={:?}", rt.asset_count(), rt.on_miss()),
+                    &format!(
+                        "understudy: loaded {} assets in {ms} ms (wasm memory {} bytes), on_miss={:?}",
+                        rt.asset_count(),
+                        wasm_memory_bytes(),
+                        rt.on_miss()
+                    ),
                 );
+                record_memory(self.memory_gauge, &self.memory_seen);
                 self.runtime = Some(Rc::new(rt));
                 true
             }
@@ -87,7 +134,13 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let runtime = self.runtime.clone()?;
-        let host = ProxyHost { metrics: self.metrics.clone(), delayed: self.delayed.clone(), context_id };
+        let host = ProxyHost {
+            metrics: self.metrics.clone(),
+            memory_gauge: self.memory_gauge,
+            memory_seen: self.memory_seen.clone(),
+            delayed: self.delayed.clone(),
+            context_id,
+        };
         Some(Box::new(Http { flow: Flow::new(runtime), host }))
     }
 
@@ -140,11 +193,17 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(self.flow.on_request_body(&self.host, body_size, end_of_stream))
+        let next = self.flow.on_request_body(&self.host, body_size, end_of_stream);
+        if end_of_stream {
+            record_memory(self.host.memory_gauge, &self.host.memory_seen);
+        }
+        action(next)
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        action(self.flow.on_request_trailers(&self.host, self.host.body_size()))
+        let next = self.flow.on_request_trailers(&self.host, self.host.body_size());
+        record_memory(self.host.memory_gauge, &self.host.memory_seen);
+        action(next)
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
@@ -166,6 +225,8 @@ fn log(level: LogLevel, msg: &str) {
 
 struct ProxyHost {
     metrics: Rc<[u32; 7]>,
+    memory_gauge: Option<u32>,
+    memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
     context_id: u32,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from conftest import admin_get, load_asset
 
 CAPITAL = load_asset("openai/chat-capital.json")["request"]["body"]
@@ -54,3 +56,26 @@ def test_stats_passthrough(understudy_factory, assets_dir, upstream):
     assert u.prometheus() == want
     upstream.wait_for_requests(4)
     assert len(upstream.requests) == 4
+
+
+def test_wasm_memory_gauge_and_load_log(understudy_factory, assets_dir, upstream):
+    """The load is logged with its duration and VM memory; the gauge shows the largest VM's linear memory,
+    and it grows when a request needs more memory than the VM had."""
+    u = understudy_factory(assets_dir, on_miss="error", name="stats-memory")
+    loads = re.findall(r"understudy: loaded (\d+) assets in (\d+) ms \(wasm memory (\d+) bytes\)", u.log_path.read_text())
+    assert loads, "no load line in the log"
+    assert all(int(n) > 0 and int(mem) % 65536 == 0 and int(mem) > 0 for n, _, mem in loads), loads
+
+    def gauge() -> int:
+        m = re.search(r"^wasmcustom\.understudy\.wasm_memory_bytes: (\d+)$", admin_get(u.admin, "/stats"), re.M)
+        assert m, "no understudy.wasm_memory_bytes gauge"
+        return int(m.group(1))
+
+    before = gauge()
+    assert before == max(int(mem) for _, _, mem in loads)
+    # A 24 MiB body (a miss) must be held in the VM's memory: the gauge follows.
+    big = {**CAPITAL, "messages": [{"role": "user", "content": "x" * (24 << 20)}]}
+    assert u.post("/v1/chat/completions", big, timeout=120).status == 404
+    after = gauge()
+    assert after >= before + (24 << 20), (before, after)
+    assert "wasm_memory_bytes" in admin_get(u.admin, "/stats/prometheus")
