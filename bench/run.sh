@@ -1,53 +1,88 @@
 #!/usr/bin/env bash
-# Side-by-side throughput/latency benchmark: Envoy direct_response (the ceiling), Understudy hits,
-# Understudy miss→passthrough and plain Envoy proxying to the same local upstream.
+# Side-by-side throughput/latency/CPU benchmark of everything that could answer the same LLM request on
+# loopback, in one run:
+#   a  Envoy direct_response (the ceiling: Envoy answering with no filter work at all)
+#   b  wasm floor (bench/floor: SHA-256 the body, fixed reply) in Understudy's own bootstrap
+#   c  Understudy hit
+#   d  Understudy miss → passthrough to a local upstream (a direct_response Envoy)
+#   e  plain Envoy proxy to the same upstream (Understudy's bootstrap without the understudy/buffer filters)
+#   f  WireMock (standalone jar from npm `wiremock`, equalToJson stub)
+#   g  mountebank (npm `mountebank`, deepEquals predicate on the parsed JSON body)
+# and, with --workers-curve (or WORKERS_CURVE=1), b and c again with 2 Envoy workers driven by wrk -t2.
 #
-#   bash bench/run.sh            # writes bench/results/latest.md and prints it
+#   bash bench/run.sh                  # ~3 min; writes bench/results/latest.md and prints it
+#   bash bench/run.sh --quick          # smoke run: DURATION=2s WARMUP=1s WIREMOCK_WARMUP=2s
+#   bash bench/run.sh --workers-curve  # adds the 2-worker rows
 #
-# Every contender runs alone, on loopback, with ONE Envoy worker, driven by
-#   wrk -t1 -c$CONNS -d$DURATION --latency   after a $WARMUP warm-up.
-# Knobs (env): DURATION (10s), WARMUP (2s), CONNS (16), THREADS (1), UPSTREAM_WORKERS (1).
+# Each contender runs alone, on loopback, started and stopped by this script, and is driven by
+#   wrk -t$THREADS -c$CONNS -d$DURATION --latency   after a $WARMUP warm-up ($WIREMOCK_WARMUP for WireMock).
+# CPU per request = utime+stime of the contender's process group (from /proc, before/after the measured run)
+# divided by the requests wrk completed.
+# Knobs (env): DURATION (10s), WARMUP (2s), WIREMOCK_WARMUP (5s), CONNS (16), THREADS (1), UPSTREAM_WORKERS (1),
+#   WORKERS_CURVE (0), WIREMOCK_JVM_OPTS (-Xms512m -Xmx512m), UNDERSTUDY_ENVOY, BENCH_RESULTS (bench/results).
 set -euo pipefail
 
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+QUICK=0
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --workers-curve) WORKERS_CURVE=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "bench: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    DURATION=${DURATION:-2s}
+    WARMUP=${WARMUP:-1s}
+    WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-2s}
+fi
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-5s}
 CONNS=${CONNS:-16}
 THREADS=${THREADS:-1}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
+WORKERS_CURVE=${WORKERS_CURVE:-0}
+WIREMOCK_JVM_OPTS=${WIREMOCK_JVM_OPTS:--Xms512m -Xmx512m}
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
 ENVOY=${UNDERSTUDY_ENVOY:-$ROOT/.venv/bin/envoy}
 UNDERSTUDY=$ROOT/target/release/understudy
 WASM=$ROOT/target/wasm32-wasip1/release/understudy.wasm
+FLOOR_WASM=$ROOT/target/wasm32-wasip1/release/bench_floor.wasm
 ASSET=$BENCH/assets/openai/chat-bench.json
-RESULTS=$BENCH/results
+RESULTS=${BENCH_RESULTS:-$BENCH/results}
+NODE_DIR=${BENCH_NODE_DIR:-$ROOT/.tools/bench-node}
+export BENCH_NODE_DIR=$NODE_DIR
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
-# ---- prerequisites -----------------------------------------------------------------------------------
+# ---- prerequisites (installed/built idempotently) ------------------------------------------------------------
 [[ -x $ENVOY ]] || die "no Envoy at $ENVOY: run 'bash scripts/setup.sh' (or set UNDERSTUDY_ENVOY)"
-[[ -x $UNDERSTUDY ]] || die "no CLI at $UNDERSTUDY: run 'bash scripts/setup.sh' (cargo build --release)"
-[[ -f $WASM ]] || die "no filter at $WASM: run 'bash scripts/setup.sh'"
 [[ -f $ASSET ]] || die "missing $ASSET"
-if ! command -v jq >/dev/null && [ "$(id -u)" -eq 0 ]; then
-    apt-get install -y jq >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y jq >/dev/null; } || true
+bash "$ROOT/scripts/install-bench-tools.sh" || die "could not install the benchmark tools"
+for t in jq curl python3 wrk java node sha256sum pgrep getconf; do command -v "$t" >/dev/null || die "$t is required"; done
+MB=$NODE_DIR/node_modules/.bin/mb
+WIREMOCK_JAR=$(find "$NODE_DIR/node_modules/wiremock" -name 'wiremock*standalone*.jar' | head -n1)
+[[ -x $MB && -f $WIREMOCK_JAR ]] || die "mountebank/WireMock missing under $NODE_DIR after install-bench-tools.sh"
+if [[ ! -x $UNDERSTUDY || ! -f $WASM ]]; then
+    log "building the understudy CLI and filter (release; scripts/setup.sh does the same)"
+    (cd "$ROOT" && cargo build --release --locked -p understudy-filter --target wasm32-wasip1 -q &&
+        cargo build --release --locked -p understudy-cli -q) || die "cargo build of understudy failed"
 fi
-for t in jq curl python3; do command -v "$t" >/dev/null || die "$t is required"; done
-if ! command -v wrk >/dev/null; then
-    log "installing wrk"
-    if [[ $(id -u) -eq 0 ]]; then
-        apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; } ||
-            die "could not install wrk with apt-get"
-    else
-        die "wrk is missing and we are not root: install it (apt-get install -y wrk)"
-    fi
-fi
+log "building the wasm floor (bench/floor)"
+(cd "$ROOT" && cargo build --release --locked -q -p understudy-bench-floor --target wasm32-wasip1) ||
+    die "cargo build of bench/floor failed"
+[[ -f $FLOOR_WASM ]] || die "no $FLOOR_WASM after the build"
+CLK_TCK=$(getconf CLK_TCK)
 
 # ---- work dir, process bookkeeping, teardown -------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-bench.XXXXXX")
-PIDS=()   # process-group leaders we started (setsid), each killed by its own id on exit
+PIDS=() # process-group leaders we started (setsid), each killed by its own id on exit
 
 stop_group() {
     local pid=$1
@@ -76,32 +111,40 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# wait_ready NAME PID ADMIN_PORT LOG: until the admin says LIVE (60 s), failing if the process dies.
-wait_ready() {
-    local name=$1 pid=$2 admin=$3 logf=$4
-    local deadline=$((SECONDS + 60))
+# launch NAME CMD...: starts CMD in its own process group (LAST_PID = its id = the group id), log in $WORK/NAME.log.
+LAST_PID=
+launch() {
+    local name=$1
+    shift
+    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# wait_until NAME PID PROBE...: until the PROBE command succeeds (60 s), failing if the process dies.
+wait_until() {
+    local name=$1 pid=$2
+    shift 2
+    local deadline=$((SECONDS + 60)) logf=$WORK/$name.log
     while :; do
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 30 "$logf" >&2 || true
             die "$name exited during start-up (log: $logf)"
         fi
-        if [[ $(curl -s --max-time 1 "http://127.0.0.1:$admin/ready" 2>/dev/null || true) == LIVE ]]; then
-            return 0
-        fi
+        "$@" && return 0
         ((SECONDS < deadline)) || { tail -n 30 "$logf" >&2 || true; die "$name not ready within 60 s (log: $logf)"; }
         sleep 0.1
     done
 }
+envoy_live() { [[ $(curl -s --max-time 1 "http://127.0.0.1:$1/ready" 2>/dev/null || true) == LIVE ]]; }
+http_ok() { curl -sf --max-time 1 -o /dev/null "$1" 2>/dev/null; }
 
-# start NAME ADMIN_PORT CMD...: starts CMD in its own process group, logs to $WORK/NAME.log, waits ready.
-LAST_PID=
+# start NAME ADMIN_PORT CMD...: an Envoy (or `understudy up`) in its own process group, ready when /ready says LIVE.
 start() {
     local name=$1 admin=$2
     shift 2
-    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    wait_ready "$name" "$LAST_PID" "$admin" "$WORK/$name.log"
+    launch "$name" "$@"
+    wait_until "$name" "$LAST_PID" envoy_live "$admin"
 }
 
 stop() {
@@ -116,8 +159,16 @@ direct_bootstrap() {
     sed -e "s|@PORT@|$2|" -e "s|@ADMIN_PORT@|$3|" -e "s|@BODY_FILE@|$RESP_BODY|" "$BENCH/direct.yaml" >"$1"
 }
 
-envoy_cmd() { # envoy_cmd CONFIG WORKERS
-    echo "$ENVOY" -c "$1" --concurrency "$2" --disable-hot-restart --log-level warning
+# start_envoy NAME ADMIN_PORT CONFIG WORKERS: Envoy with the flags `understudy up` uses.
+start_envoy() {
+    start "$1" "$2" "$ENVOY" -c "$3" --concurrency "$4" --disable-hot-restart --log-level warning
+}
+
+# group_ticks PGID: utime+stime (clock ticks) summed over the live processes of a process group.
+group_ticks() {
+    local p
+    for p in $(pgrep -g "$1" || true); do cat "/proc/$p/stat" 2>/dev/null || true; done |
+        awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { printf "%d\n", t }'
 }
 
 # ---- inputs ------------------------------------------------------------------------------------------
@@ -127,24 +178,44 @@ RESP_BODY=$WORK/response.json
 jq -c '.request.body' "$ASSET" >"$HIT_BODY"
 # Same size, one word different: no asset matches it.
 jq -c '.request.body | .messages[-1].content |= sub("France"; "Norway")' "$ASSET" >"$MISS_BODY"
-jq -c '.response.body' "$ASSET" | tr -d '\n' >"$RESP_BODY"
+# The bytes Understudy serves: canonical (sorted-key, compact) JSON; only `created` differs (it is refreshed).
+jq -cS '.response.body' "$ASSET" | tr -d '\n' >"$RESP_BODY"
+RESP_SIZE=$(wc -c <"$RESP_BODY")
 cmp -s "$HIT_BODY" "$MISS_BODY" && die "miss body equals hit body"
-ASSETS=$WORK/assets   # the project's example assets plus the bench asset
+HIT_SHA=$(sha256sum "$HIT_BODY" | cut -d' ' -f1)
+HIT_KEY=$("$UNDERSTUDY" key "$ASSET" 2>/dev/null | head -n1) || die "understudy key $ASSET failed"
+[[ $HIT_KEY =~ ^[0-9a-f]{64}$ ]] || die "understudy key printed '$HIT_KEY', not a key"
+ASSETS=$WORK/assets # the project's example assets plus the bench asset
 mkdir -p "$ASSETS"
 cp -r "$ROOT/examples/assets/." "$ASSETS/"
 cp -r "$BENCH/assets/." "$ASSETS/"
-log "request body $(wc -c <"$HIT_BODY") B, response body $(wc -c <"$RESP_BODY") B, work dir $WORK"
+log "request body $(wc -c <"$HIT_BODY") B, response body $RESP_SIZE B, work dir $WORK"
 
-# check URL BODY EXPECT_HEADER: one request must answer 200 (and carry the header line, if given).
+# check URL BODY [HEADER_LINE]: one request must answer 200 with a $RESP_SIZE-byte body (and the header line),
+# and the connection must be reusable.
 check() {
-    local url=$1 body=$2 want=${3:-} out
-    out=$(curl -s -D - -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
+    local url=$1 body=$2 want=${3:-} out code size
+    out=$(curl -s -D - -o "$WORK/check.out" -w '\n%{http_code} %{size_download}' -H 'content-type: application/json' \
         --data-binary "@$body" "$url") || die "request to $url failed"
-    [[ ${out: -3} == 200 ]] || { cat "$WORK/check.out" >&2; die "$url answered ${out: -3}, not 200"; }
+    read -r code size <<<"$(tail -n1 <<<"$out")"
+    [[ $code == 200 ]] || { cat "$WORK/check.out" >&2; die "$url answered $code, not 200"; }
+    [[ $size == "$RESP_SIZE" ]] || { cat "$WORK/check.out" >&2; die "$url answered $size bytes, not $RESP_SIZE"; }
     if [[ -n $want ]] && ! grep -qi "^$want" <<<"$out"; then
         echo "$out" >&2
         die "$url: response lacks '$want'"
     fi
+    # Two requests on one curl: the second must reuse the connection. A server answering before it has read
+    # the body (or with connection: close) would make wrk open a new TCP connection for every request.
+    local req=(-s -o /dev/null -w '%{num_connects}\n' -H 'content-type: application/json' --data-binary "@$body" "$url")
+    out=$(curl "${req[@]}" --next "${req[@]}") || die "request to $url failed"
+    [[ $(tail -n1 <<<"$out") == 0 ]] || die "$url does not keep the connection alive between requests"
+}
+# check_refuses URL: the miss body must NOT get the canned 200 (proves the contender really matches the body).
+check_refuses() {
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary "@$MISS_BODY" "$1") ||
+        die "request to $1 failed"
+    [[ $code != 200 ]] || die "$1 answered 200 to the miss body: its stub does not match on the body"
 }
 
 # to_ms VALUE: wrk's "1.23ms" / "850.00us" / "1.02s" → milliseconds.
@@ -157,32 +228,44 @@ to_ms() {
         else { print "?" } }'
 }
 
-declare -A RPS P50 P99 NOTE
+declare -A RPS P50 P99 CPU UPCPU NOTE LABEL TCOUNT
 ORDER=()
 
-# bench KEY LABEL URL BODY
+# cpu_us TICKS REQUESTS → µs of CPU per request
+cpu_us() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "?" }'; }
+
+# [T=threads] [W=warm-up] bench KEY LABEL URL BODY PGID [UPSTREAM_PGID]
 bench() {
-    local key=$1 label=$2 url=$3 body=$4 out
-    log "[$key] $label: warm-up $WARMUP"
-    BENCH_BODY=$body wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$BENCH/post.lua" "$url" >/dev/null
+    local key=$1 label=$2 url=$3 body=$4 pg=$5 up=${6:-} t=${T:-$THREADS} w=${W:-$WARMUP} out reqs c0 c1 u0=0 u1=0
+    log "[$key] $label: warm-up $w"
+    BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"$w" -s "$BENCH/post.lua" "$url" >/dev/null
     log "[$key] $label: measuring $DURATION"
-    out=$(BENCH_BODY=$body wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/post.lua" "$url")
+    c0=$(group_ticks "$pg")
+    [[ -z $up ]] || u0=$(group_ticks "$up")
+    out=$(BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/post.lua" "$url")
+    c1=$(group_ticks "$pg")
+    [[ -z $up ]] || u1=$(group_ticks "$up")
     echo "$out" >"$WORK/wrk-$key.txt"
-    echo "$out" | sed 's/^/    /' >&2
+    sed 's/^/    /' "$WORK/wrk-$key.txt" >&2
     RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    [[ -n ${RPS[$key]} ]] || die "[$key] could not parse wrk output"
     P50[$key]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     P99[$key]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    [[ -n ${RPS[$key]} ]] || die "[$key] could not parse wrk output"
+    reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+    CPU[$key]=$(cpu_us $((c1 - c0)) "${reqs:-0}")
+    UPCPU[$key]=
+    [[ -z $up ]] || UPCPU[$key]=$(cpu_us $((u1 - u0)) "${reqs:-0}")
+    TCOUNT[$key]=$t
     local non2xx errs
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
     errs=$(awk '/Socket errors:/ {sub(/.*Socket errors: /, ""); print}' <<<"$out")
     NOTE[$key]=""
-    [[ -z $non2xx ]] || NOTE[$key]+="non-2xx: $non2xx; "
-    [[ -z $errs ]] || NOTE[$key]+="socket errors: $errs; "
+    [[ -z $non2xx ]] || NOTE[$key]+="**non-2xx: $non2xx**; "
+    [[ -z $errs ]] || NOTE[$key]+="**socket errors: $errs**; "
+    ((c1 > c0)) || NOTE[$key]+="**no CPU time seen for the process group**; "
     ORDER+=("$key")
     LABEL[$key]=$label
 }
-declare -A LABEL
 
 # understudy_stat ADMIN NAME → the counter's value (0 if absent)
 understudy_stat() {
@@ -190,43 +273,78 @@ understudy_stat() {
         awk -v n="$2" '{ k = $1; sub(/:$/, "", k); if (k ~ ("understudy\\." n "$")) { print $2; f = 1; exit } } END { if (!f) print 0 }'
 }
 
+# floor_bootstrap OUT PORT ADMIN_PORT: Understudy's bootstrap with the wasm module and its configuration swapped.
+floor_bootstrap() {
+    "$UNDERSTUDY" up --assets "$ASSETS" --port "$2" --admin-port "$3" --workers 1 \
+        --print-config "$WORK/floor-full.json" >/dev/null 2>&1 || die "understudy up --print-config failed"
+    jq --arg wasm "$FLOOR_WASM" --rawfile body "$RESP_BODY" '
+        (.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters[]
+            | select(.name == "understudy")) |= (
+            .name = "bench-floor"
+            | .typed_config.config.name = "bench-floor"
+            | .typed_config.config.root_id = "bench-floor"
+            | .typed_config.config.vm_config.vm_id = "bench-floor"
+            | .typed_config.config.vm_config.code.local.filename = $wasm
+            | .typed_config.config.configuration.value = $body)' "$WORK/floor-full.json" >"$1"
+    jq -e '[.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters[].name]
+        == ["envoy.filters.http.decompressor", "bench-floor", "envoy.filters.http.buffer", "envoy.filters.http.router"]' \
+        "$1" >/dev/null || die "unexpected filter chain in the floor bootstrap ($1)"
+}
+
 PATH_=/v1/chat/completions
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$SECONDS
 
 # ---- (a) Envoy direct_response: the ceiling ------------------------------------------------------------------
 P=$(free_port); A=$(free_port)
 direct_bootstrap "$WORK/direct-a.yaml" "$P" "$A"
-start direct-a "$A" $(envoy_cmd "$WORK/direct-a.yaml" 1)
+start_envoy direct-a "$A" "$WORK/direct-a.yaml" 1
 check "http://127.0.0.1:$P$PATH_" "$HIT_BODY"
-bench a "Envoy direct_response (ceiling)" "http://127.0.0.1:$P$PATH_" "$HIT_BODY"
+bench a "Envoy direct_response (ceiling)" "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "$LAST_PID"
 stop "$LAST_PID"
 
-# ---- (b) Understudy hit ----------------------------------------------------------------------------------
-P=$(free_port); A=$(free_port)
-start understudy-hit "$A" "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --workers 1
-check "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "x-understudy: hit"
-bench b "Understudy hit" "http://127.0.0.1:$P$PATH_" "$HIT_BODY"
-NOTE[b]+="hits=$(understudy_stat "$A" hits) misses=$(understudy_stat "$A" misses); "
-stop "$LAST_PID"
+# ---- (b) wasm floor ----------------------------------------------------------------------------------------
+run_floor() { # run_floor KEY WORKERS WRK_THREADS LABEL
+    P=$(free_port); A=$(free_port)
+    floor_bootstrap "$WORK/floor-$1.json" "$P" "$A"
+    start_envoy "floor-$1" "$A" "$WORK/floor-$1.json" "$2"
+    check "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "x-floor-key: $HIT_SHA"
+    T=$3 bench "$1" "$4" "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "$LAST_PID"
+    stop "$LAST_PID"
+}
+run_floor b 1 "$THREADS" "wasm floor (SHA-256 body, fixed reply)"
 
-# ---- the shared upstream for (c) and (d): another direct_response Envoy ---------------------------------------
+# ---- (c) Understudy hit ----------------------------------------------------------------------------------
+run_hit() { # run_hit KEY WORKERS WRK_THREADS LABEL
+    P=$(free_port); A=$(free_port)
+    start "understudy-$1" "$A" "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --workers "$2"
+    check "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "x-understudy-key: $HIT_KEY"
+    check_refuses "http://127.0.0.1:$P$PATH_"
+    T=$3 bench "$1" "$4" "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "$LAST_PID"
+    NOTE[$1]+="hits=$(understudy_stat "$A" hits) misses=$(understudy_stat "$A" misses); "
+    stop "$LAST_PID"
+}
+run_hit c 1 "$THREADS" "Understudy hit"
+
+# ---- the shared upstream for (d) and (e): another direct_response Envoy ---------------------------------------
 UP=$(free_port); UA=$(free_port)
 direct_bootstrap "$WORK/upstream.yaml" "$UP" "$UA"
-start upstream "$UA" $(envoy_cmd "$WORK/upstream.yaml" "$UPSTREAM_WORKERS")
+start_envoy upstream "$UA" "$WORK/upstream.yaml" "$UPSTREAM_WORKERS"
 UPSTREAM_PID=$LAST_PID
 
-# ---- (c) Understudy miss → passthrough ------------------------------------------------------------------------
+# ---- (d) Understudy miss → passthrough ------------------------------------------------------------------------
 P=$(free_port); A=$(free_port)
 start understudy-pass "$A" "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --workers 1 \
     --upstream "http://127.0.0.1:$UP" --on-miss passthrough
 check "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "x-understudy: passthrough"
-bench c "Understudy miss → passthrough" "http://127.0.0.1:$P$PATH_" "$MISS_BODY"
-NOTE[c]+="hits=$(understudy_stat "$A" hits) misses=$(understudy_stat "$A" misses); "
+bench d "Understudy miss → passthrough" "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "$LAST_PID" "$UPSTREAM_PID"
+NOTE[d]+="hits=$(understudy_stat "$A" hits) misses=$(understudy_stat "$A" misses); "
 stop "$LAST_PID"
 
-# ---- (d) plain Envoy proxy: understudy's bootstrap without the understudy and buffer filters -----------------
+# ---- (e) plain Envoy proxy: understudy's bootstrap without the understudy and buffer filters -----------------
 P=$(free_port); A=$(free_port)
 "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --upstream "http://127.0.0.1:$UP" \
-    --on-miss passthrough --print-config "$WORK/plain-full.json" >&2
+    --on-miss passthrough --print-config "$WORK/plain-full.json" >/dev/null 2>&1 || die "understudy up --print-config failed"
 jq '(.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters) |=
         map(select(.name != "understudy" and .name != "envoy.filters.http.buffer"))' \
     "$WORK/plain-full.json" >"$WORK/plain.json"
@@ -234,33 +352,140 @@ jq -e '[.static_resources.listeners[].filter_chains[].filters[].typed_config.htt
         | (index("understudy") == null) and (index("envoy.filters.http.buffer") == null)
           and (index("envoy.filters.http.router") != null)' "$WORK/plain.json" >/dev/null ||
     die "could not strip the understudy/buffer filters from the bootstrap"
-start plain-proxy "$A" $(envoy_cmd "$WORK/plain.json" 1)
+start_envoy plain-proxy "$A" "$WORK/plain.json" 1
 check "http://127.0.0.1:$P$PATH_" "$MISS_BODY"
-bench d "plain Envoy proxy (no understudy, no buffer)" "http://127.0.0.1:$P$PATH_" "$MISS_BODY"
+bench e "plain Envoy proxy (no understudy, no buffer)" "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "$LAST_PID" \
+    "$UPSTREAM_PID"
 stop "$LAST_PID"
 stop "$UPSTREAM_PID"
 
+# ---- (f) WireMock: equalToJson stub ---------------------------------------------------------------------------
+WM_ROOT=$WORK/wiremock
+mkdir -p "$WM_ROOT/mappings" "$WM_ROOT/__files"
+jq -n --slurpfile req "$HIT_BODY" --rawfile resp "$RESP_BODY" --arg path "$PATH_" '{
+    request: {method: "POST", url: $path, bodyPatterns: [{equalToJson: $req[0]}]},
+    response: {status: 200, headers: {"content-type": "application/json"}, body: $resp}}' \
+    >"$WM_ROOT/mappings/chat-bench.json"
+P=$(free_port)
+# shellcheck disable=SC2086 # WIREMOCK_JVM_OPTS is a list of flags
+launch wiremock java $WIREMOCK_JVM_OPTS -jar "$WIREMOCK_JAR" --port "$P" --bind-address 127.0.0.1 \
+    --root-dir "$WM_ROOT" --no-request-journal --disable-request-logging --disable-banner --async-response-enabled false
+wait_until wiremock "$LAST_PID" http_ok "http://127.0.0.1:$P/__admin/health"
+check "http://127.0.0.1:$P$PATH_" "$HIT_BODY"
+check_refuses "http://127.0.0.1:$P$PATH_"
+W=$WIREMOCK_WARMUP bench f "WireMock $(basename "$WIREMOCK_JAR" .jar | sed 's/^wiremock-standalone-//') (equalToJson)" \
+    "http://127.0.0.1:$P$PATH_" "$HIT_BODY" "$LAST_PID"
+stop "$LAST_PID"
+
+# ---- (g) mountebank: deepEquals predicate on the parsed JSON body ------------------------------------------------
+MP=$(free_port); IP=$(free_port)
+jq -n --slurpfile req "$HIT_BODY" --rawfile resp "$RESP_BODY" --arg path "$PATH_" --argjson port "$IP" '{imposters: [{
+    protocol: "http", port: $port, host: "127.0.0.1", recordRequests: false,
+    defaultResponse: {statusCode: 404, headers: {connection: "keep-alive"}, body: ""},
+    stubs: [{predicates: [{deepEquals: {method: "POST", path: $path, body: $req[0]}}],
+             responses: [{is: {statusCode: 200, headers: {"content-type": "application/json", connection: "keep-alive"},
+                               body: $resp}}]}]}]}' >"$WORK/mountebank.json"
+launch mountebank "$MB" start --port "$MP" --host 127.0.0.1 --localOnly --configfile "$WORK/mountebank.json" --noParse \
+    --nologfile --loglevel warn --pidfile "$WORK/mb.pid"
+wait_until mountebank "$LAST_PID" http_ok "http://127.0.0.1:$MP/imposters/$IP"
+check "http://127.0.0.1:$IP$PATH_" "$HIT_BODY"
+check_refuses "http://127.0.0.1:$IP$PATH_"
+bench g "mountebank $("$MB" --version 2>/dev/null | tr -d '\n') (deepEquals)" "http://127.0.0.1:$IP$PATH_" "$HIT_BODY" \
+    "$LAST_PID"
+stop "$LAST_PID"
+
+# ---- workers 1 → 2 (optional) -------------------------------------------------------------------------------------
+if [[ $WORKERS_CURVE == 1 ]]; then
+    run_floor b2 2 2 "wasm floor, 2 workers, wrk -t2"
+    run_hit c2 2 2 "Understudy hit, 2 workers, wrk -t2"
+    for k in b2 c2; do
+        NOTE[$k]+="×$(awk -v x="${RPS[$k]}" -v y="${RPS[${k%2}]}" 'BEGIN { printf "%.2f", x / y }') req/s of 1 worker; "
+    done
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
 # ---- report ---------------------------------------------------------------------------------------------------
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "?" }'; }
+# verdict VALUE OP LIMIT → "met" / "**NOT met**"
+verdict() { awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    ok = (op == ">=") ? (v >= l) : (v <= l); print (ok ? "met" : "**NOT met**") }'; }
+
+HIT_FLOOR=$(ratio "${RPS[c]}" "${RPS[b]}")
+HIT_WM=$(ratio "${RPS[c]}" "${RPS[f]}")
+OVERHEAD=$(awk -v d="${RPS[d]}" -v e="${RPS[e]}" 'BEGIN { printf "%.1f", (e - d) / e * 100 }')
+# A contender "faster" than the ceiling by >5% means noise or contention, not a real effect: say so.
+for k in "${ORDER[@]}"; do
+    [[ $k == a || ${TCOUNT[$k]} != "${TCOUNT[a]}" ]] && continue
+    if awk -v x="${RPS[$k]}" -v y="${RPS[a]}" 'BEGIN { exit !(x > y * 1.05) }'; then
+        NOTE[$k]+="**faster than the ceiling: noise or CPU contention, treat this run with suspicion**; "
+    fi
+done
+
 mkdir -p "$RESULTS"
 REPORT=$RESULTS/latest.md
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "?" }'; }
 {
     echo "# Understudy benchmark"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs · $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2) envoy"
-    echo "· \`wrk -t$THREADS -c$CONNS -d$DURATION --latency\` after a $WARMUP warm-up · one Envoy worker per contender"
-    echo "(upstream for c/d: a separate direct_response Envoy, $UPSTREAM_WORKERS worker(s))"
-    echo "· request body $(wc -c <"$HIT_BODY") B POST $PATH_ · response body $(wc -c <"$RESP_BODY") B"
+    echo "**Targets** (computed from this run): Understudy hit ≥ 0.9× wasm floor req/s: **${HIT_FLOOR}×**," \
+        "$(verdict "$HIT_FLOOR" ">=" 0.9) · hit ≥ 4× WireMock req/s: **${HIT_WM}×**, $(verdict "$HIT_WM" ">=" 4) ·" \
+        "passthrough overhead ≤ 10% of plain-proxy req/s: **${OVERHEAD}%**, $(verdict "$OVERHEAD" "<=" 10)."
     echo
-    echo "| | contender | req/s | p50 ms | p99 ms | vs ceiling | notes |"
-    echo "|---|---|---:|---:|---:|---:|---|"
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo))"
+    echo "· Envoy $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2)" \
+        "· $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') · $(java -version 2>&1 | head -n1) · node $(node --version)"
+    echo "· load generator: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/post.lua\` after a $WARMUP warm-up" \
+        "($WIREMOCK_WARMUP for WireMock, whose JIT needs longer), on the same machine as the contenders"
+    echo "· request: POST $PATH_, $(wc -c <"$HIT_BODY") B JSON body · response: $RESP_SIZE B JSON (checked on every contender)"
+    echo "· one Envoy worker per contender (\`--concurrency 1\`); upstream for d/e: a separate direct_response Envoy" \
+        "with $UPSTREAM_WORKERS worker(s)"
+    echo "· load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER — anything else running on the" \
+        "$(nproc) CPUs distorts these numbers; the CPU-per-request column is the more robust one"
+    echo "· total wall time $((SECONDS - T_START)) s · produced by \`bash bench/run.sh$([[ $QUICK == 1 ]] && echo " --quick")$([[ $WORKERS_CURVE == 1 ]] && echo " --workers-curve")\`"
+    echo
+    echo "| | contender | req/s | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | vs ceiling | notes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
     for k in "${ORDER[@]}"; do
-        printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$k" "${LABEL[$k]}" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" \
-            "$(ratio "${RPS[$k]}" "${RPS[a]}")" "${NOTE[$k]%; }"
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$k" "${LABEL[$k]}" "${RPS[$k]}" "${P50[$k]}" \
+            "${P99[$k]}" "${CPU[$k]}" "${UPCPU[$k]:-–}" \
+            "$([[ ${TCOUNT[$k]} == "${TCOUNT[a]}" ]] && ratio "${RPS[$k]}" "${RPS[a]}" || echo –)" "${NOTE[$k]%; }"
     done
     echo
-    awk -v c="${RPS[c]}" -v d="${RPS[d]}" 'BEGIN {
-        printf "Passthrough overhead (d - c) / d = %.1f%% of plain-proxy throughput", (d - c) / d * 100 }'
-    awk -v c="${P50[c]}" -v d="${P50[d]}" 'BEGIN { printf "; p50 +%.3f ms.\n", c - d }'
+    echo "- **Understudy hit vs wasm floor**: ${HIT_FLOOR}× the req/s;" \
+        "CPU/request $(ratio "${CPU[c]}" "${CPU[b]}")× the floor's (${CPU[c]} vs ${CPU[b]} µs)."
+    echo "- **Understudy hit vs WireMock**: ${HIT_WM}× the req/s, $(ratio "${CPU[f]}" "${CPU[c]}")× less CPU/request;" \
+        "vs mountebank: $(ratio "${RPS[c]}" "${RPS[g]}")× the req/s, $(ratio "${CPU[g]}" "${CPU[c]}")× less CPU/request."
+    awk -v d="${P50[d]}" -v e="${P50[e]}" -v cd="${CPU[d]}" -v ce="${CPU[e]}" -v o="$OVERHEAD" 'BEGIN {
+        printf "- **Passthrough overhead** (e - d) / e = %.1f%% of plain-proxy throughput; p50 %+.3f ms;", o, d - e
+        printf " proxy CPU/request %+.1f µs (%.1f vs %.1f).\n", cd - ce, cd, ce }'
+    if [[ $WORKERS_CURVE == 1 ]]; then
+        echo "- **Workers 1 → 2** (wrk -t2): floor ×$(ratio "${RPS[b2]}" "${RPS[b]}"), Understudy hit" \
+            "×$(ratio "${RPS[c2]}" "${RPS[c]}"); hit vs floor at 2 workers: $(ratio "${RPS[c2]}" "${RPS[b2]}")×." \
+            "With wrk on the same 2 CPUs, 2 workers cannot double throughput here."
+    fi
+    echo
+    echo "How each contender runs (all on 127.0.0.1, started and stopped by bench/run.sh):"
+    echo
+    echo "- a: \`envoy --concurrency 1\` with bench/direct.yaml: buffer → router with a route-level direct_response" \
+        "(the buffer filter makes Envoy read the body first; without it Envoy answers on the headers with" \
+        "\`connection: close\` and every request pays for a new connection)."
+    echo "- b: bench/floor (target/wasm32-wasip1/release/bench_floor.wasm) in the bootstrap printed by" \
+        "\`understudy up --print-config\`, only the wasm module and its configuration (the fixed reply body) swapped:" \
+        "decompressor → wasm → buffer → router, V8 runtime. Pause until end of stream, SHA-256 of the body (returned as" \
+        "\`x-floor-key\`, checked), \`send_http_response\`. No JSON parsing."
+    echo "- c/d: \`understudy up --workers 1\` with examples/assets plus bench/assets ($(find "$ASSETS" -name '*.json' | wc -l) files)." \
+        "c checks \`x-understudy-key\` against \`understudy key\`; d sends the same-size body with one word changed."
+    echo "- e: the bootstrap of d with the understudy and buffer filters removed."
+    echo "- f: \`java $WIREMOCK_JVM_OPTS -jar $(basename "$WIREMOCK_JAR") --no-request-journal --disable-request-logging" \
+        "--disable-banner --async-response-enabled false\` (npm \`wiremock\`; container threads not set: WireMock's" \
+        "default, 25; JIT warm-up $WIREMOCK_WARMUP). One stub: POST $PATH_ with \`equalToJson\` on the body," \
+        "the same body and content-type back (WireMock answers chunked)."
+    echo "- g: \`mb start --localOnly --nologfile --loglevel warn\` (npm \`mountebank\`), one imposter with" \
+        "\`recordRequests: false\`, a \`deepEquals\` predicate on method, path and the parsed JSON body, and" \
+        "\`connection: keep-alive\` on the response (mountebank's default is \`connection: close\`). Single Node.js process."
+    echo "- CPU µs/req: utime+stime of the contender's process group (for c/d: the \`understudy up\` CLI and its Envoy;" \
+        "for f: the whole JVM incl. JIT and GC threads) from /proc/PID/stat, read just before and after the measured" \
+        "wrk run, $CLK_TCK ticks/s, divided by the requests wrk completed. Upstream CPU: the same for the upstream Envoy (d, e)."
+    echo "- Every contender is checked before it is measured: 200 with a $RESP_SIZE-byte body, connection reused for a" \
+        "second request; c, f and g must also refuse the miss body (proves their stub really matches on the body)."
 } >"$REPORT"
 cat "$REPORT"

@@ -44,7 +44,7 @@ JAVA_MAJOR=$(java -version 2>&1 | awk -F'"' '/version/ { split($2, v, "."); prin
 # ---- npm packages (pinned) ---------------------------------------------------------------------------------------
 installed_version() { # installed_version PACKAGE → version in NODE_DIR, or nothing
     local f=$NODE_DIR/node_modules/$1/package.json
-    [[ -f $f ]] && node -e 'process.stdout.write(require(process.argv[1]).version)' "$f" 2>/dev/null || true
+    if [[ -f $f ]]; then node -e 'process.stdout.write(require(process.argv[1]).version)' "$f" 2>/dev/null || true; fi
 }
 if [[ $(installed_version wiremock) != "$WIREMOCK_VERSION" || $(installed_version mountebank) != "$MOUNTEBANK_VERSION" ]]; then
     say "installing wiremock@$WIREMOCK_VERSION and mountebank@$MOUNTEBANK_VERSION (npm) into $NODE_DIR"
