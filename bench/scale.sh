@@ -13,8 +13,8 @@
 #   workers  the chat-bench hit with --workers 1 / wrk -t1 and --workers 2 / wrk -t2
 # Every point is checked first (200 + `x-understudy: hit`); a point that fails to start or doesn't hit is
 # reported as such in the table (with the reason from the log) and not measured.
-# Knobs (env): DURATION (5s), WARMUP (1s), CONNS (16), BODY_SIZES, STORE_SIZES, STREAM_CHUNKS, ROTATE (100),
-# MIN_REQS (20: the body curve runs each size at least DURATION and long enough for that many requests),
+# Knobs (env): DURATION (5s), WARMUP (1s), CONNS (16), STREAM_CONNS (4), BODY_SIZES, STORE_SIZES, STREAM_CHUNKS, ROTATE (100),
+# MIN_REQS (20: body and stream points run DURATION, or longer so that about that many requests complete),
 # MAX_BODY (70000000, for --max-body-bytes), READY_TIMEOUT (180 s).
 set -euo pipefail
 
@@ -44,6 +44,7 @@ else
     MIN_REQS=${MIN_REQS:-20}
 fi
 CONNS=${CONNS:-16}
+STREAM_CONNS=${STREAM_CONNS:-4}
 ROTATE=${ROTATE:-100}
 MAX_BODY=${MAX_BODY:-70000000}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
@@ -267,7 +268,18 @@ run_wrk() {
     [[ -z $non2xx ]] || W_NOTE+="**non-2xx: $non2xx**; "
     [[ -z $errs ]] || W_NOTE+="socket errors: $errs; "
     [[ ${timeouts:-0} == 0 ]] || W_NOTE+="**$timeouts timeouts (120 s)**; "
+    if ((W_REQS == 0)); then
+        W_NOTE+="**no request completed within $dur**; "
+        W_P50=- W_P99=-
+    fi
     log "[$key] $W_REQS requests, $W_RPS req/s, p50 $W_P50 ms, p99 $W_P99 ms ${W_NOTE:+($W_NOTE)}"
+}
+
+# long_enough SECONDS_PER_REQUEST CONNS → a wrk duration: DURATION, or longer (at most 60 s) so that about
+# MIN_REQS requests complete at that pace (CONNS requests in flight, served one after the other).
+long_enough() {
+    awk -v t="$1" -v c="$2" -v n="$MIN_REQS" -v d="${DURATION%s}" 'BEGIN {
+        x = int(t * (n + c) * 1.5 + 1); if (x < d) x = d; if (x > 60) x = 60; print x "s" }'
 }
 
 # hit_note ADMIN: the stats verdict after a measurement (every request must have hit).
@@ -356,9 +368,8 @@ curve_body() {
             rm -rf "$dir"
             continue
         fi
-        # One connection; long enough for MIN_REQS requests at the checked request's pace (at most 60 s).
-        dur=$(awk -v t="$PROBE_S" -v n="$MIN_REQS" -v d="${DURATION%s}" 'BEGIN {
-            x = int(t * n * 1.5 + 1); if (x < d) x = d; if (x > 60) x = 60; print x "s" }')
+        # One connection; long enough for MIN_REQS requests at the checked request's pace.
+        dur=$(long_enough "$PROBE_S" 1)
         echo "$dir/request.json" >"$WORK/body-list.txt"
         run_wrk "body-$size" 1 1 "$dur" "$WORK/body-list.txt" "$url"
         mbs=$(awk -v b="$size" -v ms="$W_P50" 'BEGIN { if (ms > 0) printf "%.0f", b / (ms / 1000) / 1e6; else print "?" }')
@@ -477,7 +488,7 @@ curve_assets() {
 # 3. streaming responses
 # ============================================================================================================
 curve_stream() {
-    local sec=$WORK/section-stream.md rows=() c dir p a url got done_ok gen cbytes mbs note list
+    local sec=$WORK/section-stream.md rows=() c dir p a url got done_ok gen cbytes mbs note list dur
     log "== stream curve: $STREAM_CHUNKS chunks"
     for c in $STREAM_CHUNKS; do
         dir=$WORK/stream-$c
@@ -510,7 +521,8 @@ curve_stream() {
         grep -qi '^content-type: text/event-stream' "$WORK/probe-stream.out.headers" || note+="**not text/event-stream**; "
         list=$WORK/stream-bodies-$c.txt
         echo "$dir/request.json" >"$list"
-        run_wrk "stream-$c" 1 "$CONNS" "$DURATION" "$list" "$url"
+        dur=$(long_enough "$PROBE_S" "$STREAM_CONNS")
+        run_wrk "stream-$c" 1 "$STREAM_CONNS" "$dur" "$list" "$url"
         mbs=$(awk -v b="$PROBE_BYTES" -v r="$W_RPS" 'BEGIN { printf "%.0f", b * r / 1e6 }')
         note+="${W_NOTE}$(hit_note "$a")"
         rows+=("| $c | $got$([[ $done_ok == yes ]] && echo ' + [DONE]') | $cbytes | $PROBE_BYTES | $W_RPS | $W_P50 | $W_P99 | $mbs | $note |")
@@ -524,7 +536,8 @@ curve_stream() {
         echo "before whitespace), one closing delta (finish_reason), then \`data: [DONE]\`, so *chunks* = k + 2"
         echo "\`chat.completion.chunk\` events. *verified* = \`data: {\` lines counted in one curl answer (must equal"
         echo "the target). Response bytes from that answer; MB/s out = response bytes × req/s."
-        echo "\`understudy up --workers 1\`, wrk -t1 -c$CONNS -d$DURATION after a $WARMUP warm-up."
+        echo "\`understudy up --workers 1\`, wrk -t1 -c$STREAM_CONNS after a $WARMUP warm-up, for $DURATION or longer (at most"
+        echo "60 s) so that about $MIN_REQS requests complete at the checked request's pace."
         echo
         echo "| chunks | verified | content bytes | response bytes | req/s | p50 ms | p99 ms | MB/s out | notes |"
         echo "|---:|---|---:|---:|---:|---:|---:|---:|---|"
