@@ -11,15 +11,19 @@
 # and, with --workers-curve (or WORKERS_CURVE=1), b and c again with 2 Envoy workers driven by wrk -t2.
 #
 #   bash bench/run.sh                  # ~3 min; writes bench/results/latest.md and prints it
-#   bash bench/run.sh --quick          # smoke run: DURATION=2s WARMUP=1s WIREMOCK_WARMUP=2s
+#   bash bench/run.sh --quick          # smoke run: DURATION=2s WARMUP=1s WARMUP_ROUND=1s WIREMOCK_WARMUP=6s
+#                                      # WARMUP_MAX=20s (WireMock is then not fully warm: see its warm-up trace)
 #   bash bench/run.sh --workers-curve  # adds the 2-worker rows
 #
 # Each contender runs alone, on loopback, started and stopped by this script, and is driven by
-#   wrk -t$THREADS -c$CONNS -d$DURATION --latency   after a $WARMUP warm-up ($WIREMOCK_WARMUP for WireMock).
+#   wrk -t$THREADS -c$CONNS -d$DURATION --latency
+# after a warm-up in $WARMUP_ROUND rounds: at least $WARMUP ($WIREMOCK_WARMUP for WireMock, whose JIT takes ~30 s
+# to reach its plateau here), then until a round is within 10% of the one before, at most $WARMUP_MAX.
 # CPU per request = utime+stime of the contender's process group (from /proc, before/after the measured run)
 # divided by the requests wrk completed.
-# Knobs (env): DURATION (10s), WARMUP (2s), WIREMOCK_WARMUP (5s), CONNS (16), THREADS (1), UPSTREAM_WORKERS (1),
-#   WORKERS_CURVE (0), WIREMOCK_JVM_OPTS (-Xms512m -Xmx512m), UNDERSTUDY_ENVOY, BENCH_RESULTS (bench/results).
+# Knobs (env): DURATION (10s), WARMUP (2s), WIREMOCK_WARMUP (30s), WARMUP_ROUND (2s), WARMUP_MAX (90s), CONNS (16),
+#   THREADS (1), UPSTREAM_WORKERS (1), WORKERS_CURVE (0), WIREMOCK_JVM_OPTS (-Xms512m -Xmx512m), UNDERSTUDY_ENVOY,
+#   BENCH_RESULTS (bench/results).
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
@@ -36,11 +40,15 @@ done
 if [[ $QUICK == 1 ]]; then
     DURATION=${DURATION:-2s}
     WARMUP=${WARMUP:-1s}
-    WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-2s}
+    WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-6s}
+    WARMUP_MAX=${WARMUP_MAX:-20s}
+    WARMUP_ROUND=${WARMUP_ROUND:-1s}
 fi
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-5s}
+WIREMOCK_WARMUP=${WIREMOCK_WARMUP:-30s}
+WARMUP_ROUND=${WARMUP_ROUND:-2s}
+WARMUP_MAX=${WARMUP_MAX:-90s}
 CONNS=${CONNS:-16}
 THREADS=${THREADS:-1}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
@@ -60,6 +68,11 @@ export BENCH_NODE_DIR=$NODE_DIR
 
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
+
+for v in WARMUP WIREMOCK_WARMUP WARMUP_ROUND WARMUP_MAX; do
+    [[ ${!v} =~ ^[1-9][0-9]*s$ ]] || die "$v=${!v}: give whole seconds, like 5s"
+done
+secs() { echo "${1%s}"; }
 
 # ---- prerequisites (installed/built idempotently) ------------------------------------------------------------
 [[ -x $ENVOY ]] || die "no Envoy at $ENVOY: run 'bash scripts/setup.sh' (or set UNDERSTUDY_ENVOY)"
@@ -228,31 +241,63 @@ to_ms() {
         else { print "?" } }'
 }
 
-declare -A RPS P50 P99 CPU UPCPU NOTE LABEL TCOUNT
+declare -A RPS P50 P99 CPU UPCPU WRKCPU NOTE LABEL TCOUNT WARM_S WARM_TRACE WARM_STEADY
 ORDER=()
 
 # cpu_us TICKS REQUESTS → µs of CPU per request
 cpu_us() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "?" }'; }
 
-# [T=threads] [W=warm-up] bench KEY LABEL URL BODY PGID [UPSTREAM_PGID]
+# warm_up KEY URL BODY THREADS MIN_S: wrk rounds of $WARMUP_ROUND until at least MIN_S have passed and a round's
+# req/s is within 10% of the previous round's (JITs: WireMock's JVM, mountebank's V8), at most $WARMUP_MAX.
+# Sets WARM_S[KEY] (seconds spent) and WARM_TRACE[KEY] (req/s of each round).
+warm_up() {
+    local key=$1 url=$2 body=$3 t=$4 min=$5 round max elapsed=0 prev=0 cur trace=""
+    round=$(secs "$WARMUP_ROUND")
+    max=$(secs "$WARMUP_MAX")
+    while :; do
+        cur=$(BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"${round}s" -s "$BENCH/post.lua" "$url" |
+            awk '/^Requests\/sec:/ { printf "%.0f", $2 }')
+        [[ -n $cur ]] || die "[$key] warm-up: could not parse wrk output"
+        elapsed=$((elapsed + round))
+        trace+="${trace:+→}$cur"
+        if ((elapsed >= min && prev > 0 && cur * 10 <= prev * 11)); then
+            WARM_STEADY[$key]=1
+            break
+        fi
+        if ((elapsed >= max)); then
+            WARM_STEADY[$key]=0
+            break
+        fi
+        prev=$cur
+    done
+    WARM_S[$key]=$elapsed
+    WARM_TRACE[$key]=$trace
+}
+
+# [T=threads] [W=minimum warm-up] bench KEY LABEL URL BODY PGID [UPSTREAM_PGID]
 bench() {
     local key=$1 label=$2 url=$3 body=$4 pg=$5 up=${6:-} t=${T:-$THREADS} w=${W:-$WARMUP} out reqs c0 c1 u0=0 u1=0
-    log "[$key] $label: warm-up $w"
-    BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"$w" -s "$BENCH/post.lua" "$url" >/dev/null
-    log "[$key] $label: measuring $DURATION"
+    log "[$key] $label: warming up (at least $w, until steady)"
+    warm_up "$key" "$url" "$body" "$t" "$(secs "$w")"
+    log "[$key] $label: warm-up ${WARM_S[$key]} s (${WARM_TRACE[$key]} req/s); measuring $DURATION"
     c0=$(group_ticks "$pg")
     [[ -z $up ]] || u0=$(group_ticks "$up")
-    out=$(BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/post.lua" "$url")
+    local TIMEFORMAT='%3U %3S' wrk_u wrk_s secs
+    { time BENCH_BODY=$body wrk -t"$t" -c"$CONNS" -d"$DURATION" --latency -s "$BENCH/post.lua" "$url" \
+        >"$WORK/wrk-$key.txt"; } 2>"$WORK/wrk-$key.time"
     c1=$(group_ticks "$pg")
     [[ -z $up ]] || u1=$(group_ticks "$up")
-    echo "$out" >"$WORK/wrk-$key.txt"
+    out=$(<"$WORK/wrk-$key.txt")
     sed 's/^/    /' "$WORK/wrk-$key.txt" >&2
+    read -r wrk_u wrk_s <"$WORK/wrk-$key.time"
     RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     [[ -n ${RPS[$key]} ]] || die "[$key] could not parse wrk output"
     P50[$key]=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     P99[$key]=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+    secs=$(awk '/ requests in / {v = $4; sub(/,$/, "", v); print v}' <<<"$out")
     CPU[$key]=$(cpu_us $((c1 - c0)) "${reqs:-0}")
+    WRKCPU[$key]=$(awk -v u="$wrk_u" -v s="$wrk_s" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", (u + s) * 1e6 / n; else print "?" }')
     UPCPU[$key]=
     [[ -z $up ]] || UPCPU[$key]=$(cpu_us $((u1 - u0)) "${reqs:-0}")
     TCOUNT[$key]=$t
@@ -260,9 +305,16 @@ bench() {
     non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
     errs=$(awk '/Socket errors:/ {sub(/.*Socket errors: /, ""); print}' <<<"$out")
     NOTE[$key]=""
+    [[ ${WARM_STEADY[$key]} == 1 ]] ||
+        NOTE[$key]+="**not steady after the ${WARM_S[$key]} s warm-up (${WARM_TRACE[$key]} req/s)**; "
     [[ -z $non2xx ]] || NOTE[$key]+="**non-2xx: $non2xx**; "
     [[ -z $errs ]] || NOTE[$key]+="**socket errors: $errs**; "
     ((c1 > c0)) || NOTE[$key]+="**no CPU time seen for the process group**; "
+    # wrk busy > 90% of its threads' CPU time: the load generator, not the contender, may be the limit.
+    if [[ $secs == *s ]] && awk -v u="$wrk_u" -v s="$wrk_s" -v d="$(to_ms "$secs")" -v t="$t" \
+        'BEGIN { exit !((u + s) * 1000 / d / t > 0.9) }'; then
+        NOTE[$key]+="**wrk saturated its $t thread(s): req/s is a lower bound**; "
+    fi
     ORDER+=("$key")
     LABEL[$key]=$label
 }
@@ -433,8 +485,9 @@ REPORT=$RESULTS/latest.md
     echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo))"
     echo "· Envoy $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2)" \
         "· $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') · $(java -version 2>&1 | head -n1) · node $(node --version)"
-    echo "· load generator: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/post.lua\` after a $WARMUP warm-up" \
-        "($WIREMOCK_WARMUP for WireMock, whose JIT needs longer), on the same machine as the contenders"
+    echo "· load generator: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/post.lua\`, on the same machine as" \
+        "the contenders, after a warm-up in $WARMUP_ROUND wrk rounds: at least $WARMUP ($WIREMOCK_WARMUP for WireMock)," \
+        "then until a round's req/s is within 10% of the previous one, at most $WARMUP_MAX"
     echo "· request: POST $PATH_, $(wc -c <"$HIT_BODY") B JSON body · response: $RESP_SIZE B JSON (checked on every contender)"
     echo "· one Envoy worker per contender (\`--concurrency 1\`); upstream for d/e: a separate direct_response Envoy" \
         "with $UPSTREAM_WORKERS worker(s)"
@@ -442,17 +495,19 @@ REPORT=$RESULTS/latest.md
         "$(nproc) CPUs distorts these numbers; the CPU-per-request column is the more robust one"
     echo "· total wall time $((SECONDS - T_START)) s · produced by \`bash bench/run.sh$([[ $QUICK == 1 ]] && echo " --quick")$([[ $WORKERS_CURVE == 1 ]] && echo " --workers-curve")\`"
     echo
-    echo "| | contender | req/s | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | vs ceiling | notes |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+    echo "| | contender | req/s | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | wrk CPU µs/req | vs ceiling | warm-up s | notes |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for k in "${ORDER[@]}"; do
-        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$k" "${LABEL[$k]}" "${RPS[$k]}" "${P50[$k]}" \
-            "${P99[$k]}" "${CPU[$k]}" "${UPCPU[$k]:-–}" \
-            "$([[ ${TCOUNT[$k]} == "${TCOUNT[a]}" ]] && ratio "${RPS[$k]}" "${RPS[a]}" || echo –)" "${NOTE[$k]%; }"
+        printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$k" "${LABEL[$k]}" "${RPS[$k]}" \
+            "${P50[$k]}" "${P99[$k]}" "${CPU[$k]}" "${UPCPU[$k]:-–}" "${WRKCPU[$k]}" \
+            "$([[ ${TCOUNT[$k]} == "${TCOUNT[a]}" ]] && ratio "${RPS[$k]}" "${RPS[a]}" || echo –)" "${WARM_S[$k]}" \
+            "${NOTE[$k]%; }"
     done
     echo
     echo "- **Understudy hit vs wasm floor**: ${HIT_FLOOR}× the req/s;" \
         "CPU/request $(ratio "${CPU[c]}" "${CPU[b]}")× the floor's (${CPU[c]} vs ${CPU[b]} µs)."
-    echo "- **Understudy hit vs WireMock**: ${HIT_WM}× the req/s, $(ratio "${CPU[f]}" "${CPU[c]}")× less CPU/request;" \
+    echo "- **Understudy hit vs WireMock**: ${HIT_WM}× the req/s, $(ratio "${CPU[f]}" "${CPU[c]}")× less CPU/request" \
+        "(WireMock after ${WARM_S[f]} s of warm-up$([[ ${WARM_STEADY[f]} == 1 ]] || echo ", **still speeding up**"));" \
         "vs mountebank: $(ratio "${RPS[c]}" "${RPS[g]}")× the req/s, $(ratio "${CPU[g]}" "${CPU[c]}")× less CPU/request."
     awk -v d="${P50[d]}" -v e="${P50[e]}" -v cd="${CPU[d]}" -v ce="${CPU[e]}" -v o="$OVERHEAD" 'BEGIN {
         printf "- **Passthrough overhead** (e - d) / e = %.1f%% of plain-proxy throughput; p50 %+.3f ms;", o, d - e
@@ -477,14 +532,15 @@ REPORT=$RESULTS/latest.md
     echo "- e: the bootstrap of d with the understudy and buffer filters removed."
     echo "- f: \`java $WIREMOCK_JVM_OPTS -jar $(basename "$WIREMOCK_JAR") --no-request-journal --disable-request-logging" \
         "--disable-banner --async-response-enabled false\` (npm \`wiremock\`; container threads not set: WireMock's" \
-        "default, 25; JIT warm-up $WIREMOCK_WARMUP). One stub: POST $PATH_ with \`equalToJson\` on the body," \
+        "default, 25; warm-up ${WARM_S[f]} s: ${WARM_TRACE[f]} req/s). One stub: POST $PATH_ with \`equalToJson\` on the body," \
         "the same body and content-type back (WireMock answers chunked)."
     echo "- g: \`mb start --localOnly --nologfile --loglevel warn\` (npm \`mountebank\`), one imposter with" \
         "\`recordRequests: false\`, a \`deepEquals\` predicate on method, path and the parsed JSON body, and" \
         "\`connection: keep-alive\` on the response (mountebank's default is \`connection: close\`). Single Node.js process."
     echo "- CPU µs/req: utime+stime of the contender's process group (for c/d: the \`understudy up\` CLI and its Envoy;" \
         "for f: the whole JVM incl. JIT and GC threads) from /proc/PID/stat, read just before and after the measured" \
-        "wrk run, $CLK_TCK ticks/s, divided by the requests wrk completed. Upstream CPU: the same for the upstream Envoy (d, e)."
+        "wrk run, $CLK_TCK ticks/s, divided by the requests wrk completed. Upstream CPU: the same for the upstream Envoy (d, e)." \
+        "wrk CPU: the load generator's own user+sys time (bash \`time\`) per request; wrk shares the $(nproc) CPUs."
     echo "- Every contender is checked before it is measured: 200 with a $RESP_SIZE-byte body, connection reused for a" \
         "second request; c, f and g must also refuse the miss body (proves their stub really matches on the body)."
 } >"$REPORT"
