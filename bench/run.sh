@@ -28,6 +28,13 @@ set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
+# The knobs set in the environment, for the "produced by" line of the report.
+SET_KNOBS=""
+for v in DURATION WARMUP WIREMOCK_WARMUP WARMUP_ROUND WARMUP_MAX CONNS THREADS UPSTREAM_WORKERS WORKERS_CURVE \
+    WIREMOCK_JVM_OPTS UNDERSTUDY_ENVOY; do
+    [[ -z ${!v+x} ]] || SET_KNOBS+="$v=${!v@Q} "
+done
+
 QUICK=0
 for arg in "$@"; do
     case $arg in
@@ -493,7 +500,7 @@ REPORT=$RESULTS/latest.md
         "with $UPSTREAM_WORKERS worker(s)"
     echo "· load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER — anything else running on the" \
         "$(nproc) CPUs distorts these numbers; the CPU-per-request column is the more robust one"
-    echo "· total wall time $((SECONDS - T_START)) s · produced by \`bash bench/run.sh$([[ $QUICK == 1 ]] && echo " --quick")$([[ $WORKERS_CURVE == 1 ]] && echo " --workers-curve")\`"
+    echo "· total wall time $((SECONDS - T_START)) s · produced by \`${SET_KNOBS}bash bench/run.sh$([[ $QUICK == 1 ]] && echo " --quick")$([[ $WORKERS_CURVE == 1 ]] && echo " --workers-curve")\`"
     echo
     echo "| | contender | req/s | p50 ms | p99 ms | CPU µs/req | upstream CPU µs/req | wrk CPU µs/req | vs ceiling | warm-up s | notes |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -533,7 +540,8 @@ REPORT=$RESULTS/latest.md
     echo "- f: \`java $WIREMOCK_JVM_OPTS -jar $(basename "$WIREMOCK_JAR") --no-request-journal --disable-request-logging" \
         "--disable-banner --async-response-enabled false\` (npm \`wiremock\`; container threads not set: WireMock's" \
         "default, 25; warm-up ${WARM_S[f]} s: ${WARM_TRACE[f]} req/s). One stub: POST $PATH_ with \`equalToJson\` on the body," \
-        "the same body and content-type back (WireMock answers chunked)."
+        "the same body and content-type back (WireMock answers chunked). Its JVM threads use both CPUs while" \
+        "the Envoy contenders have one worker: compare CPU µs/req (or the 2-worker rows of --workers-curve)."
     echo "- g: \`mb start --localOnly --nologfile --loglevel warn\` (npm \`mountebank\`), one imposter with" \
         "\`recordRequests: false\`, a \`deepEquals\` predicate on method, path and the parsed JSON body, and" \
         "\`connection: keep-alive\` on the response (mountebank's default is \`connection: close\`). Single Node.js process."
