@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side throughput/latency/CPU benchmark of everything that could answer the same LLM request on
 # loopback, in one run:
-#   a  Envoy direct_response (the ceiling: Envoy answering with no filter work at all)
+#   a  Envoy direct_response (the ceiling: Envoy reads the body and answers a fixed reply, no wasm)
 #   b  wasm floor (bench/floor: SHA-256 the body, fixed reply) in Understudy's own bootstrap
 #   c  Understudy hit
 #   d  Understudy miss → passthrough to a local upstream (a direct_response Envoy)
