@@ -187,26 +187,76 @@ impl Bundle {
 
     /// SHA-256 (hex) of the canonical JSON of the assets.
     pub fn content_hash(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let v = serde_json::to_value(&self.assets).unwrap_or(Value::Null);
-        let digest = Sha256::digest(crate::canonical::to_canonical(&v).as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        let mut h = ContentHasher::default();
+        self.assets.iter().for_each(|a| h.add(a));
+        h.finish()
     }
 
     /// Checks the stored content hash, if any.
     pub fn verify(&self) -> Result<(), ConfigError> {
         match &self.sha256 {
-            Some(stored) if *stored != self.content_hash() => Err(ConfigError::invalid(
-                "bundle.sha256",
-                format!(
-                    "the assets do not match the bundle's content hash {stored} (computed {}): the bundle was \
-                     changed after `understudy bundle` validated it; rebuild it",
-                    self.content_hash()
-                ),
-            )),
-            _ => Ok(()),
+            Some(stored) => {
+                let computed = self.content_hash();
+                if *stored == computed {
+                    Ok(())
+                } else {
+                    Err(hash_mismatch(stored, &computed))
+                }
+            }
+            None => Ok(()),
         }
     }
+}
+
+pub(crate) fn hash_mismatch(stored: &str, computed: &str) -> ConfigError {
+    ConfigError::invalid(
+        "bundle.sha256",
+        format!(
+            "the assets do not match the bundle's content hash {stored} (computed {computed}): the bundle was \
+             changed after `understudy bundle` validated it; rebuild it"
+        ),
+    )
+}
+
+/// Computes [`Bundle::content_hash`] one asset at a time, so a huge bundle is never held twice in memory:
+/// the digest is that of the canonical JSON array `[a0,a1,...]`.
+#[derive(Default)]
+pub(crate) struct ContentHasher {
+    sink: crate::canonical::HashSink,
+    count: usize,
+}
+
+impl ContentHasher {
+    pub(crate) fn add(&mut self, asset: &BundledAsset) {
+        self.add_value(&serde_json::to_value(asset).unwrap_or(Value::Null));
+    }
+
+    /// Adds an asset as parsed JSON. For a bundle written by `understudy bundle` this equals [`Self::add`] of
+    /// the typed asset; a bundle edited by hand afterwards (even to spell out a default) no longer verifies.
+    pub(crate) fn add_value(&mut self, v: &Value) {
+        use crate::canonical::Sink;
+        self.sink.put(if self.count == 0 { "[" } else { "," });
+        crate::canonical::write_canonical(v, &mut self.sink);
+        self.count += 1;
+    }
+
+    pub(crate) fn finish(mut self) -> String {
+        use crate::canonical::Sink;
+        self.sink.put(if self.count == 0 { "[]" } else { "]" });
+        self.sink.finish().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A bundle whose assets are still raw JSON slices of the configuration text: the filter parses, checks and
+/// compiles them one at a time, so loading needs memory for the text and the compiled store only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBundle<'a> {
+    pub(crate) format: String,
+    #[serde(default)]
+    pub(crate) sha256: Option<String>,
+    #[serde(borrow)]
+    pub(crate) assets: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// An asset inside a bundle: the asset plus where it came from and the key the bundler computed.
@@ -259,6 +309,20 @@ impl BundledAsset {
         }
     }
 
+    /// The asset without bundle bookkeeping, by value.
+    pub fn into_asset(self) -> Asset {
+        Asset {
+            name: self.name,
+            request: self.request,
+            response: self.response,
+            responses: self.responses,
+            sequence: self.sequence,
+            seed: self.seed,
+            refresh: self.refresh,
+            latency: self.latency,
+        }
+    }
+
     /// The asset without bundle bookkeeping.
     pub fn asset(&self) -> Asset {
         Asset {
@@ -287,13 +351,23 @@ impl Asset {
 
 /// Deserializes `T` strictly, reporting the path of the offending field.
 pub fn from_str_strict<T: serde::de::DeserializeOwned>(text: &str, source_name: &str) -> Result<T, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let res: Result<T, _> = serde_path_to_error::deserialize(de);
+    from_str_strict_borrowed(text, source_name)
+}
+
+/// [`from_str_strict`] for types that borrow from `text` (e.g. raw JSON slices). One pass over the text.
+pub(crate) fn from_str_strict_borrowed<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    source_name: &str,
+) -> Result<T, ConfigError> {
+    // Fast path without path tracking (it costs a third of a big load); on failure, parse again to name the field.
+    if let Ok(v) = serde_json::from_str(text) {
+        return Ok(v);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let res: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     match res {
         Ok(v) => {
             // Reject trailing garbage after the document.
-            let mut de = serde_json::Deserializer::from_str(text);
-            let _ = serde::de::IgnoredAny::deserialize(&mut de);
             de.end().map_err(|e| parse_err(source_name, ".", e.to_string()))?;
             Ok(v)
         }

@@ -5,39 +5,119 @@
 //! are the same bytes, as are `0.7` and `0.70`. Numbers never pass through `f64`, so no precision is lost.
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Where canonical text goes: a `String`, or straight into a hash ([`HashSink`]) so a big body is never
+/// written out twice.
+pub trait Sink {
+    /// Appends text.
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+/// A SHA-256 fed through a small buffer (many tiny writes are slow to hash one by one).
+#[derive(Default)]
+pub struct HashSink {
+    hasher: Sha256,
+    buf: Vec<u8>,
+}
+
+const HASH_BUF: usize = 8 << 10;
+
+impl HashSink {
+    /// The digest of everything put so far.
+    pub fn finish(mut self) -> [u8; 32] {
+        self.hasher.update(&self.buf);
+        self.hasher.finalize().into()
+    }
+}
+
+impl Sink for HashSink {
+    fn put(&mut self, s: &str) {
+        if self.buf.len() + s.len() > HASH_BUF {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
+        if s.len() > HASH_BUF {
+            self.hasher.update(s.as_bytes());
+        } else {
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(HASH_BUF);
+            }
+            self.buf.extend_from_slice(s.as_bytes());
+        }
+    }
+}
 
 /// Appends the canonical form of `v` to `out`.
-pub fn write_canonical(v: &Value, out: &mut String) {
+pub fn write_canonical<S: Sink + ?Sized>(v: &Value, out: &mut S) {
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&canonical_number(&n.to_string())),
+        Value::Null => out.put("null"),
+        Value::Bool(b) => out.put(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.put(&canonical_number(&n.to_string())),
         Value::String(s) => write_string(s, out),
         Value::Array(a) => {
-            out.push('[');
+            out.put("[");
             for (i, item) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.put(",");
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.put("]");
         }
         Value::Object(m) => {
-            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (k, val)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(k, out);
-                out.push(':');
-                write_canonical(val, out);
-            }
-            out.push('}');
+            let mut entries: Vec<(&str, Entry<'_>)> = m.iter().map(|(k, v)| (k.as_str(), Entry::Value(v))).collect();
+            write_entries(&mut entries, out);
         }
     }
+}
+
+/// A member value: a parsed one, or a string set in its place.
+enum Entry<'a> {
+    Value(&'a Value),
+    Str(&'a str),
+}
+
+fn write_entries<S: Sink + ?Sized>(entries: &mut [(&str, Entry<'_>)], out: &mut S) {
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.put("{");
+    for (i, (k, val)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.put(",");
+        }
+        write_string(k, out);
+        out.put(":");
+        match val {
+            Entry::Value(v) => write_canonical(v, out),
+            Entry::Str(s) => write_string(s, out),
+        }
+    }
+    out.put("}");
+}
+
+/// The canonical form of the object `m` as if the members for which `skip` holds were removed and, with
+/// `set`, member `set.0` were (re)set to the string `set.1` — without copying `m`.
+pub fn write_canonical_object_with<S: Sink + ?Sized>(
+    m: &serde_json::Map<String, Value>,
+    skip: impl Fn(&str) -> bool,
+    set: Option<(&str, &str)>,
+    out: &mut S,
+) {
+    let mut entries: Vec<(&str, Entry<'_>)> = m
+        .iter()
+        .filter(|(k, _)| !skip(k) && set.is_none_or(|(name, _)| name != k.as_str()))
+        .map(|(k, v)| (k.as_str(), Entry::Value(v)))
+        .collect();
+    if let Some((name, value)) = set {
+        entries.push((name, Entry::Str(value)));
+    }
+    write_entries(&mut entries, out);
 }
 
 /// The canonical form of `v` as a new string.
@@ -47,22 +127,35 @@ pub fn to_canonical(v: &Value) -> String {
     s
 }
 
-fn write_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// Writes `s` as a JSON string: runs that need no escaping go out in one piece (long prompts are most
+/// of a body).
+fn write_string<S: Sink + ?Sized>(s: &str, out: &mut S) {
+    out.put("\"");
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        // Multi-byte UTF-8 sequences are all >= 0x80: a run boundary is always a char boundary.
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        if let Some(run) = s.get(start..i) {
+            out.put(run);
+        }
+        start = i + 1;
+        match b {
+            b'"' => out.put("\\\""),
+            b'\\' => out.put("\\\\"),
+            b'\n' => out.put("\\n"),
+            b'\r' => out.put("\\r"),
+            b'\t' => out.put("\\t"),
+            0x08 => out.put("\\b"),
+            0x0c => out.put("\\f"),
+            c => out.put(&format!("\\u{:04x}", c)),
         }
     }
-    out.push('"');
+    if let Some(run) = s.get(start..) {
+        out.put(run);
+    }
+    out.put("\"");
 }
 
 /// Rewrites a JSON number literal to its canonical spelling, exactly (string arithmetic, no floats).

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::canonical::write_canonical;
+use crate::canonical::{write_canonical, write_canonical_object_with, HashSink, Sink};
 use crate::dialect::{Operation, Route};
 use crate::error::ConfigError;
 
@@ -126,13 +126,55 @@ impl Normalizer {
 
     /// The key of an already normalized body.
     pub fn key_of_normalized(operation: Operation, normalized: &Value) -> String {
+        let mut sink = HashSink::default();
+        Self::header(operation, &mut sink);
+        write_canonical(normalized, &mut sink);
+        hex(&sink.finish())
+    }
+
+    /// The key of an already normalized body and the body's canonical JSON (kept by the store, compactly,
+    /// for miss diagnostics).
+    pub fn key_and_canonical(operation: Operation, normalized: &Value) -> (String, String) {
         let mut preimage = String::with_capacity(256);
-        preimage.push_str(KEY_DOMAIN);
-        preimage.push('\n');
-        preimage.push_str(operation.name());
-        preimage.push('\n');
+        Self::header(operation, &mut preimage);
+        let header = preimage.len();
         write_canonical(normalized, &mut preimage);
-        hex(&Sha256::digest(preimage.as_bytes()))
+        let key = hex(&Sha256::digest(preimage.as_bytes()));
+        preimage.drain(..header);
+        (key, preimage)
+    }
+
+    fn header<S: Sink>(operation: Operation, out: &mut S) {
+        out.put(KEY_DOMAIN);
+        out.put("\n");
+        out.put(operation.name());
+        out.put("\n");
+    }
+
+    /// True when normalization only drops the always-ignored top-level fields (no `ignore_fields`, no
+    /// scrubbers): then [`Normalizer::key_of_request`] needs no copy of the request.
+    pub fn is_plain(&self) -> bool {
+        self.ignore.is_empty() && self.scrubbers.is_empty()
+    }
+
+    /// The key of a parsed, not yet normalized request. With a plain normalization the canonical text is
+    /// written straight from `request`, skipping ignored members, into the hash: no copy of a big body is made.
+    /// Otherwise it normalizes a copy.
+    pub fn key_of_request(&self, route: &Route, request: &Value) -> Result<String, crate::RequestError> {
+        let obj = request.as_object().ok_or(crate::RequestError::NotAnObject)?;
+        if !self.is_plain() {
+            let mut v = request.clone();
+            self.normalize(route, &mut v)?;
+            return Ok(Self::key_of_normalized(route.operation, &v));
+        }
+        let embeddings = route.operation == Operation::Embeddings;
+        let skip = |k: &str| ALWAYS_IGNORED.contains(&k) || (embeddings && EMBEDDINGS_IGNORED.contains(&k));
+        let mut sink = HashSink::default();
+        Self::header(route.operation, &mut sink);
+        // Azure: the deployment in the path is the model.
+        let set = route.deployment.as_deref().map(|d| ("model", d));
+        write_canonical_object_with(obj, skip, set, &mut sink);
+        Ok(hex(&sink.finish()))
     }
 
     /// Parses, normalizes and hashes a raw request body. Returns the key and the normalized body.

@@ -7,7 +7,10 @@ use std::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
-use crate::asset::{from_str_strict, validate_asset, Asset, AssetResponse, Bundle, Latency, Sequence, BUNDLE_FORMAT};
+use crate::asset::{
+    from_str_strict, from_str_strict_borrowed, hash_mismatch, validate_asset, Asset, AssetResponse, Bundle,
+    BundledAsset, ContentHasher, Latency, RawBundle, Sequence, BUNDLE_FORMAT,
+};
 use crate::dialect::{classify, Operation, Route};
 use crate::error::{ConfigError, RequestError};
 use crate::normalize::{difference_count, first_difference, NormalizationConfig, Normalizer};
@@ -97,26 +100,179 @@ enum Step {
     Index(usize),
 }
 
-/// A compiled response of an asset.
+/// A compiled response of an asset. Kept lean: a big store is held once per worker VM.
 #[derive(Debug, Clone)]
 struct Response {
     status: u16,
     headers: Vec<(String, String)>,
-    /// The body as served when nothing dynamic applies.
+    /// The body as served when nothing dynamic applies (empty when `splice` holds it).
     body: Vec<u8>,
-    /// The JSON body, kept when it must be rewritten per hit (refresh, placeholders, embeddings, streaming).
+    /// The JSON body, kept only when placeholders are expanded per hit; other rewrites parse `body` on demand.
     json: Option<Value>,
     /// Strings holding placeholders.
     templates: Vec<(Vec<Step>, Template)>,
+    /// The body pre-serialized around its refreshed fields: the common hit needs no JSON work at all.
+    splice: Option<Splice>,
     /// A recorded SSE stream, served verbatim to streaming requests.
     sse: Option<String>,
     /// Encoding of an embeddings body.
     embeddings: Option<EmbeddingEncoding>,
     /// An error answer: never streamed or refreshed.
     is_error: bool,
+    /// The body is JSON (authored, or assembled from a recorded stream).
+    has_json: bool,
     /// Estimated output tokens, for latency.
     output_tokens: u64,
 }
+
+impl Response {
+    /// The stored body bytes.
+    fn source(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.splice {
+            Some(s) => std::borrow::Cow::Owned(s.original()),
+            None => std::borrow::Cow::Borrowed(&self.body),
+        }
+    }
+
+    /// The JSON body to rewrite for one hit.
+    fn json_for_hit(&self) -> Option<Value> {
+        match &self.json {
+            Some(v) => Some(v.clone()),
+            None => serde_json::from_slice(&self.source()).ok(),
+        }
+    }
+
+    /// Same answers (for duplicate-vs-conflict detection of two assets with one key).
+    fn same_as(&self, other: &Response) -> bool {
+        self.status == other.status
+            && self.headers == other.headers
+            && self.source() == other.source()
+            && self.sse == other.sse
+            && self.is_error == other.is_error
+    }
+}
+
+/// A refreshed field inside a pre-serialized body.
+#[derive(Debug, Clone, PartialEq)]
+enum Hole {
+    /// The top-level `id` (its original value): a fresh id of the same shape per hit.
+    Id(String),
+    /// `created`/`created_at` (its original literal): the current Unix time per hit.
+    Created(String),
+}
+
+fn hole_of(v: &Value) -> Option<Hole> {
+    match v {
+        Value::String(id) => Some(Hole::Id(id.clone())),
+        Value::Number(n) => Some(Hole::Created(n.to_string())),
+        _ => None,
+    }
+}
+
+/// A JSON body split around its refreshed fields: `(literal, hole)*` then a literal tail.
+#[derive(Debug, Clone)]
+struct Splice {
+    parts: Vec<(Vec<u8>, Hole)>,
+    tail: Vec<u8>,
+}
+
+const ID_MARK: &str = "\u{1}understudy-refresh:id\u{1}";
+const CREATED_MARK: &str = "\u{1}understudy-refresh:created\u{1}";
+
+impl Splice {
+    /// Splits `json` (an object) around the fields [`refresh`] rewrites; `None` when there is nothing to refresh
+    /// or the markers can't be found unambiguously. `json` is marked in place and restored before returning.
+    fn of(json: &mut Value) -> Option<Splice> {
+        let m = json.as_object_mut()?;
+        let mut holes: Vec<(&str, &'static str, Value)> = Vec::new();
+        for (field, mark) in [("id", ID_MARK), ("created", CREATED_MARK), ("created_at", CREATED_MARK)] {
+            let wanted = match m.get(field) {
+                Some(Value::String(_)) => field == "id",
+                Some(Value::Number(_)) => field != "id",
+                _ => false,
+            };
+            if let (true, Some(slot)) = (wanted, m.get_mut(field)) {
+                holes.push((field, mark, std::mem::replace(slot, Value::String(mark.into()))));
+            }
+        }
+        if holes.is_empty() {
+            return None;
+        }
+        let text = serde_json::to_string(&*m);
+        let mut originals = Vec::with_capacity(holes.len());
+        for (field, mark, original) in holes {
+            if let Some(slot) = m.get_mut(field) {
+                originals.push((mark, hole_of(&original)));
+                *slot = original;
+            }
+        }
+        Self::split(&text.ok()?, originals)
+    }
+
+    fn split(text: &str, holes: Vec<(&'static str, Option<Hole>)>) -> Option<Splice> {
+        // Holes appear in the serializer's (sorted) key order: find each marker's position.
+        let mut found: Vec<(usize, usize, Hole)> = Vec::new();
+        for mark in [ID_MARK, CREATED_MARK] {
+            let quoted = serde_json::to_string(mark).ok()?;
+            let mut expected: Vec<Hole> =
+                holes.iter().filter(|(m, _)| *m == mark).map(|(_, h)| h.clone()).collect::<Option<_>>()?;
+            let positions: Vec<usize> = text.match_indices(quoted.as_str()).map(|(i, _)| i).collect();
+            if positions.len() != expected.len() {
+                return None;
+            }
+            // Several `created` holes: their original literals in key order ("created" < "created_at").
+            expected.reverse();
+            for at in positions {
+                found.push((at, quoted.len(), expected.pop()?));
+            }
+        }
+        found.sort_by_key(|(at, _, _)| *at);
+        let bytes = text.as_bytes();
+        let mut parts = Vec::with_capacity(found.len());
+        let mut from = 0;
+        for (at, len, hole) in found {
+            parts.push((bytes.get(from..at)?.to_vec(), hole));
+            from = at + len;
+        }
+        Some(Splice { parts, tail: bytes.get(from..)?.to_vec() })
+    }
+
+    /// The body with fresh values, as [`refresh`] would write it.
+    fn render(&self, now_nanos: u64, ids: &mut Rng) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.tail.len() + self.parts.iter().map(|(l, _)| l.len() + 40).sum::<usize>());
+        let now = (now_nanos / 1_000_000_000).to_string();
+        for (lit, hole) in &self.parts {
+            out.extend_from_slice(lit);
+            match hole {
+                Hole::Id(old) => {
+                    let _ = serde_json::to_writer(&mut out, &refresh_id(old, ids));
+                }
+                Hole::Created(_) => out.extend_from_slice(now.as_bytes()),
+            }
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    /// The body as stored.
+    fn original(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (lit, hole) in &self.parts {
+            out.extend_from_slice(lit);
+            match hole {
+                Hole::Id(old) => {
+                    let _ = serde_json::to_writer(&mut out, old);
+                }
+                Hole::Created(n) => out.extend_from_slice(n.as_bytes()),
+            }
+        }
+        out.extend_from_slice(&self.tail);
+        out
+    }
+}
+
+/// Largest normalized request kept (as canonical text) for miss diagnostics.
+const KEEP_CANONICAL: usize = 256 << 10;
 
 /// A compiled asset ready to be served.
 #[derive(Debug)]
@@ -124,7 +280,8 @@ struct Compiled {
     label: String,
     key: String,
     operation: Operation,
-    normalized: Value,
+    /// Canonical JSON of the normalized request, for miss diagnostics (parsed only then); empty if huge.
+    normalized: String,
     responses: Vec<Response>,
     sequence: Sequence,
     seed: u64,
@@ -132,8 +289,18 @@ struct Compiled {
     latency: Option<Latency>,
     /// Calls served so far by this VM (sequence position).
     calls: Cell<u64>,
-    /// Response identity, for duplicate vs conflict detection.
-    fingerprint: String,
+}
+
+impl Compiled {
+    /// Same answers as `other` (an identical duplicate, not a conflict).
+    fn same_as(&self, other: &Compiled) -> bool {
+        self.sequence == other.sequence
+            && self.seed == other.seed
+            && self.refresh == other.refresh
+            && self.latency == other.latency
+            && self.responses.len() == other.responses.len()
+            && self.responses.iter().zip(&other.responses).all(|(a, b)| a.same_as(b))
+    }
 }
 
 /// A set of assets indexed by key, with duplicate/conflict detection. Shared by the bundler and the filter.
@@ -155,13 +322,29 @@ impl AssetSet {
         asset: &Asset,
         stored_key: Option<&str>,
     ) -> Result<String, ConfigError> {
-        validate_asset(asset, label)?;
+        self.add_owned(normalizer, label, asset.clone(), stored_key)
+    }
+
+    /// [`AssetSet::add`] taking the asset by value (no copy of its bodies: what a big bundle load needs).
+    pub fn add_owned(
+        &mut self,
+        normalizer: &Normalizer,
+        label: &str,
+        asset: Asset,
+        stored_key: Option<&str>,
+    ) -> Result<String, ConfigError> {
+        validate_asset(&asset, label)?;
         let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
         let route = classify(&asset.request.method, &asset.request.path)
             .ok_or_else(|| bad("request is not an LLM operation".into()))?;
-        let mut normalized = asset.request.body.clone();
+        let Asset { name, request, response, responses, sequence, seed, refresh, latency } = asset;
+        let mut normalized = request.body;
         normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
-        let key = Normalizer::key_of_normalized(route.operation, &normalized);
+        let (key, mut canonical) = Normalizer::key_and_canonical(route.operation, &normalized);
+        drop(normalized);
+        if canonical.len() > KEEP_CANONICAL {
+            canonical = String::new(); // too big to be worth its memory in every VM: no miss hint for it
+        }
         if let Some(stored) = stored_key {
             if stored != key {
                 return Err(ConfigError::KeyMismatch {
@@ -171,42 +354,44 @@ impl AssetSet {
                 });
             }
         }
-        let display = match &asset.name {
+        let display = match &name {
             Some(n) => format!("{n:?} ({label})"),
             None => label.to_string(),
         };
-        let many = asset.responses.is_some();
-        let mut responses = Vec::new();
-        for (i, r) in asset.all_responses().into_iter().enumerate() {
+        let many = responses.is_some();
+        let all: Vec<AssetResponse> = match (response, responses) {
+            (Some(r), _) => vec![r],
+            (None, Some(rs)) => rs,
+            (None, None) => Vec::new(),
+        };
+        let mut compiled = Vec::with_capacity(all.len());
+        for (i, r) in all.into_iter().enumerate() {
             let at = if many { format!("responses[{i}]") } else { "response".to_string() };
-            responses.push(compile_response(route.operation, r, asset.refresh).map_err(|e| bad(format!("{at}{e}")))?);
+            compiled.push(compile_response(route.operation, r, refresh).map_err(|e| bad(format!("{at}{e}")))?);
         }
-        let fingerprint =
-            serde_json::to_string(&(asset.all_responses(), asset.sequence, asset.seed, asset.refresh, asset.latency))
-                .unwrap_or_default();
-        if let Some(&i) = self.index.get(&key) {
-            let prev = self.assets.get(i).map(|p| (p.label.clone(), p.fingerprint.clone())).unwrap_or_default();
-            if prev.1 == fingerprint {
-                self.duplicates.push((prev.0, display));
-                return Ok(key);
-            }
-            return Err(ConfigError::Conflict { key, first: prev.0, second: display });
-        }
-        let seed = asset.seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
-        let idx = self.assets.len();
-        self.assets.push(Compiled {
+        let seed = seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
+        let candidate = Compiled {
             label: display,
             key: key.clone(),
             operation: route.operation,
-            normalized,
-            responses,
-            sequence: asset.sequence,
+            normalized: canonical,
+            responses: compiled,
+            sequence,
             seed,
-            refresh: asset.refresh,
-            latency: asset.latency,
+            refresh,
+            latency,
             calls: Cell::new(0),
-            fingerprint,
-        });
+        };
+        if let Some(&i) = self.index.get(&key) {
+            let Some(prev) = self.assets.get(i) else { return Ok(key) };
+            if prev.same_as(&candidate) {
+                self.duplicates.push((prev.label.clone(), candidate.label));
+                return Ok(key);
+            }
+            return Err(ConfigError::Conflict { key, first: prev.label.clone(), second: candidate.label });
+        }
+        let idx = self.assets.len();
+        self.assets.push(candidate);
         self.index.insert(key.clone(), idx);
         self.by_operation.entry(route.operation).or_default().push(idx);
         Ok(key)
@@ -236,7 +421,7 @@ impl AssetSet {
 }
 
 /// Compiles one response. Errors are suffixes for the `response`/`responses[i]` label (".body_text: ...").
-fn compile_response(op: Operation, r: &AssetResponse, refresh: bool) -> Result<Response, String> {
+fn compile_response(op: Operation, r: AssetResponse, refresh: bool) -> Result<Response, String> {
     let status = r.status();
     let mut headers: Vec<(String, String)> = match &r.headers {
         Some(h) => {
@@ -255,20 +440,23 @@ fn compile_response(op: Operation, r: &AssetResponse, refresh: bool) -> Result<R
             body: serde_json::to_vec(&body).map_err(|e| format!(".error: {e}"))?,
             json: None,
             templates: Vec::new(),
+            splice: None,
             sse: None,
             embeddings: None,
             is_error: true,
+            has_json: false,
             output_tokens: 0,
         });
     }
     // A recorded stream answers streaming requests verbatim and others with the assembled body.
-    let (json, sse) = match (&r.body, &r.body_text) {
-        (Some(v), _) => (Some(v.clone()), None),
-        (None, Some(t)) if status < 400 && op != Operation::Embeddings && is_sse(t) => {
-            let assembled = assemble_sse(op, t).map_err(|e| format!(".body_text: looks like an SSE stream but {e}"))?;
-            (Some(assembled), Some(t.clone()))
+    let (json, sse, text) = match (r.body, r.body_text) {
+        (Some(v), _) => (Some(v), None, None),
+        (None, Some(t)) if status < 400 && op != Operation::Embeddings && is_sse(&t) => {
+            let assembled =
+                assemble_sse(op, &t).map_err(|e| format!(".body_text: looks like an SSE stream but {e}"))?;
+            (Some(assembled), Some(t), None)
         }
-        _ => (None, None),
+        (None, t) => (None, None, t),
     };
     if sse.is_some() {
         headers.retain(|(k, _)| k != "content-type");
@@ -280,28 +468,35 @@ fn compile_response(op: Operation, r: &AssetResponse, refresh: bool) -> Result<R
     if let (Some(v), None) = (&json, &sse) {
         collect_templates(v, &mut Vec::new(), &mut templates).map_err(|e| format!(".body{e}"))?;
     }
-    let body = match (&json, &r.body_text) {
-        (Some(v), _) => serde_json::to_vec(v).map_err(|e| format!(".body: {e}"))?,
-        (None, Some(t)) => t.clone().into_bytes(),
-        (None, None) => Vec::new(),
-    };
     let embeddings = match (op, &json) {
         (Operation::Embeddings, Some(v)) => embedding_encoding_of(v),
         _ => None,
     };
     let is_error = status >= 400;
     let output_tokens = json.as_ref().map(output_tokens).unwrap_or(0);
-    let dynamic =
-        embeddings.is_some() || !templates.is_empty() || (refresh && !is_error) || op != Operation::Embeddings;
+    let mut json = json;
+    let splice = match json.as_mut() {
+        Some(v) if refresh && !is_error && templates.is_empty() => Splice::of(v),
+        _ => None,
+    };
+    let body = match (&splice, &json, text) {
+        (Some(_), _, _) => Vec::new(),
+        (None, Some(v), _) => serde_json::to_vec(v).map_err(|e| format!(".body: {e}"))?,
+        (None, None, Some(t)) => t.into_bytes(),
+        (None, None, None) => Vec::new(),
+    };
+    let has_json = json.is_some();
     Ok(Response {
         status,
         headers,
         body,
-        json: if dynamic { json } else { None },
+        json: if templates.is_empty() { None } else { json },
         templates,
+        splice,
         sse,
         embeddings,
         is_error,
+        has_json,
         output_tokens,
     })
 }
@@ -384,6 +579,30 @@ fn output_tokens(v: &Value) -> u64 {
     (text_len(v) as u64).div_ceil(4)
 }
 
+/// The plugin configuration with the bundle's assets left as raw JSON slices (see [`Runtime::load`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginConfig<'a> {
+    #[serde(default)]
+    on_miss: OnMiss,
+    #[serde(default)]
+    normalization: NormalizationConfig,
+    #[serde(borrow)]
+    bundle: RawBundle<'a>,
+    #[serde(default)]
+    synthesize: Vec<SynthRule>,
+}
+
+fn check_format(format: &str) -> Result<(), ConfigError> {
+    if format == BUNDLE_FORMAT {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        "bundle.format",
+        format!("{format:?} is not supported by this filter (expected {BUNDLE_FORMAT:?})"),
+    ))
+}
+
 /// The compiled, validated runtime the filter holds for its lifetime.
 #[derive(Debug)]
 pub struct Runtime {
@@ -402,42 +621,99 @@ impl Runtime {
     /// A bundle without a content hash is accepted here (tools and tests build them); the filter uses
     /// [`Runtime::from_json_sealed`].
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        Self::compile(PluginConfig::from_json(text)?)
+        Self::load(text, false)
     }
 
     /// As [`Runtime::from_json`], but the bundle must carry its content hash (`bundle.sha256`), so deleting
     /// the hash can't switch the integrity check off. What the filter loads.
     pub fn from_json_sealed(text: &str) -> Result<Self, ConfigError> {
-        let cfg = PluginConfig::from_json(text)?;
-        if cfg.bundle.sha256.is_none() {
+        Self::load(text, true)
+    }
+
+    /// Streams the bundle: each asset is parsed from its slice of `text`, hashed, compiled and dropped, so the
+    /// peak is the text plus the compiled store (a 100k-asset bundle would not fit a wasm VM twice).
+    fn load(text: &str, sealed: bool) -> Result<Self, ConfigError> {
+        const SOURCE: &str = "plugin configuration";
+        let raw: RawPluginConfig<'_> = from_str_strict_borrowed(text, SOURCE)?;
+        if sealed && raw.bundle.sha256.is_none() {
             return Err(ConfigError::invalid(
                 "bundle.sha256",
                 "missing: the filter loads only sealed bundles; build the bundle with `understudy bundle` \
                  (or `understudy plugin-config`)",
             ));
         }
-        Self::compile(cfg)
+        check_format(&raw.bundle.format)?;
+        let normalizer = Normalizer::compile(&raw.normalization)?;
+        let synth = Synthesizer::compile(&raw.synthesize)?;
+        let mut hasher = raw.bundle.sha256.as_ref().map(|_| ContentHasher::default());
+        let mut assets = AssetSet::default();
+        assets.assets.reserve(raw.bundle.assets.len());
+        let mut failure = None;
+        for (i, slice) in raw.bundle.assets.iter().enumerate() {
+            // One parse into a tree: hashed as is, then moved (not copied) into the typed asset.
+            let named = |e: ConfigError| match e {
+                ConfigError::Parse { source_name, field, reason } => {
+                    let field = if field == "." { String::new() } else { format!(".{field}") };
+                    ConfigError::Parse { source_name, field: format!("bundle.assets[{i}]{field}"), reason }
+                }
+                other => other,
+            };
+            let tree: Value = from_str_strict(slice.get(), SOURCE).map_err(named)?;
+            if let Some(h) = hasher.as_mut() {
+                h.add_value(&tree);
+            }
+            let b: BundledAsset = match serde_json::from_value(tree) {
+                Ok(b) => b,
+                Err(e) => {
+                    let precise = from_str_strict::<BundledAsset>(slice.get(), SOURCE).err();
+                    return Err(named(
+                        precise.unwrap_or_else(|| ConfigError::invalid(format!("bundle.assets[{i}]"), e.to_string())),
+                    ));
+                }
+            };
+            if failure.is_some() {
+                continue; // only hashing now: a tampered bundle is reported as such
+            }
+            let label = format!("bundle.assets[{i}] from {}", b.source);
+            let key = b.key.clone();
+            if let Err(e) = assets.add_owned(&normalizer, &label, b.into_asset(), Some(&key)) {
+                if hasher.is_none() {
+                    return Err(e);
+                }
+                failure = Some(e);
+            }
+        }
+        if let (Some(h), Some(stored)) = (hasher, &raw.bundle.sha256) {
+            let computed = h.finish();
+            if *stored != computed {
+                return Err(hash_mismatch(stored, &computed));
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(Self::assemble(raw.on_miss, normalizer, assets, synth))
     }
 
     /// Compiles a parsed configuration.
     pub fn compile(cfg: PluginConfig) -> Result<Self, ConfigError> {
-        if cfg.bundle.format != BUNDLE_FORMAT {
-            return Err(ConfigError::invalid(
-                "bundle.format",
-                format!("{:?} is not supported by this filter (expected {BUNDLE_FORMAT:?})", cfg.bundle.format),
-            ));
-        }
+        check_format(&cfg.bundle.format)?;
         cfg.bundle.verify()?;
         let normalizer = Normalizer::compile(&cfg.normalization)?;
         let synth = Synthesizer::compile(&cfg.synthesize)?;
         let mut assets = AssetSet::default();
-        for (i, b) in cfg.bundle.assets.iter().enumerate() {
+        for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
             let label = format!("bundle.assets[{i}] from {}", b.source);
-            assets.add(&normalizer, &label, &b.asset(), Some(&b.key))?;
+            let key = b.key.clone();
+            assets.add_owned(&normalizer, &label, b.into_asset(), Some(&key))?;
         }
+        Ok(Self::assemble(cfg.on_miss, normalizer, assets, synth))
+    }
+
+    fn assemble(on_miss: OnMiss, normalizer: Normalizer, assets: AssetSet, synth: Synthesizer) -> Self {
         // std seeds RandomState from the OS (WASI random_get under Envoy): a per-VM salt.
         let salt = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        Ok(Runtime { on_miss: cfg.on_miss, normalizer, assets, synth, salt, served: Cell::new(0) })
+        Runtime { on_miss, normalizer, assets, synth, salt, served: Cell::new(0) }
     }
 
     /// The miss policy.
@@ -464,17 +740,21 @@ impl Runtime {
             Ok(v) => v,
             Err(e) => return self.bad_request(route, &e),
         };
-        let mut normalized = request.clone();
-        if let Err(e) = self.normalizer.normalize(route, &mut normalized) {
-            return self.bad_request(route, &e);
-        }
-        let key = Normalizer::key_of_normalized(route.operation, &normalized);
+        let key = match self.normalizer.key_of_request(route, &request) {
+            Ok(k) => k,
+            Err(e) => return self.bad_request(route, &e),
+        };
         let Some(asset) = self.assets.index.get(&key).and_then(|&i| self.assets.assets.get(i)) else {
             if let Some(r) = self.synthesized(route, &request, key.clone(), now_nanos) {
                 return Decision::Respond(r);
             }
             if self.on_miss == OnMiss::Passthrough {
                 return Decision::Forward(Outcome::Miss);
+            }
+            // Only a strict miss needs the normalized tree (for the closest-asset hint).
+            let mut normalized = request.clone();
+            if let Err(e) = self.normalizer.normalize(route, &mut normalized) {
+                return self.bad_request(route, &e);
             }
             let message = self.miss_message(route.operation, &key, &normalized);
             let mut headers = local_headers("miss", &key);
@@ -504,17 +784,19 @@ impl Runtime {
         };
         let mut headers = resp.headers.clone();
         let stream = wants_stream(request) && !resp.is_error && asset.operation != Operation::Embeddings;
-        let needs_work = stream
-            || asset.refresh
-            || !resp.templates.is_empty()
-            || resp.embeddings.is_some_and(|have| have != EmbeddingEncoding::requested(request));
-        let body = match (&resp.json, &resp.sse) {
+        let converting = resp.embeddings.is_some_and(|have| have != EmbeddingEncoding::requested(request));
+        let needs_work = stream || asset.refresh || !resp.templates.is_empty() || converting;
+        let body = match (&resp.splice, &resp.sse) {
             (_, Some(sse)) if stream => {
                 set_content_type(&mut headers, SSE_CONTENT_TYPE);
                 sse.clone().into_bytes()
             }
-            (Some(json), _) if !resp.is_error && needs_work => {
-                let mut v = json.clone();
+            // The common hit: only the id and timestamps change, written into the pre-serialized body.
+            (Some(splice), _) if !stream && !converting => splice.render(now_nanos, &mut self.fresh_ids(now_nanos)),
+            _ if resp.has_json && !resp.is_error && needs_work => {
+                let Some(mut v) = resp.json_for_hit() else {
+                    return self.asset_error(asset, route, &key, "has a body that no longer parses".into());
+                };
                 let mut ids = self.fresh_ids(now_nanos);
                 let mut choices = Rng::new(asset.seed ^ call.wrapping_mul(0xA076_1D64_78BD_642F));
                 if asset.refresh {
@@ -551,10 +833,10 @@ impl Runtime {
                         Err(e) => return self.asset_error(asset, route, &key, format!("can't be streamed: {e}")),
                     }
                 } else {
-                    serde_json::to_vec(&v).unwrap_or_else(|_| resp.body.clone())
+                    serde_json::to_vec(&v).unwrap_or_else(|_| resp.source().into_owned())
                 }
             }
-            _ => resp.body.clone(),
+            _ => resp.source().into_owned(),
         };
         if stream {
             headers.push(("cache-control".into(), "no-cache".into()));
@@ -637,15 +919,18 @@ impl Runtime {
         const SCAN: usize = 5_000;
         const CAP: usize = 10_000;
         let candidates = self.assets.by_operation.get(&operation).map(Vec::as_slice).unwrap_or_default();
+        // The store keeps canonical text, not parsed trees (memory per VM): parse candidates here, on a miss.
         let best = candidates
             .iter()
             .take(SCAN)
             .filter_map(|&i| self.assets.assets.get(i))
-            .map(|a| (difference_count(&a.normalized, normalized, CAP), a))
-            .min_by_key(|(d, _)| *d);
+            .filter(|a| !a.normalized.is_empty())
+            .filter_map(|a| serde_json::from_str::<Value>(&a.normalized).ok().map(|v| (a, v)))
+            .map(|(a, v)| (difference_count(&v, normalized, CAP), a, v))
+            .min_by_key(|(d, _, _)| *d);
         match best {
-            Some((_, a)) => {
-                let at = first_difference(&a.normalized, normalized).unwrap_or_default();
+            Some((_, a, v)) => {
+                let at = first_difference(&v, normalized).unwrap_or_default();
                 let at = if at.is_empty() { "/".to_string() } else { at };
                 msg.push_str(&format!(" Closest asset: {} (key {}), first difference at {at}.", a.label, a.key));
             }
@@ -692,4 +977,138 @@ fn local_headers(outcome: &str, key: &str) -> Vec<(String, String)> {
         ("x-understudy".into(), outcome.into()),
         ("x-understudy-key".into(), key.into()),
     ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the pre-serialized path must produce: the tree rewrite it replaces.
+    fn refreshed_by_tree(body: &Value, now: u64, seed: u64) -> Vec<u8> {
+        let mut v = body.clone();
+        refresh(&mut v, now, &mut Rng::new(seed));
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn splice_renders_exactly_what_the_tree_rewrite_does() {
+        let bodies = [
+            json!({"id": "chatcmpl-abc123XYZ", "object": "chat.completion", "created": 1700000000, "choices": []}),
+            json!({"id": "msg_01AbCdEf", "type": "message", "content": [{"type": "text", "text": "\"quoted\" \u{1}"}]}),
+            json!({"id": "resp_1", "created_at": 1.5e9, "created": 12, "output": [{"id": "inner", "created": 3}]}),
+            json!({"created": 5, "data": [1, 2, 3]}),
+            json!({"id": "weird \" id \\ with \n escapes-and_more", "z": "\u{1}understudy-refresh:idx"}),
+        ];
+        for body in &bodies {
+            let splice = Splice::of(&mut body.clone()).expect("something to refresh");
+            assert_eq!(splice.original(), serde_json::to_vec(body).unwrap(), "{body}");
+            for (now, seed) in [(1_800_000_000_123_456_789u64, 1u64), (0, 42), (u64::MAX, 7)] {
+                let got = splice.render(now, &mut Rng::new(seed));
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(refreshed_by_tree(body, now, seed)).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn splice_declines_when_there_is_nothing_to_refresh_or_a_marker_is_ambiguous() {
+        for body in [
+            json!({"object": "list", "data": []}),
+            json!(["id", 1]),
+            json!({"id": 7, "created": "yesterday"}),
+            // A body that already holds the marker text as a whole string value: can't split unambiguously.
+            json!({"id": "x-1", "echo": ID_MARK}),
+        ] {
+            let mut marked = body.clone();
+            assert!(Splice::of(&mut marked).is_none(), "{body}");
+            assert_eq!(marked, body, "restored");
+        }
+    }
+
+    fn bundle_json(assets: Vec<BundledAsset>) -> String {
+        let cfg = PluginConfig {
+            on_miss: OnMiss::Error,
+            normalization: NormalizationConfig::default(),
+            bundle: Bundle::sealed(assets),
+            synthesize: Vec::new(),
+        };
+        serde_json::to_string(&cfg).unwrap()
+    }
+
+    fn asset(i: u64) -> BundledAsset {
+        let request = json!({"model": "m", "messages": [{"role": "user", "content": format!("q{i}")}]});
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let mut n = request.clone();
+        Normalizer::default().normalize(&route, &mut n).unwrap();
+        let key = Normalizer::key_of_normalized(route.operation, &n);
+        serde_json::from_value(json!({
+            "key": key, "source": format!("f{i}.json#0"),
+            "request": {"path": "/v1/chat/completions", "body": request},
+            "response": {"body": {"id": format!("chatcmpl-{i:08}"), "created": 1, "choices": []}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn streamed_load_verifies_the_same_content_hash_and_serves() {
+        let text = bundle_json((0..20).map(asset).collect());
+        let rt = Runtime::from_json_sealed(&text).unwrap();
+        assert_eq!(rt.asset_count(), 20);
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"messages":[{"content":"q7","role":"user"}],"model":"m","stream":false}"#;
+        let Decision::Respond(r) = rt.decide_at(&route, body, 2_000_000_000_000_000_000) else { panic!() };
+        assert_eq!(r.outcome, Outcome::Hit);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["created"], json!(2_000_000_000u64));
+        assert_ne!(v["id"], json!("chatcmpl-00000007"));
+        assert_eq!(v["id"].as_str().unwrap().len(), "chatcmpl-00000007".len());
+        // An empty sealed bundle too.
+        assert_eq!(Runtime::from_json_sealed(&bundle_json(Vec::new())).unwrap().asset_count(), 0);
+    }
+
+    #[test]
+    fn tampering_is_reported_as_a_hash_mismatch_even_when_an_asset_no_longer_compiles() {
+        let text = bundle_json((0..5).map(asset).collect());
+        // Changing a request changes its key: the content hash, not the key check, must report it.
+        let tampered = text.replace("\"q3\"", "\"q3 changed\"");
+        assert_ne!(tampered, text);
+        let err = Runtime::from_json_sealed(&tampered).unwrap_err().to_string();
+        assert!(err.contains("bundle.sha256") && err.contains("changed after"), "{err}");
+        // Unsealed (tools): the key check names the asset.
+        let unsealed = tampered
+            .replace(&format!("\"sha256\":\"{}\",", Bundle::sealed((0..5).map(asset).collect()).sha256.unwrap()), "");
+        assert_ne!(unsealed, tampered);
+        let err = Runtime::from_json(&unsealed).unwrap_err().to_string();
+        assert!(err.contains("bundle.assets[3]"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_asset_slice_names_its_index_and_field() {
+        let text = bundle_json((0..3).map(asset).collect())
+            .replace("\"source\":\"f1.json#0\"", "\"source\":\"f1.json#0\",\"bogus\":1");
+        let err = Runtime::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("bundle.assets[1]") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn identical_duplicates_are_skipped_and_conflicts_named() {
+        let n = Normalizer::default();
+        let a = asset(1).into_asset();
+        let mut set = AssetSet::default();
+        set.add(&n, "a", &a, None).unwrap();
+        set.add(&n, "b", &a, None).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.duplicates().len(), 1);
+        let mut c = a.clone();
+        c.response.as_mut().unwrap().body = Some(json!({"id": "chatcmpl-other", "created": 1, "choices": []}));
+        let err = set.add(&n, "c", &c, None).unwrap_err().to_string();
+        assert!(err.contains("a") && err.contains("c"), "{err}");
+        let mut d = a.clone();
+        d.refresh = false;
+        assert!(set.add(&n, "d", &d, None).is_err(), "refresh differs: a conflict");
+    }
 }

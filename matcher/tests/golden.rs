@@ -49,6 +49,10 @@ fn compute(c: &Case) -> String {
     let route =
         classify(&c.method, &c.path).unwrap_or_else(|| panic!("{}: {} {} is not classified", c.name, c.method, c.path));
     let (key, _) = n.key(&route, c.body.as_bytes()).unwrap_or_else(|e| panic!("{}: no key: {e}", c.name));
+    // The filter's path: the key straight from the parsed request (no normalized copy when plain).
+    let parsed = understudy_matcher::parse_body(c.body.as_bytes()).unwrap();
+    let direct = n.key_of_request(&route, &parsed).unwrap_or_else(|e| panic!("{}: no direct key: {e}", c.name));
+    assert_eq!(direct, key, "{}: key_of_request differs from normalize + key", c.name);
     key
 }
 
