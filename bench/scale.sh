@@ -304,11 +304,25 @@ section_head() { # section_head TITLE: the section's title and how/where it was 
         "$(awk '{ printf "%.0f GiB", $2 / 1048576; exit }' /proc/meminfo) RAM · Envoy ${envoy_v:-?} ·" \
         "$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }') · commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)" \
         "· filter sha256 $(sha256sum "$WASM" | cut -c1-12)$([[ $QUICK == 1 ]] && echo ' · **QUICK=1 smoke run**')"
-    echo "· load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on this machine skew the numbers)"
+    echo "· load average at start: $(load_note)"
     echo
 }
 
-section_cmds() { # the exact commands, then clears them
+# load_note: the 1/5/15-min load average, flagged when the machine was busier than its CPU count (other jobs
+# running at the same time skew every number of the section).
+load_note() {
+    local l
+    l=$(cut -d' ' -f1-3 /proc/loadavg)
+    if awk -v l="${l%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
+        echo "$l — **busy machine (load above $(nproc) CPUs): other jobs skew these numbers; rerun alone**"
+    else
+        echo "$l"
+    fi
+}
+
+section_cmds() { # the load at the end, the exact commands, then clears them
+    echo
+    echo "Load average at the end: $(load_note)"
     echo
     echo "Commands (exactly as run):"
     echo
