@@ -294,17 +294,29 @@ hit_note() {
     fi
 }
 
+# section_begin: what the section's header reports about the start of its run (call before measuring).
+S_DATE='' S_LOAD='' S_WASM='' S_COMMIT=''
+section_begin() {
+    S_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    S_LOAD=$(load_note)
+    S_WASM=$(sha256sum "$WASM" | cut -c1-12)
+    S_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)
+}
+
 section_head() { # section_head TITLE: the section's title and how/where it was produced
-    local cpu envoy_v
+    local cpu envoy_v wasm_now
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
     envoy_v=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2 || true)
+    wasm_now=$(sha256sum "$WASM" | cut -c1-12)
     echo "## $1"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs (${cpu:-unknown CPU}) ·" \
+    echo "$S_DATE · $(uname -srm) · $(nproc) CPUs (${cpu:-unknown CPU}) ·" \
         "$(awk '{ printf "%.0f GiB", $2 / 1048576; exit }' /proc/meminfo) RAM · Envoy ${envoy_v:-?} ·" \
-        "$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }') · commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)" \
-        "· filter sha256 $(sha256sum "$WASM" | cut -c1-12)$([[ $QUICK == 1 ]] && echo ' · **QUICK=1 smoke run**')"
-    echo "· load average at start: $(load_note)"
+        "$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }') · commit $S_COMMIT (work tree may differ)" \
+        "· filter sha256 $S_WASM$([[ $QUICK == 1 ]] && echo ' · **QUICK=1 smoke run**')"
+    [[ $wasm_now == "$S_WASM" ]] ||
+        echo "· **the filter was rebuilt during this curve (now sha256 $wasm_now): points may mix two builds; rerun**"
+    echo "· load average at start: $S_LOAD"
     echo
 }
 
@@ -345,6 +357,7 @@ finish_section() { # finish_section NAME FILE
 curve_body() {
     local sec=$WORK/section-body.md rows=() size dir p a bt bmax bundle_b url dur mbs
     local note hw rss gauge ready
+    section_begin
     log "== body size curve: $BODY_SIZES"
     for tok in $BODY_SIZES; do
         size=$(bytes_of "$tok")
@@ -424,6 +437,7 @@ curve_body() {
 curve_assets() {
     local sec=$WORK/section-assets.md rows=() n dir p a bt bmax bundle_b url gen rss_load hw_load gauge note
     local list rot first last ready rss hw
+    section_begin
     log "== asset store curve: $STORE_SIZES"
     for n in $STORE_SIZES; do
         dir=$WORK/store-$n
@@ -503,6 +517,7 @@ curve_assets() {
 # ============================================================================================================
 curve_stream() {
     local sec=$WORK/section-stream.md rows=() c dir p a url got done_ok gen cbytes mbs note list dur
+    section_begin
     log "== stream curve: $STREAM_CHUNKS chunks"
     for c in $STREAM_CHUNKS; do
         dir=$WORK/stream-$c
@@ -566,6 +581,7 @@ curve_stream() {
 # ============================================================================================================
 curve_workers() {
     local sec=$WORK/section-workers.md rows=() w dir p a url body list note rps1=
+    section_begin
     log "== workers curve: 1, 2"
     dir=$WORK/workers
     mkdir -p "$dir/assets/openai"
