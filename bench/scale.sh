@@ -15,7 +15,7 @@
 # reported as such in the table (with the reason from the log) and not measured.
 # Knobs (env): DURATION (5s), WARMUP (1s), CONNS (16), STREAM_CONNS (4), BODY_SIZES, STORE_SIZES, STREAM_CHUNKS, ROTATE (100),
 # MIN_REQS (20: body and stream points run DURATION, or longer so that about that many requests complete),
-# MAX_BODY (70000000, for --max-body-bytes), READY_TIMEOUT (180 s).
+# MAX_BODY (70000000, for --max-body-bytes), READY_TIMEOUT (180 s), SCALE_RESULTS (the report file).
 set -euo pipefail
 
 MODE=${1:-all}
@@ -56,7 +56,7 @@ ENVOY=${UNDERSTUDY_ENVOY:-$ROOT/.venv/bin/envoy}
 UNDERSTUDY=$ROOT/target/release/understudy
 WASM=$ROOT/target/wasm32-wasip1/release/understudy.wasm
 CHAT_ASSET=$BENCH/assets/openai/chat-bench.json
-RESULTS=$BENCH/results/scale.md
+RESULTS=${SCALE_RESULTS:-$BENCH/results/scale.md}
 PATH_=/v1/chat/completions
 
 die() { echo "scale: error: $*" >&2; exit 1; }
