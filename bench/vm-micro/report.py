@@ -125,8 +125,11 @@ def main():
     if have_node:
         w(f"- Wasm in Node: Node {meta.get('node', '?')} WASI (`scripts/wasi-runner.mjs`), the same loop and module "
           "code built as a command (`vm-micro-node.wasm`); also V8, so it cross-checks the Envoy column.\n")
+        if meta.get("node_note"):
+            w(f"  Note: {meta['node_note']}.\n")
     else:
-        w("- Wasm in Node: not run (MICRO_NODE=0 or node missing or the run failed).\n")
+        why = meta.get("node_note") or "MICRO_NODE=0 or node >= 20 missing"
+        w(f"- Wasm in Node: no numbers ({why}).\n")
     w(f"- Wall time: {meta.get('times', '?')}.\n")
     w("- Inputs are generated deterministically by `matcher/benches/common/mod.rs`: chat requests of 2 KiB, 64 KiB "
       "and 1 MiB (system/user/assistant messages of prose with punctuation, newlines, quotes, some non-ASCII), "

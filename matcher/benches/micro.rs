@@ -56,7 +56,15 @@ fn micro(c: &mut Criterion) {
         std::process::exit(1);
     }
     eprintln!("micro: {} cases, inputs built in {:.1} s", cases.len(), started.elapsed().as_secs_f64());
-    for mut case in cases {
+    for case in cases {
+        let name = case.name();
+        let mut op = match (case.make)() {
+            Ok(op) => op,
+            Err(e) => {
+                eprintln!("micro: {name}: set-up failed: {e}");
+                std::process::exit(1);
+            }
+        };
         let mut g = c.benchmark_group(case.group);
         if case.bytes > 0 {
             g.throughput(Throughput::BytesDecimal(case.bytes));
@@ -64,8 +72,9 @@ fn micro(c: &mut Criterion) {
         if case.slow {
             g.sample_size(10).sampling_mode(SamplingMode::Flat);
         }
-        g.bench_function(case.id.as_str(), |b| b.iter(&mut case.run));
+        g.bench_function(case.id.as_str(), |b| b.iter(&mut op));
         g.finish();
+        drop(op);
     }
 }
 

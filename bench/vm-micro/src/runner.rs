@@ -133,12 +133,21 @@ pub fn run(s: &Settings, emit: &mut dyn FnMut(Value)) -> Result<(), String> {
     };
     emit(json!({"event": "setup", "cases": cases.len(), "setup_s": started.elapsed().as_secs_f64()}));
     let mut measured = 0;
-    for mut case in cases {
+    for case in cases {
         let name = case.name();
         if s.only.as_deref().is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let (ns, min, iters, rounds) = measure(&mut case.run, case.slow, s);
+        let mut op = match (case.make)() {
+            Ok(op) => op,
+            Err(e) => {
+                let message = format!("{name}: {e}");
+                emit(json!({"event": "error", "message": message}));
+                return Err(message);
+            }
+        };
+        let (ns, min, iters, rounds) = measure(&mut op, case.slow, s);
+        drop(op);
         let mbps = |ns: f64| if case.bytes > 0 && ns > 0.0 { json!(case.bytes as f64 * 1e3 / ns) } else { Value::Null };
         emit(json!({
             "name": name,

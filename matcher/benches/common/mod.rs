@@ -89,8 +89,21 @@ pub struct Case {
     pub bytes: u64,
     /// Milliseconds per operation or more: harnesses take fewer samples.
     pub slow: bool,
-    /// One operation; returns something derived from its result so it can't be optimized away.
-    pub run: Box<dyn FnMut() -> usize>,
+    /// Builds the case's own inputs (big stores are built here, right before the case runs) and returns the
+    /// operation: one call does the work once and returns something derived from its result, so it can't be
+    /// optimized away.
+    pub make: Make,
+}
+
+/// One timed operation.
+pub type Op = Box<dyn FnMut() -> usize>;
+
+/// Builds a case's inputs (checking they take the intended path) and returns its operation.
+pub type Make = Box<dyn FnOnce() -> Result<Op, String>>;
+
+/// A case whose inputs are already built.
+fn ready(op: impl FnMut() -> usize + 'static) -> Make {
+    Box::new(move || Ok(Box::new(op) as Op))
 }
 
 impl Case {
@@ -419,7 +432,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         label: format!("classify(POST {CHAT_PATH})"),
         bytes: 0,
         slow: false,
-        run: Box::new(move || classify(black_box("POST"), black_box(CHAT_PATH)).map_or(0, |r| r.operation as usize)),
+        make: ready(move || classify(black_box("POST"), black_box(CHAT_PATH)).map_or(0, |r| r.operation as usize)),
     });
 
     // ---- per body size: the stages of a key, then the whole hit ----
@@ -436,10 +449,16 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         }
         let hit = small_rt.decide_at(&route, body, NOW_NANOS);
         expect(&format!("hit {sz}"), &hit, (Outcome::Hit, 200))?;
-        let push =
-            |out: &mut Vec<Case>, group: &'static str, label: String, bytes: u64, run: Box<dyn FnMut() -> usize>| {
-                out.push(Case { group, id: sz.clone(), label, bytes, slow: *size >= 256 << 10, run });
-            };
+        let push = |out: &mut Vec<Case>, group: &'static str, label: String, bytes: u64, run: Op| {
+            out.push(Case {
+                group,
+                id: sz.clone(),
+                label,
+                bytes,
+                slow: *size >= 256 << 10,
+                make: Box::new(move || Ok(run)),
+            });
+        };
 
         let b = body.clone();
         push(
@@ -521,7 +540,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         label: format!("response: Value::clone + serde_json::to_vec ({resp_len} B)"),
         bytes: resp_len,
         slow: false,
-        run: Box::new(move || serde_json::to_vec(&black_box(&v).clone()).map_or(0, |b| b.len())),
+        make: ready(move || serde_json::to_vec(&black_box(&v).clone()).map_or(0, |b| b.len())),
     });
     let v = resp.clone();
     out.push(Case {
@@ -530,7 +549,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         label: format!("response: serde_json::to_vec only ({resp_len} B)"),
         bytes: resp_len,
         slow: false,
-        run: Box::new(move || serde_json::to_vec(black_box(&v)).map_or(0, |b| b.len())),
+        make: ready(move || serde_json::to_vec(black_box(&v)).map_or(0, |b| b.len())),
     });
     let mut rng = Rng::new(7);
     out.push(Case {
@@ -539,7 +558,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         label: "response: template::refresh_id (fresh chatcmpl- id)".into(),
         bytes: 0,
         slow: false,
-        run: Box::new(move || refresh_id(black_box("chatcmpl-BVx2M9rJ7tZ1kq0aLw3yF8eHn4cUd"), &mut rng).len()),
+        make: ready(move || refresh_id(black_box("chatcmpl-BVx2M9rJ7tZ1kq0aLw3yF8eHn4cUd"), &mut rng).len()),
     });
 
     // ---- misses on a 2 KiB-class request (the first size), one word different from the hit ----
@@ -560,7 +579,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             ),
             bytes: n,
             slow: false,
-            run: Box::new(move || decision_len(&rt.decide_at(&r, black_box(&m), NOW_NANOS))),
+            make: ready(move || decision_len(&rt.decide_at(&r, black_box(&m), NOW_NANOS))),
         });
         let pass_rt = runtime(OnMiss::Passthrough, store_assets(&normalizer, &hits, small)?)?;
         expect("miss (passthrough)", &pass_rt.decide_at(&route, &miss, NOW_NANOS), (Outcome::Miss, 0))?;
@@ -571,7 +590,7 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             label: format!("decide_at, miss, on_miss=passthrough, {sz} request, {small} assets"),
             bytes: n,
             slow: false,
-            run: Box::new(move || decision_len(&pass_rt.decide_at(&r, black_box(&m), NOW_NANOS))),
+            make: ready(move || decision_len(&pass_rt.decide_at(&r, black_box(&m), NOW_NANOS))),
         });
 
         // ---- hit latency vs store size (must be flat), and the miss diagnosis on a big store ----
@@ -581,29 +600,36 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         // The miss diagnosis scans at most 5,000 same-operation candidates: time it on the biggest store <= 10k.
         let diag_store = stores.iter().copied().filter(|&c| c > small && c <= 10_000).max();
         for &count in &stores {
-            let rt = if count == small {
-                small_rt.clone()
-            } else {
-                std::rc::Rc::new(runtime(
-                    OnMiss::Error,
-                    store_assets(&normalizer, &[(body, "bench hit".into())], count)?,
-                )?)
+            // Big stores are built right before their case runs and dropped after it, so they don't sit in the
+            // heap (and the caches) while everything else is measured.
+            let (b, m, r, nz, small_rt) =
+                (body.clone(), miss.clone(), route.clone(), normalizer.clone(), small_rt.clone());
+            let build = move || -> Result<std::rc::Rc<Runtime>, String> {
+                let rt = if count == small {
+                    small_rt
+                } else {
+                    std::rc::Rc::new(runtime(OnMiss::Error, store_assets(&nz, &[(&b, "bench hit".into())], count)?)?)
+                };
+                if rt.asset_count() != count {
+                    return Err(format!("store of {count}: {} assets loaded", rt.asset_count()));
+                }
+                expect(&format!("hit in store {count}"), &rt.decide_at(&r, &b, NOW_NANOS), (Outcome::Hit, 200))?;
+                expect(&format!("miss in store {count}"), &rt.decide_at(&r, &m, NOW_NANOS), (Outcome::Miss, 404))?;
+                Ok(rt)
             };
-            if rt.asset_count() != count {
-                return Err(format!("store of {count}: {} assets loaded", rt.asset_count()));
-            }
-            expect(&format!("hit in store {count}"), &rt.decide_at(&route, body, NOW_NANOS), (Outcome::Hit, 200))?;
-            let (b, r, rt2) = (body.clone(), route.clone(), rt.clone());
+            let (b, r, build2) = (body.clone(), route.clone(), build.clone());
             out.push(Case {
                 group: "store_hit",
                 id: short(count, false),
                 label: format!("decide_at, hit, {sz} request, store of {count} assets"),
                 bytes: n,
                 slow: false,
-                run: Box::new(move || decision_len(&rt2.decide_at(&r, black_box(&b), NOW_NANOS))),
+                make: Box::new(move || {
+                    let rt = build2()?;
+                    Ok(Box::new(move || decision_len(&rt.decide_at(&r, black_box(&b), NOW_NANOS))) as Op)
+                }),
             });
             if diag_store == Some(count) {
-                expect("miss in big store", &rt.decide_at(&route, &miss, NOW_NANOS), (Outcome::Miss, 404))?;
                 let (m, r) = (miss.clone(), route.clone());
                 out.push(Case {
                     group: "miss",
@@ -611,7 +637,10 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
                     label: format!("decide_at, miss, on_miss=error, {sz} request, store of {count} assets"),
                     bytes: n,
                     slow: true,
-                    run: Box::new(move || decision_len(&rt.decide_at(&r, black_box(&m), NOW_NANOS))),
+                    make: Box::new(move || {
+                        let rt = build()?;
+                        Ok(Box::new(move || decision_len(&rt.decide_at(&r, black_box(&m), NOW_NANOS))) as Op)
+                    }),
                 });
             }
         }
@@ -619,18 +648,21 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         // ---- load time: the filter's on_configure work for a sealed bundle ----
         for &count in &opts.loads {
             let text = plugin_config_text(&normalizer, body, count)?;
-            let loaded = Runtime::from_json_sealed(&text).map_err(|e| format!("load {count}: {e}"))?;
-            if loaded.asset_count() != count {
-                return Err(format!("load {count}: {} assets loaded", loaded.asset_count()));
-            }
-            drop(loaded);
             out.push(Case {
                 group: "load",
                 id: short(count, false),
                 label: format!("Runtime::from_json_sealed, {count} assets ({:.1} MB config)", text.len() as f64 / 1e6),
                 bytes: text.len() as u64,
                 slow: true,
-                run: Box::new(move || Runtime::from_json_sealed(black_box(&text)).map_or(0, |rt| rt.asset_count())),
+                make: Box::new(move || {
+                    let loaded = Runtime::from_json_sealed(&text).map_err(|e| format!("load {count}: {e}"))?;
+                    if loaded.asset_count() != count {
+                        return Err(format!("load {count}: {} assets loaded", loaded.asset_count()));
+                    }
+                    drop(loaded);
+                    Ok(Box::new(move || Runtime::from_json_sealed(black_box(&text)).map_or(0, |rt| rt.asset_count()))
+                        as Op)
+                }),
             });
         }
     }
