@@ -444,8 +444,12 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
         normalizer.normalize(&route, &mut normalized).map_err(|e| e.to_string())?;
         let canonical_text = canonical::to_canonical(&normalized);
         let (key, _) = normalizer.key(&route, body).map_err(|e| e.to_string())?;
-        if key != Normalizer::key_of_normalized(route.operation, &normalized) {
-            return Err("Normalizer::key and key_of_normalized disagree".into());
+        if key != Normalizer::key_of_normalized(route.operation, &normalized)
+            || Ok(key.clone()) != normalizer.key_of_request(&route, &parsed).map_err(|e| e.to_string())
+            || Ok(Some(canonical_text.clone()))
+                != normalizer.canonical_of_request(&route, &parsed, usize::MAX).map_err(|e| e.to_string())
+        {
+            return Err("Normalizer::key, key_of_normalized, key_of_request and canonical_of_request disagree".into());
         }
         let hit = small_rt.decide_at(&route, body, NOW_NANOS);
         expect(&format!("hit {sz}"), &hit, (Outcome::Hit, 200))?;
@@ -495,6 +499,16 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             n,
             Box::new(move || canonical::to_canonical(black_box(&v)).len()),
         );
+        let (p, nz, r) = (parsed.clone(), normalizer.clone(), route.clone());
+        push(
+            &mut out,
+            "canonical_of_request",
+            format!("Normalizer::canonical_of_request (text from the unnormalized request), {n} B"),
+            n,
+            Box::new(move || {
+                nz.canonical_of_request(&r, black_box(&p), usize::MAX).map_or(0, |t| t.map_or(0, |t| t.len()))
+            }),
+        );
         let c = canonical_text.clone().into_bytes();
         push(
             &mut out,
@@ -503,14 +517,13 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             n,
             Box::new(move || Sha256::digest(black_box(&c)).first().copied().map_or(0, usize::from)),
         );
-        let v = normalized.clone();
-        let op = route.operation;
+        let (p, nz, r) = (parsed.clone(), normalizer.clone(), route.clone());
         push(
             &mut out,
-            "key_of_normalized",
-            format!("key_of_normalized (canonicalize + SHA-256 + hex), {n} B"),
+            "key_of_request",
+            format!("Normalizer::key_of_request (canonical straight into SHA-256, no copy), {n} B"),
             n,
-            Box::new(move || Normalizer::key_of_normalized(op, black_box(&v)).len()),
+            Box::new(move || nz.key_of_request(&r, black_box(&p)).map_or(0, |k| k.len())),
         );
         let (b, nz, r) = (body.clone(), normalizer.clone(), route.clone());
         push(
