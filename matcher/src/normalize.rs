@@ -177,11 +177,60 @@ impl Normalizer {
         Ok(hex(&sink.finish()))
     }
 
+    /// The canonical text of a parsed, not yet normalized request, if it is at most `cap` bytes (`None`
+    /// beyond: then use [`Normalizer::key_of_request`], which never holds the text). With a plain
+    /// normalization nothing is copied but the text itself.
+    pub fn canonical_of_request(
+        &self,
+        route: &Route,
+        request: &Value,
+        cap: usize,
+    ) -> Result<Option<String>, crate::RequestError> {
+        let obj = request.as_object().ok_or(crate::RequestError::NotAnObject)?;
+        let mut out = CappedString { text: String::with_capacity(512), cap, over: false };
+        if self.is_plain() {
+            let embeddings = route.operation == Operation::Embeddings;
+            let skip = |k: &str| ALWAYS_IGNORED.contains(&k) || (embeddings && EMBEDDINGS_IGNORED.contains(&k));
+            let set = route.deployment.as_deref().map(|d| ("model", d));
+            write_canonical_object_with(obj, skip, set, &mut out);
+        } else {
+            let mut v = request.clone();
+            self.normalize(route, &mut v)?;
+            write_canonical(&v, &mut out);
+        }
+        Ok(if out.over { None } else { Some(out.text) })
+    }
+
+    /// The key of a normalized body given as canonical text (see [`Normalizer::canonical_of_request`]).
+    pub fn key_of_canonical(operation: Operation, canonical: &str) -> String {
+        let mut sink = HashSink::default();
+        Self::header(operation, &mut sink);
+        sink.put(canonical);
+        hex(&sink.finish())
+    }
+
     /// Parses, normalizes and hashes a raw request body. Returns the key and the normalized body.
     pub fn key(&self, route: &Route, body: &[u8]) -> Result<(String, Value), crate::RequestError> {
         let mut v = crate::parse_body(body)?;
         self.normalize(route, &mut v)?;
         Ok((Self::key_of_normalized(route.operation, &v), v))
+    }
+}
+
+/// Canonical text up to a size; past it, writing stops and `over` is set.
+struct CappedString {
+    text: String,
+    cap: usize,
+    over: bool,
+}
+
+impl Sink for CappedString {
+    fn put(&mut self, s: &str) {
+        if self.over || self.text.len() + s.len() > self.cap {
+            self.over = true;
+            return;
+        }
+        self.text.push_str(s);
     }
 }
 

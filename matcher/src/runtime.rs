@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
@@ -271,7 +272,8 @@ impl Splice {
     }
 }
 
-/// Largest normalized request kept (as canonical text) for miss diagnostics.
+/// Largest normalized request kept as canonical text: requests up to this size are matched by their text
+/// (a plain hash-map lookup, no SHA-256: SHA-256 is ~8x slower in a wasm VM than natively); bigger ones by key.
 const KEEP_CANONICAL: usize = 256 << 10;
 
 /// A compiled asset ready to be served.
@@ -280,8 +282,9 @@ struct Compiled {
     label: String,
     key: String,
     operation: Operation,
-    /// Canonical JSON of the normalized request, for miss diagnostics (parsed only then); empty if huge.
-    normalized: String,
+    /// Canonical JSON of the normalized request (the hit index's key, and parsed for miss diagnostics);
+    /// empty if huge.
+    normalized: Rc<str>,
     responses: Vec<Response>,
     sequence: Sequence,
     seed: u64,
@@ -308,6 +311,8 @@ impl Compiled {
 pub struct AssetSet {
     assets: Vec<Compiled>,
     index: HashMap<String, usize>,
+    /// Per operation: canonical text of the normalized request → asset (assets up to `KEEP_CANONICAL`).
+    by_text: HashMap<Operation, HashMap<Rc<str>, usize>>,
     by_operation: HashMap<Operation, Vec<usize>>,
     duplicates: Vec<(String, String)>,
 }
@@ -343,8 +348,9 @@ impl AssetSet {
         let (key, mut canonical) = Normalizer::key_and_canonical(route.operation, &normalized);
         drop(normalized);
         if canonical.len() > KEEP_CANONICAL {
-            canonical = String::new(); // too big to be worth its memory in every VM: no miss hint for it
+            canonical = String::new(); // too big to be worth its memory in every VM: matched by key only
         }
+        let canonical: Rc<str> = canonical.into();
         if let Some(stored) = stored_key {
             if stored != key {
                 return Err(ConfigError::KeyMismatch {
@@ -393,6 +399,9 @@ impl AssetSet {
         let idx = self.assets.len();
         self.assets.push(candidate);
         self.index.insert(key.clone(), idx);
+        if let Some(text) = self.assets.get(idx).map(|a| a.normalized.clone()).filter(|t| !t.is_empty()) {
+            self.by_text.entry(route.operation).or_default().insert(text, idx);
+        }
         self.by_operation.entry(route.operation).or_default().push(idx);
         Ok(key)
     }
@@ -603,6 +612,24 @@ fn check_format(format: &str) -> Result<(), ConfigError> {
     ))
 }
 
+/// A request's key, computed only when something shows it.
+enum Lazy {
+    Known(String),
+    Text(Operation, String),
+}
+
+impl Lazy {
+    fn get(&mut self) -> String {
+        if let Lazy::Text(op, text) = self {
+            *self = Lazy::Known(Normalizer::key_of_canonical(*op, text));
+        }
+        match self {
+            Lazy::Known(k) => k.clone(),
+            Lazy::Text(..) => String::new(),
+        }
+    }
+}
+
 /// The compiled, validated runtime the filter holds for its lifetime.
 #[derive(Debug)]
 pub struct Runtime {
@@ -740,17 +767,32 @@ impl Runtime {
             Ok(v) => v,
             Err(e) => return self.bad_request(route, &e),
         };
-        let key = match self.normalizer.key_of_request(route, &request) {
-            Ok(k) => k,
+        // Small requests are looked up by canonical text (no SHA-256 on the hot path: a hit reports its asset's
+        // key, a passthrough miss needs none); big ones are hashed as they are written, never held as text.
+        let (found, mut key) = match self.normalizer.canonical_of_request(route, &request, KEEP_CANONICAL) {
+            Ok(Some(text)) => {
+                let found = self.assets.by_text.get(&route.operation).and_then(|m| m.get(text.as_str()));
+                match found.and_then(|&i| self.assets.assets.get(i)) {
+                    Some(a) => (Some(a), Lazy::Known(a.key.clone())),
+                    None => (None, Lazy::Text(route.operation, text)),
+                }
+            }
+            Ok(None) => match self.normalizer.key_of_request(route, &request) {
+                Ok(k) => (self.assets.index.get(&k).and_then(|&i| self.assets.assets.get(i)), Lazy::Known(k)),
+                Err(e) => return self.bad_request(route, &e),
+            },
             Err(e) => return self.bad_request(route, &e),
         };
-        let Some(asset) = self.assets.index.get(&key).and_then(|&i| self.assets.assets.get(i)) else {
-            if let Some(r) = self.synthesized(route, &request, key.clone(), now_nanos) {
-                return Decision::Respond(r);
+        let Some(asset) = found else {
+            if !self.synth.is_empty() {
+                if let Some(r) = self.synthesized(route, &request, key.get(), now_nanos) {
+                    return Decision::Respond(r);
+                }
             }
             if self.on_miss == OnMiss::Passthrough {
                 return Decision::Forward(Outcome::Miss);
             }
+            let key = key.get();
             // Only a strict miss needs the normalized tree (for the closest-asset hint).
             let mut normalized = request.clone();
             if let Err(e) = self.normalizer.normalize(route, &mut normalized) {
@@ -767,7 +809,7 @@ impl Runtime {
                 delay_ms: 0,
             });
         };
-        Decision::Respond(self.serve(asset, route, &request, key, now_nanos))
+        Decision::Respond(self.serve(asset, route, &request, key.get(), now_nanos))
     }
 
     fn serve(&self, asset: &Compiled, route: &Route, request: &Value, key: String, now_nanos: u64) -> LocalResponse {
@@ -1084,6 +1126,45 @@ mod tests {
         assert_ne!(unsealed, tampered);
         let err = Runtime::from_json(&unsealed).unwrap_err().to_string();
         assert!(err.contains("bundle.assets[3]"), "{err}");
+    }
+
+    #[test]
+    fn requests_bigger_than_the_text_index_still_hit_by_key_and_small_ones_by_text() {
+        let big = "word ".repeat(KEEP_CANONICAL / 4);
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let mut assets = Vec::new();
+        for content in [big.as_str(), "small"] {
+            let request = json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+            let key = Normalizer::default().key(&route, request.to_string().as_bytes()).unwrap().0;
+            assets.push(
+                serde_json::from_value(json!({
+                    "key": key, "source": "t.json#0",
+                    "request": {"path": "/v1/chat/completions", "body": request},
+                    "response": {"body": {"id": "chatcmpl-1", "choices": [{"message": {"content": content.len()}}]}},
+                }))
+                .unwrap(),
+            );
+        }
+        let rt = Runtime::from_json_sealed(&bundle_json(assets)).unwrap();
+        for content in [big.as_str(), "small"] {
+            // Spelled differently (spaces, key order, an ignored field): the same key either way.
+            let body = format!(
+                r#"{{ "stream": false, "messages": [ {{ "content": {}, "role": "user" }} ], "model": "m" }}"#,
+                serde_json::to_string(content).unwrap()
+            );
+            let want = Normalizer::default().key(&route, body.as_bytes()).unwrap().0;
+            let Decision::Respond(r) = rt.decide_at(&route, body.as_bytes(), 0) else { panic!() };
+            assert_eq!(r.outcome, Outcome::Hit, "{} bytes", content.len());
+            assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], json!(content.len()));
+            // One character more: a miss, with the key of what was sent.
+            let other = body.replacen("\"user\"", "\"user \"", 1);
+            let want = Normalizer::default().key(&route, other.as_bytes()).unwrap().0;
+            let Decision::Respond(r) = rt.decide_at(&route, other.as_bytes(), 0) else { panic!() };
+            assert_eq!((r.outcome, r.status), (Outcome::Miss, 404));
+            assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ fn compute(c: &Case) -> String {
     let parsed = understudy_matcher::parse_body(c.body.as_bytes()).unwrap();
     let direct = n.key_of_request(&route, &parsed).unwrap_or_else(|e| panic!("{}: no direct key: {e}", c.name));
     assert_eq!(direct, key, "{}: key_of_request differs from normalize + key", c.name);
+    let text = n.canonical_of_request(&route, &parsed, usize::MAX).unwrap().unwrap();
+    assert_eq!(Normalizer::key_of_canonical(route.operation, &text), key, "{}: canonical text path differs", c.name);
+    assert_eq!(n.canonical_of_request(&route, &parsed, text.len() - 1).unwrap(), None, "{}: cap ignored", c.name);
     key
 }
 

@@ -345,6 +345,8 @@ fn key(n: &Normalizer, route: &Route, text: &str) -> String {
             // The filter's path (no normalized copy when the normalization is plain) must agree.
             let parsed = understudy_matcher::parse_body(text.as_bytes()).unwrap();
             assert_eq!(n.key_of_request(route, &parsed).unwrap(), k, "key_of_request differs\n{text}");
+            let canonical = n.canonical_of_request(route, &parsed, usize::MAX).unwrap().unwrap();
+            assert_eq!(Normalizer::key_of_canonical(route.operation, &canonical), k, "canonical path differs\n{text}");
             k
         }
         Err(e) => panic!("generated body does not key: {e}\n{text}"),
