@@ -4,13 +4,17 @@
 #   a  Envoy direct_response (the ceiling: Envoy reads the body and answers a fixed reply, no wasm)
 #   b  wasm floor (bench/floor: SHA-256 the body, fixed reply) in Understudy's own bootstrap
 #   c  Understudy hit
+#   d0 Understudy, request not virtualized: the same instance as d, POST to a path it does not classify as an
+#      LLM call (/v1/files), so the wasm filter is in the chain but does no work: the cost of the VM callbacks
 #   d  Understudy miss → passthrough to a local upstream (a direct_response Envoy)
 #   e  plain Envoy proxy to the same upstream (Understudy's bootstrap without the understudy/buffer filters)
+#   e2 plain Envoy proxy + buffer filter (Understudy's bootstrap without the understudy filter)
+# e → e2 → d0 → d add one layer each: the report breaks the passthrough overhead down along them.
 #   f  WireMock (standalone jar from npm `wiremock`, equalToJson stub)
 #   g  mountebank (npm `mountebank`, deepEquals predicate on the parsed JSON body)
 # and, with --workers-curve (or WORKERS_CURVE=1), b and c again with 2 Envoy workers driven by wrk -t2.
 #
-#   bash bench/run.sh                  # ~3 min; writes bench/results/latest.md and prints it
+#   bash bench/run.sh                  # ~3.5 min; writes bench/results/latest.md and prints it
 #   bash bench/run.sh --quick          # smoke run: DURATION=2s WARMUP=1s WARMUP_ROUND=1s WIREMOCK_WARMUP=6s
 #                                      # WARMUP_MAX=20s (WireMock is then not fully warm: see its warm-up trace)
 #   bash bench/run.sh --workers-curve  # adds the 2-worker rows
@@ -230,6 +234,19 @@ check() {
     out=$(curl "${req[@]}" --next "${req[@]}") || die "request to $url failed"
     [[ $(tail -n1 <<<"$out") == 0 ]] || die "$url does not keep the connection alive between requests"
 }
+# check_untouched URL BODY: like check, and the answer must carry no x-understudy header (Understudy left the
+# request alone) and an x-envoy-upstream-service-time header (the router forwarded it upstream).
+check_untouched() {
+    local hdrs
+    check "$1" "$2"
+    hdrs=$(curl -s -D - -o /dev/null -H 'content-type: application/json' --data-binary "@$2" "$1") ||
+        die "request to $1 failed"
+    if grep -qi '^x-understudy' <<<"$hdrs"; then
+        echo "$hdrs" >&2
+        die "$1: Understudy handled this request (x-understudy header); it must not classify this path as an LLM call"
+    fi
+    grep -qi '^x-envoy-upstream-service-time:' <<<"$hdrs" || { echo "$hdrs" >&2; die "$1: not answered by the upstream"; }
+}
 # check_refuses URL: the miss body must NOT get the canned 200 (proves the contender really matches the body).
 check_refuses() {
     local code
@@ -351,6 +368,7 @@ floor_bootstrap() {
 }
 
 PATH_=/v1/chat/completions
+OTHER_PATH=/v1/files # not an LLM call for Understudy (matcher's classify), forwarded untouched (d0)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
 
@@ -391,31 +409,49 @@ direct_bootstrap "$WORK/upstream.yaml" "$UP" "$UA"
 start_envoy upstream "$UA" "$WORK/upstream.yaml" "$UPSTREAM_WORKERS"
 UPSTREAM_PID=$LAST_PID
 
-# ---- (d) Understudy miss → passthrough ------------------------------------------------------------------------
+# ---- (d0, d) Understudy with --on-miss passthrough: a request it leaves alone, then a miss ----------------------
 P=$(free_port); A=$(free_port)
 start understudy-pass "$A" "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --workers 1 \
     --upstream "http://127.0.0.1:$UP" --on-miss passthrough
+# d0: same instance, same body, a path Understudy does not classify (its route forwards every path upstream).
+check_untouched "http://127.0.0.1:$P$OTHER_PATH" "$MISS_BODY"
+bench d0 "Understudy, request not virtualized (non-LLM path $OTHER_PATH)" "http://127.0.0.1:$P$OTHER_PATH" "$MISS_BODY" \
+    "$LAST_PID" "$UPSTREAM_PID"
+D0_HITS=$(understudy_stat "$A" hits) D0_MISSES=$(understudy_stat "$A" misses)
+NOTE[d0]+="hits=$D0_HITS misses=$D0_MISSES; "
+((D0_HITS + D0_MISSES == 0)) || NOTE[d0]+="**Understudy counted these requests: not the untouched path**; "
 check "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "x-understudy: passthrough"
 bench d "Understudy miss → passthrough" "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "$LAST_PID" "$UPSTREAM_PID"
-NOTE[d]+="hits=$(understudy_stat "$A" hits) misses=$(understudy_stat "$A" misses); "
+NOTE[d]+="hits=$(($(understudy_stat "$A" hits) - D0_HITS)) misses=$(($(understudy_stat "$A" misses) - D0_MISSES)); "
 stop "$LAST_PID"
 
-# ---- (e) plain Envoy proxy: understudy's bootstrap without the understudy and buffer filters -----------------
-P=$(free_port); A=$(free_port)
-"$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --upstream "http://127.0.0.1:$UP" \
-    --on-miss passthrough --print-config "$WORK/plain-full.json" >/dev/null 2>&1 || die "understudy up --print-config failed"
-jq '(.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters) |=
-        map(select(.name != "understudy" and .name != "envoy.filters.http.buffer"))' \
-    "$WORK/plain-full.json" >"$WORK/plain.json"
-jq -e '[.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters[].name]
-        | (index("understudy") == null) and (index("envoy.filters.http.buffer") == null)
-          and (index("envoy.filters.http.router") != null)' "$WORK/plain.json" >/dev/null ||
-    die "could not strip the understudy/buffer filters from the bootstrap"
-start_envoy plain-proxy "$A" "$WORK/plain.json" 1
-check "http://127.0.0.1:$P$PATH_" "$MISS_BODY"
-bench e "plain Envoy proxy (no understudy, no buffer)" "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "$LAST_PID" \
-    "$UPSTREAM_PID"
-stop "$LAST_PID"
+# ---- (e, e2) plain Envoy proxy: understudy's bootstrap without the understudy (and buffer) filters ---------------
+# plain_proxy KEY LABEL FILTERS_TO_DROP...
+plain_proxy() {
+    local key=$1 label=$2 drop
+    shift 2
+    drop=$(printf '%s\n' "$@" | jq -R . | jq -sc .)
+    P=$(free_port); A=$(free_port)
+    "$UNDERSTUDY" up --assets "$ASSETS" --port "$P" --admin-port "$A" --upstream "http://127.0.0.1:$UP" \
+        --on-miss passthrough --print-config "$WORK/plain-$key-full.json" >/dev/null 2>&1 ||
+        die "understudy up --print-config failed"
+    jq --argjson drop "$drop" '(.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters) |=
+            map(select(.name as $n | $drop | index($n) | not))' "$WORK/plain-$key-full.json" >"$WORK/plain-$key.json"
+    jq -e --argjson drop "$drop" '[.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters[].name]
+            | . as $names | ($drop | all(. as $d | $names | index($d) == null))
+              and (index("envoy.filters.http.router") != null)' "$WORK/plain-$key.json" >/dev/null ||
+        die "could not strip $* from the bootstrap"
+    jq -e --argjson drop "$drop" '[.static_resources.listeners[].filter_chains[].filters[].typed_config.http_filters[].name]
+            == (["envoy.filters.http.decompressor", "understudy", "envoy.filters.http.buffer",
+                 "envoy.filters.http.router"] - $drop)' "$WORK/plain-$key.json" >/dev/null ||
+        die "unexpected filter chain in $WORK/plain-$key.json (Understudy's bootstrap changed?)"
+    start_envoy "plain-proxy-$key" "$A" "$WORK/plain-$key.json" 1
+    check "http://127.0.0.1:$P$PATH_" "$MISS_BODY"
+    bench "$key" "$label" "http://127.0.0.1:$P$PATH_" "$MISS_BODY" "$LAST_PID" "$UPSTREAM_PID"
+    stop "$LAST_PID"
+}
+plain_proxy e "plain Envoy proxy (no understudy, no buffer)" understudy envoy.filters.http.buffer
+plain_proxy e2 "plain Envoy proxy + buffer filter (no understudy)" understudy
 stop "$UPSTREAM_PID"
 
 # ---- (f) WireMock: equalToJson stub ---------------------------------------------------------------------------
@@ -512,7 +548,7 @@ REPORT=$RESULTS/latest.md
         "the contenders, after a warm-up in $WARMUP_ROUND wrk rounds: at least $WARMUP ($WIREMOCK_WARMUP for WireMock)," \
         "then until a round's req/s is within 10% of the previous one, at most $WARMUP_MAX"
     echo "· request: POST $PATH_, $(wc -c <"$HIT_BODY") B JSON body · response: $RESP_SIZE B JSON (checked on every contender)"
-    echo "· one Envoy worker per contender (\`--concurrency 1\`); upstream for d/e: a separate direct_response Envoy" \
+    echo "· one Envoy worker per contender (\`--concurrency 1\`); upstream for d0/d/e/e2: a separate direct_response Envoy" \
         "with $UPSTREAM_WORKERS worker(s)"
     echo "· load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER — anything else running on the" \
         "$(nproc) CPUs distorts these numbers; the CPU-per-request column is the more robust one"
@@ -535,6 +571,23 @@ REPORT=$RESULTS/latest.md
     awk -v d="${P50[d]}" -v e="${P50[e]}" -v cd="${CPU[d]}" -v ce="${CPU[e]}" -v o="$OVERHEAD" 'BEGIN {
         printf "- **Passthrough overhead** (e - d) / e = %.1f%% of plain-proxy throughput; p50 %+.3f ms;", o, d - e
         printf " proxy CPU/request %+.1f µs (%.1f vs %.1f).\n", cd - ce, cd, ce }'
+    # Each layer does a superset of the one before: a step that costs less is noise (or contention), not a gain.
+    echo "- **Passthrough overhead breakdown** (this run; each step vs the row before it, in proxy-Envoy CPU µs/request" \
+        "and req/s, and as % of the plain proxy's (e) CPU/request and req/s):"
+    awk -v ce="${CPU[e]}" -v re="${RPS[e]}" \
+        -v c1="${CPU[e2]}" -v r1="${RPS[e2]}" -v c2="${CPU[d0]}" -v r2="${RPS[d0]}" -v c3="${CPU[d]}" -v r3="${RPS[d]}" \
+        -v u0="${UPCPU[e]}" -v u1="${UPCPU[e2]}" -v u2="${UPCPU[d0]}" -v u3="${UPCPU[d]}" 'function step(name, cp, c, rp, r) {
+            printf "  - %s: **%+.1f µs** CPU/request (%+.0f%%), %+.0f req/s (%+.1f%%)%s\n", name, c - cp,
+                (c - cp) / ce * 100, r - rp, (r - rp) / re * 100,
+                (c < cp ? " — **costs less than the layer below: noise or contention**" : "") }
+        BEGIN {
+            printf "  - plain Envoy proxy (e): %.1f µs CPU/request, %.0f req/s\n", ce, re
+            step("+ buffer filter (e2 − e)", ce, c1, re, r1)
+            step("+ wasm filter in the chain, request left alone (d0 − e2)", c1, c2, r1, r2)
+            step("+ Understudy'"'"'s work on an LLM request: buffer, parse, look up, miss, forward (d − d0)", c2, c3, r2, r3)
+            step("= total passthrough overhead (d − e)", ce, c3, re, r3)
+            printf "  - the upstream does the same work for all four: its CPU/request (e, e2, d0, d: %s, %s, %s, %s µs)", u0, u1, u2, u3
+            printf " shows how much this run'"'"'s numbers wander by noise alone.\n" }'
     if [[ $WORKERS_CURVE == 1 ]]; then
         echo "- **Workers 1 → 2** (wrk -t2): floor ×$(ratio "${RPS[b2]}" "${RPS[b]}"), Understudy hit" \
             "×$(ratio "${RPS[c2]}" "${RPS[c]}"); hit vs floor at 2 workers: $(ratio "${RPS[c2]}" "${RPS[b2]}")×." \
@@ -552,7 +605,13 @@ REPORT=$RESULTS/latest.md
         "\`x-floor-key\`, checked), \`send_http_response\`. No JSON parsing."
     echo "- c/d: \`understudy up --workers 1\` with examples/assets plus bench/assets ($(find "$ASSETS" -name '*.json' | wc -l) files)." \
         "c checks \`x-understudy-key\` against \`understudy key\`; d sends the same-size body with one word changed."
-    echo "- e: the bootstrap of d with the understudy and buffer filters removed."
+    echo "- d0: the same \`understudy up\` instance as d (measured just before it), the same body POSTed to $OTHER_PATH," \
+        "a path Understudy does not classify as an LLM call: checked to come back from the upstream" \
+        "(\`x-envoy-upstream-service-time\`) with no \`x-understudy\` header, and Understudy's hit/miss counters" \
+        "stay at 0. The wasm filter still gets its header/body/response callbacks, but returns at once."
+    echo "- e: the bootstrap of d with the understudy and buffer filters removed; e2: with only the understudy filter" \
+        "removed (decompressor → buffer → router). The decompressor stays in both (it does nothing on an" \
+        "uncompressed request)."
     echo "- f: \`java $WIREMOCK_JVM_OPTS -jar $(basename "$WIREMOCK_JAR") --no-request-journal --disable-request-logging" \
         "--disable-banner --async-response-enabled false\` (npm \`wiremock\`; container threads not set: WireMock's" \
         "default, 25; warm-up ${WARM_S[f]} s: ${WARM_TRACE[f]} req/s). One stub: POST $PATH_ with \`equalToJson\` on the body," \
@@ -563,7 +622,7 @@ REPORT=$RESULTS/latest.md
         "\`connection: keep-alive\` on the response (mountebank's default is \`connection: close\`). Single Node.js process."
     echo "- CPU µs/req: utime+stime of the contender's process group (for c/d: the \`understudy up\` CLI and its Envoy;" \
         "for f: the whole JVM incl. JIT and GC threads) from /proc/PID/stat, read just before and after the measured" \
-        "wrk run, $CLK_TCK ticks/s, divided by the requests wrk completed. Upstream CPU: the same for the upstream Envoy (d, e)." \
+        "wrk run, $CLK_TCK ticks/s, divided by the requests wrk completed. Upstream CPU: the same for the upstream Envoy (d0, d, e, e2)." \
         "wrk CPU: the load generator's own user+sys time (bash \`time\`) per request; wrk shares the $(nproc) CPUs."
     echo "- Every contender is checked before it is measured: 200 with a $RESP_SIZE-byte body, connection reused for a" \
         "second request; c, f and g must also refuse the miss body (proves their stub really matches on the body)."
