@@ -6,7 +6,8 @@
 #      --concurrency 1); its on_configure times every case with std::time::Instant and logs one JSON line each;
 #   3. wasm in Node (optional, MICRO_NODE=1 by default when node >= 20 exists): the same loop as a WASI command.
 #
-#   bash bench/micro.sh            # writes bench/results/micro.md and prints it (about 4-5 minutes)
+#   bash bench/micro.sh            # writes bench/results/micro.md and prints it (~4 min once built; the first
+#                                  # fat-LTO release builds of the bench and the wasm module add ~3 min)
 #
 # Knobs (env): MICRO_WARMUP (0.5, s) and MICRO_MEASURE (2, s): criterion per case; MICRO_ROUND_MS (100) and
 # MICRO_ROUNDS (5): the VM loop; MICRO_SIZES (2KiB,64KiB,1MiB), MICRO_STORES (10,10k,100k), MICRO_LOADS (1k,10k);
@@ -182,7 +183,9 @@ if [[ $RUN_NODE == 1 ]]; then
     log "wasm in Node $(node --version) (WASI)"
     T0=$SECONDS
     node_rc=0
-    node "$ROOT/scripts/wasi-runner.mjs" "$NODE_WASM" "$VM_SETTINGS" >"$WORK/node.jsonl" 2>"$WORK/node.err" || node_rc=$?
+    # In a subshell, so the shell's own "Segmentation fault" notice lands in node.err too.
+    (node "$ROOT/scripts/wasi-runner.mjs" "$NODE_WASM" "$VM_SETTINGS" >"$WORK/node.jsonl" 2>"$WORK/node.err") \
+        2>>"$WORK/node.err" || node_rc=$?
     if grep -q '"event":"done"' "$WORK/node.jsonl"; then
         NODE_VERSION=$(node --version)
         # Node 20 has been seen to crash (SIGSEGV) while tearing down a large WASI instance, after the last line.
