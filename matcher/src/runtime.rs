@@ -602,6 +602,35 @@ struct RawPluginConfig<'a> {
     synthesize: Vec<SynthRule>,
 }
 
+/// The typed asset from its parsed tree. The bodies — most of an asset — are moved out first and put back
+/// after, so the strict typed pass (unknown fields fail) runs over the small remainder only.
+fn typed_asset(mut tree: Value) -> Result<BundledAsset, serde_json::Error> {
+    fn take(v: Option<&mut Value>) -> Option<Value> {
+        v.map(std::mem::take) // leaves `null`, which every `body` field accepts
+    }
+    let request_body = take(tree.pointer_mut("/request/body"));
+    let response_body = take(tree.pointer_mut("/response/body"));
+    let mut bodies = Vec::new();
+    if let Some(Value::Array(rs)) = tree.get_mut("responses") {
+        bodies = rs.iter_mut().map(|r| take(r.get_mut("body"))).collect();
+    }
+    let mut b: BundledAsset = serde_json::from_value(tree)?;
+    if let Some(v) = request_body {
+        b.request.body = v;
+    }
+    if let (Some(r), Some(v)) = (b.response.as_mut(), response_body) {
+        r.body = Some(v);
+    }
+    if let Some(rs) = b.responses.as_mut() {
+        for (r, v) in rs.iter_mut().zip(bodies) {
+            if v.is_some() {
+                r.body = v;
+            }
+        }
+    }
+    Ok(b)
+}
+
 fn check_format(format: &str) -> Result<(), ConfigError> {
     if format == BUNDLE_FORMAT {
         return Ok(());
@@ -689,7 +718,7 @@ impl Runtime {
             if let Some(h) = hasher.as_mut() {
                 h.add_value(&tree);
             }
-            let b: BundledAsset = match serde_json::from_value(tree) {
+            let b: BundledAsset = match typed_asset(tree) {
                 Ok(b) => b,
                 Err(e) => {
                     let precise = from_str_strict::<BundledAsset>(slice.get(), SOURCE).err();

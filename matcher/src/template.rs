@@ -245,11 +245,25 @@ pub fn refresh_id(old: &str, rng: &mut Rng) -> String {
         _ => (prefix.to_string(), body),
     };
     let hexy = !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let fresh: String = if hexy {
-        (0..body.len()).map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0')).collect()
-    } else {
-        rng.base62(body.chars().count().max(8))
+    let mut draw = || -> String {
+        if hexy {
+            (0..body.len()).map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0')).collect()
+        } else {
+            rng.base62(body.chars().count().max(8))
+        }
     };
+    // A short id can come out unchanged by chance (1 in 16 for one hex digit): a refreshed id never equals the old.
+    let mut fresh = draw();
+    for _ in 0..8 {
+        if fresh != body {
+            break;
+        }
+        fresh = draw();
+    }
+    if fresh == body {
+        let first = if fresh.starts_with('0') { "1" } else { "0" };
+        fresh = format!("{first}{}", fresh.get(1..).unwrap_or_default());
+    }
     format!("{prefix}{fresh}")
 }
 
@@ -357,6 +371,11 @@ mod tests {
     #[test]
     fn refreshed_ids_keep_their_format() {
         let mut r = Rng::new(9);
+        for seed in 0..200 {
+            for old in ["chatcmpl-1", "x_0", "id-00", "a-f"] {
+                assert_ne!(refresh_id(old, &mut Rng::new(seed)), old, "seed {seed}");
+            }
+        }
         let a = refresh_id("chatcmpl-BVx2M9rJ7tZ1kq0aLw3yF8eHn4cUd", &mut r);
         assert!(a.starts_with("chatcmpl-") && a.len() == 38 && a != "chatcmpl-BVx2M9rJ7tZ1kq0aLw3yF8eHn4cUd");
         let m = refresh_id("msg_01XFDUDYJgAACzvnptvVoYEL", &mut r);
