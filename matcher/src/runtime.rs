@@ -987,15 +987,27 @@ impl Runtime {
     fn miss_message(&self, operation: Operation, key: &str, normalized: &Value) -> String {
         let mut msg = format!("Understudy has no asset for this {operation} request (key {key}).");
         // Rank a bounded number of same-operation candidates so a miss stays cheap on huge stores.
-        const SCAN: usize = 5_000;
+        const SCAN: usize = 20_000;
+        const PARSE: usize = 256;
         const CAP: usize = 10_000;
         let candidates = self.assets.by_operation.get(&operation).map(Vec::as_slice).unwrap_or_default();
-        // The store keeps canonical text, not parsed trees (memory per VM): parse candidates here, on a miss.
-        let best = candidates
+        let mut shortlist: Vec<&Compiled> = candidates
             .iter()
             .take(SCAN)
             .filter_map(|&i| self.assets.assets.get(i))
             .filter(|a| !a.normalized.is_empty())
+            .collect();
+        if shortlist.len() > PARSE {
+            // Big store: keep the candidates sharing the longest start of the canonical text (keys are sorted,
+            // so that is mostly the conversation), and compare only those in full.
+            let text = crate::canonical::to_canonical(normalized);
+            let common = |a: &Compiled| a.normalized.bytes().zip(text.bytes()).take_while(|(x, y)| x == y).count();
+            shortlist.sort_by_cached_key(|a| std::cmp::Reverse(common(a)));
+            shortlist.truncate(32);
+        }
+        // The store keeps canonical text, not parsed trees (memory per VM): parse candidates here, on a miss.
+        let best = shortlist
+            .into_iter()
             .filter_map(|a| serde_json::from_str::<Value>(&a.normalized).ok().map(|v| (a, v)))
             .map(|(a, v)| (difference_count(&v, normalized, CAP), a, v))
             .min_by_key(|(d, _, _)| *d);
@@ -1194,6 +1206,17 @@ mod tests {
             assert_eq!((r.outcome, r.status), (Outcome::Miss, 404));
             assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
         }
+    }
+
+    #[test]
+    fn a_strict_miss_in_a_big_store_names_the_closest_asset() {
+        let rt = Runtime::from_json_sealed(&bundle_json((0..1000).map(asset).collect())).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q537?"}]}"#;
+        let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+        assert_eq!(r.status, 404);
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.contains("from f537.json#0") && text.contains("/messages/0/content"), "{text}");
     }
 
     #[test]
