@@ -103,6 +103,8 @@ pub fn run(a: UpArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
     });
     let text = serde_json::to_string_pretty(&boot)?;
+    // Envoy parses the inlined bundle, then every wasm VM loads it: allow for big stores.
+    let ready_within = Duration::from_secs(60 + (plugin_config.len() as u64 >> 20));
     if let Some(out) = &a.print_config {
         std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
         return Ok(());
@@ -126,7 +128,7 @@ pub fn run(a: UpArgs) -> Result<()> {
         .spawn()
         .with_context(|| format!("cannot start {}", envoy.display()))?;
 
-    let ports = match wait_ready(&mut child, &admin_file, &stop) {
+    let ports = match wait_ready(&mut child, &admin_file, &stop, ready_within) {
         Ok(p) => p,
         Err(e) => {
             terminate(&mut child);
@@ -167,8 +169,13 @@ pub fn run(a: UpArgs) -> Result<()> {
 }
 
 /// Waits for the admin address and a live listener; returns (admin address, listener port).
-fn wait_ready(child: &mut Child, admin_file: &Path, stop: &AtomicBool) -> Result<Option<(String, u16)>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+fn wait_ready(
+    child: &mut Child,
+    admin_file: &Path,
+    stop: &AtomicBool,
+    within: Duration,
+) -> Result<Option<(String, u16)>> {
+    let deadline = Instant::now() + within;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
@@ -177,7 +184,10 @@ fn wait_ready(child: &mut Child, admin_file: &Path, stop: &AtomicBool) -> Result
             bail!("Envoy exited during start-up ({status}); its log above says why");
         }
         if Instant::now() > deadline {
-            bail!("Envoy did not become ready within 60 s");
+            bail!(
+                "Envoy did not become ready within {} s (60 s plus 1 s per MiB of bundle); its log above says why",
+                within.as_secs()
+            );
         }
         if let Ok(admin) = std::fs::read_to_string(admin_file) {
             let admin = admin.trim().to_string();
