@@ -4,10 +4,10 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UP_ARGS ?=
 
-.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak test-fuzz lint fmt clean
+.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak test-fuzz bench bench-scale bench-micro lint fmt clean
 
 help: ## Show this help
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: ## Install everything (wasm target, Envoy + test clients in .venv) and build
 	@bash scripts/setup.sh
@@ -44,6 +44,15 @@ test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact
 
 test-fuzz: ## Every cargo-fuzz target for a bounded time (FUZZ_SECONDS per target, default 15; more on demand)
 	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),15)
+
+bench: setup ## Side-by-side benchmark (Envoy ceiling, wasm floor, Understudy, WireMock, mountebank) → bench/results/latest.md
+	bash bench/run.sh $(BENCH_ARGS)
+
+bench-scale: setup ## Scale curves (body 1 KB→64 MiB, 10→100k assets, stream chunks, workers) → bench/results/scale.md
+	bash bench/scale.sh
+
+bench-micro: setup ## Matcher micro-benchmarks, native (criterion) and inside Envoy's V8 → bench/results/micro.md
+	bash bench/micro.sh
 
 fmt: ## Format the Rust code
 	cargo fmt --all
