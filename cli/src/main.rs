@@ -162,8 +162,9 @@ fn plugin_config(
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
     };
-    // Prove the filter will accept it, through the filter's own loader, before handing it to Envoy.
-    let text = serde_json::to_string(&cfg)?;
+    // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
+    // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.
+    let text = understudy_matcher::canonical::to_canonical(&serde_json::to_value(&cfg)?);
     understudy_matcher::Runtime::from_json_sealed(&text)?;
     Ok(text)
 }

@@ -435,7 +435,7 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
+pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
     let bodies = [r.body.is_some(), r.body_text.is_some(), r.error.is_some()].iter().filter(|b| **b).count();
     if bodies > 1 {
         return Err(format!("{at}: has more than one of `body`, `body_text`, `error`; keep one"));

@@ -279,10 +279,11 @@ fn remove_pointer(v: &mut Value, segs: &[String]) {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(digit(b >> 4));
+        s.push(digit(b & 15));
     }
     s
 }

@@ -285,7 +285,7 @@ struct Compiled {
     /// Canonical JSON of the normalized request (the hit index's key, and parsed for miss diagnostics);
     /// empty if huge.
     normalized: Rc<str>,
-    responses: Vec<Response>,
+    responses: Answers,
     sequence: Sequence,
     seed: u64,
     refresh: bool,
@@ -294,16 +294,135 @@ struct Compiled {
     calls: Cell<u64>,
 }
 
+/// An asset's answers: compiled at load, or — for a sealed bundle, which `understudy bundle` validated before
+/// sealing and whose content hash the load verifies — kept as their JSON text and compiled on first use.
+/// Compiling every response up front was most of a 100k-asset load, paid by every worker VM.
+#[derive(Debug)]
+enum Answers {
+    Ready(Vec<Response>),
+    Deferred {
+        /// The JSON of `response` (one) or `responses` (a list).
+        raw: Box<str>,
+        many: bool,
+        compiled: std::cell::OnceCell<Result<Vec<Response>, String>>,
+    },
+}
+
 impl Compiled {
     /// Same answers as `other` (an identical duplicate, not a conflict).
     fn same_as(&self, other: &Compiled) -> bool {
-        self.sequence == other.sequence
+        let answers = match (&self.responses, &other.responses) {
+            (Answers::Ready(a), Answers::Ready(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same_as(y)),
+            (Answers::Deferred { raw: a, many: m, .. }, Answers::Deferred { raw: b, many: n, .. }) => a == b && m == n,
+            _ => false,
+        };
+        answers
+            && self.sequence == other.sequence
             && self.seed == other.seed
             && self.refresh == other.refresh
             && self.latency == other.latency
-            && self.responses.len() == other.responses.len()
-            && self.responses.iter().zip(&other.responses).all(|(a, b)| a.same_as(b))
     }
+
+    /// The compiled answers, compiling deferred ones on first use; an error says which response is bad.
+    fn answers(&self) -> Result<&[Response], &str> {
+        match &self.responses {
+            Answers::Ready(v) => Ok(v),
+            Answers::Deferred { raw, many, compiled } => compiled
+                .get_or_init(|| compile_raw(self.operation, raw, *many, self.refresh))
+                .as_deref()
+                .map_err(String::as_str),
+        }
+    }
+}
+
+/// Parses, validates and compiles deferred answers (see [`Answers::Deferred`]).
+fn compile_raw(op: Operation, raw: &str, many: bool, refresh: bool) -> Result<Vec<Response>, String> {
+    let all: Vec<AssetResponse> = if many {
+        serde_json::from_str(raw).map_err(|e| format!("responses: {e}"))?
+    } else {
+        vec![serde_json::from_str(raw).map_err(|e| format!("response: {e}"))?]
+    };
+    if all.is_empty() {
+        return Err("responses: the list is empty".into());
+    }
+    let mut out = Vec::with_capacity(all.len());
+    for (i, r) in all.into_iter().enumerate() {
+        let at = if many { format!("responses[{i}]") } else { "response".to_string() };
+        crate::asset::validate_response(&r, &at)?;
+        out.push(compile_response(op, r, refresh).map_err(|e| format!("{at}{e}"))?);
+    }
+    Ok(out)
+}
+
+/// What an asset is besides its answers.
+struct Head<'a> {
+    label: &'a str,
+    name: Option<String>,
+    key: String,
+    canonical: Rc<str>,
+    sequence: Sequence,
+    seed: Option<u64>,
+    refresh: bool,
+    latency: Option<Latency>,
+}
+
+/// Classifies and keys an asset's request (checking a stored key); returns the route, key and the canonical
+/// text kept for matching.
+fn keyed(
+    normalizer: &Normalizer,
+    label: &str,
+    request: crate::asset::AssetRequest,
+    stored_key: Option<&str>,
+) -> Result<(Route, String, Rc<str>), ConfigError> {
+    let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
+    let route = classify(&request.method, &request.path).ok_or_else(|| {
+        bad(format!("request: {} {} is not an LLM operation Understudy virtualizes", request.method, request.path))
+    })?;
+    let mut normalized = request.body;
+    normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
+    let (key, mut canonical) = Normalizer::key_and_canonical(route.operation, &normalized);
+    drop(normalized);
+    if canonical.len() > KEEP_CANONICAL {
+        canonical = String::new(); // too big to be worth its memory in every VM: matched by key only
+    }
+    if let Some(stored) = stored_key {
+        if stored != key {
+            return Err(ConfigError::KeyMismatch {
+                asset: label.to_string(),
+                stored: stored.to_string(),
+                computed: key,
+            });
+        }
+    }
+    Ok((route, key, canonical.into()))
+}
+
+/// A sealed bundle's asset, parsed only as far as matching needs; its answers stay JSON text until used.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LazyAsset<'a> {
+    key: String,
+    #[allow(dead_code)]
+    source: String,
+    #[serde(default)]
+    name: Option<String>,
+    request: crate::asset::AssetRequest,
+    #[serde(default, borrow)]
+    response: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, borrow)]
+    responses: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    sequence: Sequence,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default = "yes")]
+    refresh: bool,
+    #[serde(default)]
+    latency: Option<Latency>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A set of assets indexed by key, with duplicate/conflict detection. Shared by the bundler and the filter.
@@ -340,30 +459,8 @@ impl AssetSet {
     ) -> Result<String, ConfigError> {
         validate_asset(&asset, label)?;
         let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
-        let route = classify(&asset.request.method, &asset.request.path)
-            .ok_or_else(|| bad("request is not an LLM operation".into()))?;
         let Asset { name, request, response, responses, sequence, seed, refresh, latency } = asset;
-        let mut normalized = request.body;
-        normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
-        let (key, mut canonical) = Normalizer::key_and_canonical(route.operation, &normalized);
-        drop(normalized);
-        if canonical.len() > KEEP_CANONICAL {
-            canonical = String::new(); // too big to be worth its memory in every VM: matched by key only
-        }
-        let canonical: Rc<str> = canonical.into();
-        if let Some(stored) = stored_key {
-            if stored != key {
-                return Err(ConfigError::KeyMismatch {
-                    asset: label.to_string(),
-                    stored: stored.to_string(),
-                    computed: key,
-                });
-            }
-        }
-        let display = match &name {
-            Some(n) => format!("{n:?} ({label})"),
-            None => label.to_string(),
-        };
+        let (route, key, canonical) = keyed(normalizer, label, request, stored_key)?;
         let many = responses.is_some();
         let all: Vec<AssetResponse> = match (response, responses) {
             (Some(r), _) => vec![r],
@@ -375,17 +472,54 @@ impl AssetSet {
             let at = if many { format!("responses[{i}]") } else { "response".to_string() };
             compiled.push(compile_response(route.operation, r, refresh).map_err(|e| bad(format!("{at}{e}")))?);
         }
-        let seed = seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
+        let head = Head { label, name, key, canonical, sequence, seed, refresh, latency };
+        self.insert(route, head, Answers::Ready(compiled))
+    }
+
+    /// Adds a sealed bundle's asset with its answers deferred (see [`Answers::Deferred`]).
+    fn add_deferred(&mut self, normalizer: &Normalizer, label: &str, a: LazyAsset<'_>) -> Result<String, ConfigError> {
+        let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
+        if !a.request.body.is_object() {
+            return Err(bad("request.body: must be a JSON object".into()));
+        }
+        let (raw, many) = match (a.response, a.responses) {
+            (Some(r), None) => (r, false),
+            (None, Some(rs)) => (rs, true),
+            (Some(_), Some(_)) => return Err(bad("has both `response` and `responses`; keep one".into())),
+            (None, None) => return Err(bad("needs `response` (or `responses`, a list)".into())),
+        };
+        let (route, key, canonical) = keyed(normalizer, label, a.request, Some(&a.key))?;
+        let head = Head {
+            label,
+            name: a.name,
+            key,
+            canonical,
+            sequence: a.sequence,
+            seed: a.seed,
+            refresh: a.refresh,
+            latency: a.latency,
+        };
+        let answers = Answers::Deferred { raw: raw.get().into(), many, compiled: std::cell::OnceCell::new() };
+        self.insert(route, head, answers)
+    }
+
+    fn insert(&mut self, route: Route, h: Head<'_>, responses: Answers) -> Result<String, ConfigError> {
+        let key = h.key;
+        let display = match &h.name {
+            Some(n) => format!("{n:?} ({})", h.label),
+            None => h.label.to_string(),
+        };
+        let seed = h.seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
         let candidate = Compiled {
             label: display,
             key: key.clone(),
             operation: route.operation,
-            normalized: canonical,
-            responses: compiled,
-            sequence,
+            normalized: h.canonical,
+            responses,
+            sequence: h.sequence,
             seed,
-            refresh,
-            latency,
+            refresh: h.refresh,
+            latency: h.latency,
             calls: Cell::new(0),
         };
         if let Some(&i) = self.index.get(&key) {
@@ -602,35 +736,6 @@ struct RawPluginConfig<'a> {
     synthesize: Vec<SynthRule>,
 }
 
-/// The typed asset from its parsed tree. The bodies — most of an asset — are moved out first and put back
-/// after, so the strict typed pass (unknown fields fail) runs over the small remainder only.
-fn typed_asset(mut tree: Value) -> Result<BundledAsset, serde_json::Error> {
-    fn take(v: Option<&mut Value>) -> Option<Value> {
-        v.map(std::mem::take) // leaves `null`, which every `body` field accepts
-    }
-    let request_body = take(tree.pointer_mut("/request/body"));
-    let response_body = take(tree.pointer_mut("/response/body"));
-    let mut bodies = Vec::new();
-    if let Some(Value::Array(rs)) = tree.get_mut("responses") {
-        bodies = rs.iter_mut().map(|r| take(r.get_mut("body"))).collect();
-    }
-    let mut b: BundledAsset = serde_json::from_value(tree)?;
-    if let Some(v) = request_body {
-        b.request.body = v;
-    }
-    if let (Some(r), Some(v)) = (b.response.as_mut(), response_body) {
-        r.body = Some(v);
-    }
-    if let Some(rs) = b.responses.as_mut() {
-        for (r, v) in rs.iter_mut().zip(bodies) {
-            if v.is_some() {
-                r.body = v;
-            }
-        }
-    }
-    Ok(b)
-}
-
 fn check_format(format: &str) -> Result<(), ConfigError> {
     if format == BUNDLE_FORMAT {
         return Ok(());
@@ -701,12 +806,14 @@ impl Runtime {
         check_format(&raw.bundle.format)?;
         let normalizer = Normalizer::compile(&raw.normalization)?;
         let synth = Synthesizer::compile(&raw.synthesize)?;
-        let mut hasher = raw.bundle.sha256.as_ref().map(|_| ContentHasher::default());
+        if let Some(stored) = raw.bundle.sha256.as_deref() {
+            let assets = Self::load_sealed(&raw.bundle.assets, stored, &normalizer)?;
+            return Ok(Self::assemble(raw.on_miss, normalizer, assets, synth));
+        }
+        // Unsealed (tools, tests): every asset compiled now, so any problem fails the load.
         let mut assets = AssetSet::default();
         assets.assets.reserve(raw.bundle.assets.len());
-        let mut failure = None;
         for (i, slice) in raw.bundle.assets.iter().enumerate() {
-            // One parse into a tree: hashed as is, then moved (not copied) into the typed asset.
             let named = |e: ConfigError| match e {
                 ConfigError::Parse { source_name, field, reason } => {
                     let field = if field == "." { String::new() } else { format!(".{field}") };
@@ -714,41 +821,82 @@ impl Runtime {
                 }
                 other => other,
             };
-            let tree: Value = from_str_strict(slice.get(), SOURCE).map_err(named)?;
-            if let Some(h) = hasher.as_mut() {
-                h.add_value(&tree);
-            }
-            let b: BundledAsset = match typed_asset(tree) {
-                Ok(b) => b,
-                Err(e) => {
-                    let precise = from_str_strict::<BundledAsset>(slice.get(), SOURCE).err();
-                    return Err(named(
-                        precise.unwrap_or_else(|| ConfigError::invalid(format!("bundle.assets[{i}]"), e.to_string())),
-                    ));
-                }
-            };
-            if failure.is_some() {
-                continue; // only hashing now: a tampered bundle is reported as such
-            }
+            let b: BundledAsset = from_str_strict(slice.get(), SOURCE).map_err(named)?;
             let label = format!("bundle.assets[{i}] from {}", b.source);
             let key = b.key.clone();
-            if let Err(e) = assets.add_owned(&normalizer, &label, b.into_asset(), Some(&key)) {
-                if hasher.is_none() {
-                    return Err(e);
+            assets.add_owned(&normalizer, &label, b.into_asset(), Some(&key))?;
+        }
+        Ok(Self::assemble(raw.on_miss, normalizer, assets, synth))
+    }
+
+    /// A sealed bundle's assets, answers deferred. The content hash is first taken over the assets' text as
+    /// it is — `understudy plugin-config` writes canonical JSON, so that is the hash — and only if that differs
+    /// (a bundle re-formatted, e.g. pretty-printed) over their canonical form; a real mismatch is reported
+    /// before any other problem, since an edited bundle explains it.
+    fn load_sealed(
+        slices: &[&serde_json::value::RawValue],
+        stored: &str,
+        normalizer: &Normalizer,
+    ) -> Result<AssetSet, ConfigError> {
+        const SOURCE: &str = "plugin configuration";
+        let mut raw_hash = crate::canonical::HashSink::default();
+        let mut assets = AssetSet::default();
+        assets.assets.reserve(slices.len());
+        let mut failure = None;
+        for (i, slice) in slices.iter().enumerate() {
+            use crate::canonical::Sink;
+            raw_hash.put(if i == 0 { "[" } else { "," });
+            raw_hash.put(slice.get());
+            if failure.is_some() {
+                continue;
+            }
+            let named = |e: ConfigError| match e {
+                ConfigError::Parse { source_name, field, reason } => {
+                    let field = if field == "." { String::new() } else { format!(".{field}") };
+                    ConfigError::Parse { source_name, field: format!("bundle.assets[{i}]{field}"), reason }
                 }
+                other => other,
+            };
+            let added = match serde_json::from_str::<LazyAsset<'_>>(slice.get()) {
+                Ok(a) => {
+                    let label = format!("bundle.assets[{i}] from {}", a.source);
+                    assets.add_deferred(normalizer, &label, a)
+                }
+                // Parse again, strictly and fully, for an error that names the field.
+                Err(e) => Err(named(
+                    from_str_strict::<BundledAsset>(slice.get(), SOURCE)
+                        .err()
+                        .unwrap_or_else(|| ConfigError::invalid(format!("bundle.assets[{i}]"), e.to_string())),
+                )),
+            };
+            if let Err(e) = added {
                 failure = Some(e);
             }
         }
-        if let (Some(h), Some(stored)) = (hasher, &raw.bundle.sha256) {
-            let computed = h.finish();
-            if *stored != computed {
+        {
+            use crate::canonical::Sink;
+            raw_hash.put(if slices.is_empty() { "[]" } else { "]" });
+        }
+        let raw_hex: String = raw_hash.finish().iter().map(|b| format!("{b:02x}")).collect();
+        if raw_hex != stored {
+            let mut canonical = ContentHasher::default();
+            for (i, slice) in slices.iter().enumerate() {
+                let tree: Value = serde_json::from_str(slice.get()).map_err(|e| ConfigError::Parse {
+                    source_name: SOURCE.into(),
+                    field: format!("bundle.assets[{i}]"),
+                    reason: e.to_string(),
+                })?;
+                canonical.add_value(&tree);
+            }
+            let computed = canonical.finish();
+            if computed != stored {
                 return Err(hash_mismatch(stored, &computed));
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(assets),
         }
-        Ok(Self::assemble(raw.on_miss, normalizer, assets, synth))
     }
 
     /// Compiles a parsed configuration.
@@ -844,13 +992,17 @@ impl Runtime {
     fn serve(&self, asset: &Compiled, route: &Route, request: &Value, key: String, now_nanos: u64) -> LocalResponse {
         let call = asset.calls.get();
         asset.calls.set(call.saturating_add(1));
-        let n = asset.responses.len() as u64;
+        let answers = match asset.answers() {
+            Ok(a) => a,
+            Err(e) => return self.asset_error(asset, route, &key, format!("can't be served: {e}")),
+        };
+        let n = answers.len() as u64;
         let pick = match asset.sequence {
             Sequence::RepeatLast => call.min(n.saturating_sub(1)),
             Sequence::Cycle => call.checked_rem(n).unwrap_or(0),
             Sequence::Random => Rng::new(asset.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15)).below(n),
         };
-        let Some(resp) = asset.responses.get(pick as usize) else {
+        let Some(resp) = answers.get(pick as usize) else {
             return self.asset_error(asset, route, &key, "has no response".into());
         };
         let mut headers = resp.headers.clone();
@@ -1221,10 +1373,55 @@ mod tests {
 
     #[test]
     fn a_bad_asset_slice_names_its_index_and_field() {
-        let text = bundle_json((0..3).map(asset).collect())
-            .replace("\"source\":\"f1.json#0\"", "\"source\":\"f1.json#0\",\"bogus\":1");
+        let sealed = bundle_json((0..3).map(asset).collect());
+        let stored = Bundle::sealed((0..3).map(asset).collect()).sha256.unwrap();
+        let text = sealed.replace("\"source\":\"f1.json#0\"", "\"source\":\"f1.json#0\",\"bogus\":1");
+        // Sealed: the edit is what went wrong.
+        let err = Runtime::from_json_sealed(&text).unwrap_err().to_string();
+        assert!(err.contains("bundle.sha256") && err.contains("changed after"), "{err}");
+        // Unsealed: the field is named.
+        let text = text.replace(&format!("\"sha256\":\"{stored}\","), "");
         let err = Runtime::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("bundle.assets[1]") && err.contains("bogus"), "{err}");
+    }
+
+    fn deferred(rt: &Runtime, compiled: bool) -> usize {
+        rt.assets
+            .assets
+            .iter()
+            .filter(|a| matches!(&a.responses, Answers::Deferred { compiled: c, .. } if c.get().is_some() == compiled))
+            .count()
+    }
+
+    #[test]
+    fn a_sealed_bundle_loads_from_canonical_or_reformatted_text_and_compiles_answers_on_first_use() {
+        let cfg: Value = serde_json::from_str(&bundle_json((0..4).map(asset).collect())).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q2"}]}"#;
+        for text in [crate::canonical::to_canonical(&cfg), serde_json::to_string_pretty(&cfg).unwrap()] {
+            let rt = Runtime::from_json_sealed(&text).unwrap();
+            assert_eq!(deferred(&rt, false), 4);
+            let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+            assert_eq!((r.outcome, r.status), (Outcome::Hit, 200));
+            assert_eq!(deferred(&rt, true), 1, "only the asset that was hit is compiled");
+        }
+    }
+
+    #[test]
+    fn a_deferred_answer_that_does_not_compile_is_a_500_that_says_why_not_a_crash() {
+        // Sealed by hand around a response `understudy bundle` would have refused (two bodies).
+        let mut a = asset(0);
+        a.response.as_mut().unwrap().body_text = Some("also".into());
+        let text = bundle_json(vec![a]);
+        let rt = Runtime::from_json_sealed(&text).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q0"}]}"#;
+        for _ in 0..2 {
+            let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+            assert_eq!(r.status, 500);
+            let text = String::from_utf8(r.body).unwrap();
+            assert!(text.contains("more than one of `body`, `body_text`"), "{text}");
+        }
     }
 
     #[test]
