@@ -7,7 +7,6 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::canonical::{write_canonical, write_canonical_object_with, HashSink, Sink};
 use crate::dialect::{Operation, Route};
@@ -132,16 +131,14 @@ impl Normalizer {
         hex(&sink.finish())
     }
 
-    /// The key of an already normalized body and the body's canonical JSON (kept by the store, compactly,
-    /// for miss diagnostics).
-    pub fn key_and_canonical(operation: Operation, normalized: &Value) -> (String, String) {
-        let mut preimage = String::with_capacity(256);
-        Self::header(operation, &mut preimage);
-        let header = preimage.len();
-        write_canonical(normalized, &mut preimage);
-        let key = hex(&Sha256::digest(preimage.as_bytes()));
-        preimage.drain(..header);
-        (key, preimage)
+    /// The key of an already normalized body and the body's canonical JSON if it is at most `cap` bytes (kept
+    /// by the store for matching and miss diagnostics). One walk; a bigger body is never held as text.
+    pub fn key_and_canonical(operation: Operation, normalized: &Value, cap: usize) -> (String, Option<String>) {
+        let mut tee = Tee { hash: HashSink::default(), text: CappedString { text: String::new(), cap, over: false } };
+        Self::header(operation, &mut tee.hash);
+        write_canonical(normalized, &mut tee);
+        let text = if tee.text.over { None } else { Some(tee.text.text) };
+        (hex(&tee.hash.finish()), text)
     }
 
     fn header<S: Sink>(operation: Operation, out: &mut S) {
@@ -214,6 +211,19 @@ impl Normalizer {
         let mut v = crate::parse_body(body)?;
         self.normalize(route, &mut v)?;
         Ok((Self::key_of_normalized(route.operation, &v), v))
+    }
+}
+
+/// Canonical text into the hash and, up to its cap, into a string.
+struct Tee {
+    hash: HashSink,
+    text: CappedString,
+}
+
+impl Sink for Tee {
+    fn put(&mut self, s: &str) {
+        self.hash.put(s);
+        self.text.put(s);
     }
 }
 

@@ -380,11 +380,10 @@ fn keyed(
     })?;
     let mut normalized = request.body;
     normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
-    let (key, mut canonical) = Normalizer::key_and_canonical(route.operation, &normalized);
+    // Too big to be worth its memory in every VM: matched by key only.
+    let (key, canonical) = Normalizer::key_and_canonical(route.operation, &normalized, KEEP_CANONICAL);
+    let canonical = canonical.unwrap_or_default();
     drop(normalized);
-    if canonical.len() > KEEP_CANONICAL {
-        canonical = String::new(); // too big to be worth its memory in every VM: matched by key only
-    }
     if let Some(stored) = stored_key {
         if stored != key {
             return Err(ConfigError::KeyMismatch {
@@ -946,7 +945,13 @@ impl Runtime {
         };
         // Small requests are looked up by canonical text (no SHA-256 on the hot path: a hit reports its asset's
         // key, a passthrough miss needs none); big ones are hashed as they are written, never held as text.
-        let (found, mut key) = match self.normalizer.canonical_of_request(route, &request, KEEP_CANONICAL) {
+        // Every asset is in the key index too, so skipping the text walk for a big body is always correct.
+        let text = if body.len() <= 2 * KEEP_CANONICAL {
+            self.normalizer.canonical_of_request(route, &request, KEEP_CANONICAL)
+        } else {
+            Ok(None)
+        };
+        let (found, mut key) = match text {
             Ok(Some(text)) => {
                 let found = self.assets.by_text.get(&route.operation).and_then(|m| m.get(text.as_str()));
                 match found.and_then(|&i| self.assets.assets.get(i)) {
