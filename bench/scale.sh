@@ -59,21 +59,16 @@ CHAT_ASSET=$BENCH/assets/openai/chat-bench.json
 RESULTS=${SCALE_RESULTS:-$BENCH/results/scale.md}
 PATH_=/v1/chat/completions
 
-die() { echo "scale: error: $*" >&2; exit 1; }
-log() { echo "scale: $*" >&2; }
+LOG_TAG=scale
+STOP_WAIT_S=10
+# shellcheck source=bench/lib.sh
+source "$BENCH/lib.sh" # die, log, apt_install, init_work, launch/stop, envoy_live, free_port, to_ms, ...
 
 # ---- prerequisites (installed here, idempotently, from apt) -------------------------------------------
 [[ -x $ENVOY ]] || die "no Envoy at $ENVOY: run 'bash scripts/setup.sh' (or set UNDERSTUDY_ENVOY)"
 [[ -x $UNDERSTUDY ]] || die "no CLI at $UNDERSTUDY: run 'bash scripts/setup.sh' (cargo build --release)"
 [[ -f $WASM ]] || die "no filter at $WASM: run 'bash scripts/setup.sh'"
 [[ -f $CHAT_ASSET ]] || die "missing $CHAT_ASSET"
-apt_install() { # apt_install COMMAND PACKAGE
-    command -v "$1" >/dev/null && return 0
-    [[ $(id -u) -eq 0 ]] || die "$1 is missing and we are not root: install it (apt-get install -y $2)"
-    log "installing $2 (apt)"
-    apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; } ||
-        die "could not install $2 with apt-get"
-}
 apt_install jq jq
 apt_install curl curl
 apt_install python3 python3
@@ -82,47 +77,15 @@ apt_install pgrep procps
 [[ -x /usr/bin/time ]] || { apt_install time time; }
 [[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (apt-get install -y time)"
 
-# ---- work dir, process bookkeeping, teardown -------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/understudy-scale.XXXXXX")
-PIDS=() # process-group leaders we started (setsid), each stopped by its own id
-
-stop_group() {
-    local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 -- "-$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    # `understudy up` removes its own temp dir when it exits normally; not when killed.
-    rm -rf "${TMPDIR:-/tmp}/understudy-up-$pid"
+# ---- work dir, process bookkeeping, teardown (bench/lib.sh) ----------------------------------------------
+init_work scale
+# `understudy up` removes its own temp dir when it exits normally; not when killed.
+on_group_stopped() { rm -rf "${TMPDIR:-/tmp}/understudy-up-$1"; }
+# A failed run keeps the logs, not the (possibly huge) generated assets and bundles.
+on_failed_run() {
+    find "$WORK" -mindepth 1 -maxdepth 1 ! -name '*.log' ! -name '*.txt' -exec rm -rf {} + 2>/dev/null || true
 }
 
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do stop_group "$pid"; done
-    PIDS=()
-    if [[ $rc -ne 0 ]]; then
-        # Keep the logs, drop the (possibly huge) generated assets and bundles.
-        find "$WORK" -mindepth 1 -maxdepth 1 ! -name '*.log' ! -name '*.txt' -exec rm -rf {} + 2>/dev/null || true
-        log "failed (exit $rc); logs kept in $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-stop() {
-    local pid=$1 keep=() p
-    stop_group "$pid"
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 now_ms() { date +%s%3N; }
 secs() { awk -v ms="$1" 'BEGIN { printf "%.2f", ms / 1000 }'; }
 mib() { awk -v b="$1" 'BEGIN { if (b == "" || b == "-") print "-"; else printf "%.1f", b / 1048576 }'; }
@@ -167,9 +130,8 @@ start_up() {
     UP_LOG=$WORK/$name.log
     record "$UNDERSTUDY" up "$@"
     t0=$(now_ms)
-    setsid "$UNDERSTUDY" up "$@" >"$UP_LOG" 2>&1 </dev/null &
-    UP_PID=$!
-    PIDS+=("$UP_PID")
+    launch "$name" "$UNDERSTUDY" up "$@"
+    UP_PID=$LAST_PID
     ENVOY_PID='' START_ERR=''
     local deadline=$((SECONDS + READY_TIMEOUT))
     while :; do
@@ -180,7 +142,7 @@ start_up() {
             stop "$UP_PID"
             return 1
         fi
-        if [[ $(curl -s --max-time 1 "http://127.0.0.1:$admin/ready" 2>/dev/null || true) == LIVE ]]; then
+        if envoy_live "$admin"; then
             READY_MS=$(($(now_ms) - t0))
             ENVOY_PID=$(pgrep -P "$UP_PID" | head -n1 || true)
             [[ -n $ENVOY_PID ]] || { stop "$UP_PID"; die "$name: ready, but no Envoy child of $UP_PID"; }
@@ -233,16 +195,6 @@ probe_err() { # what a non-hit answered, for the table
     local h
     h=$(grep -i '^x-understudy:' "$1.headers" 2>/dev/null | tr -d '\r' | head -n1 || true)
     echo "answered $PROBE_CODE${h:+ ($h)}: $(head -c 160 "$1" 2>/dev/null | tr -d '\n|`')"
-}
-
-# to_ms VALUE: wrk's "1.23ms" / "850.00us" / "1.02s" → milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
-        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-        else { print "?" } }'
 }
 
 # run_wrk KEY THREADS CONNS DURATION BODY_LIST URL: a $WARMUP warm-up, then a measured
@@ -305,8 +257,8 @@ section_begin() {
 
 section_head() { # section_head TITLE: the section's title and how/where it was produced
     local cpu envoy_v wasm_now
-    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-    envoy_v=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -n1 | cut -d' ' -f2 | cut -d/ -f2 || true)
+    cpu=$(cpu_model || true)
+    envoy_v=$(envoy_version || true)
     wasm_now=$(sha256sum "$WASM" | cut -c1-12)
     echo "## $1"
     echo
@@ -324,7 +276,7 @@ section_head() { # section_head TITLE: the section's title and how/where it was 
 # running at the same time skew every number of the section).
 load_note() {
     local l
-    l=$(cut -d' ' -f1-3 /proc/loadavg)
+    l=$(loadavg)
     if awk -v l="${l%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
         echo "$l — **busy machine (load above $(nproc) CPUs): other jobs skew these numbers; rerun alone**"
     else
