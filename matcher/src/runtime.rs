@@ -745,6 +745,81 @@ fn check_format(format: &str) -> Result<(), ConfigError> {
     ))
 }
 
+/// What the answer needs to know of a request besides its match.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    stream: bool,
+    encoding: EmbeddingEncoding,
+    options: StreamOptions,
+}
+
+impl Facts {
+    fn of(request: &Value) -> Self {
+        Facts {
+            stream: wants_stream(request),
+            encoding: EmbeddingEncoding::requested(request),
+            options: StreamOptions::from_request(request),
+        }
+    }
+}
+
+/// What an exact request body came to the last time.
+#[derive(Debug, Clone, Copy)]
+enum Remembered {
+    /// This asset (by index), with these request facts.
+    Hit(usize, Facts),
+    /// A passthrough miss.
+    Forward,
+}
+
+/// Per-VM memo of exact request bodies already decided: load tests replay the same few bodies, and a repeat
+/// is then answered without parsing, normalizing or hashing it (the bytes are compared in full, so only an
+/// identical body on the same operation and deployment is a repeat; the answer is still rendered fresh).
+#[derive(Debug, Default)]
+struct Memo {
+    entries: std::cell::RefCell<HashMap<Box<[u8]>, Vec<MemoEntry>>>,
+    bytes: Cell<usize>,
+    /// True when off (`set_memo(false)`), so the derived default is on.
+    disabled: bool,
+}
+
+/// What one body came to on one operation and deployment.
+type MemoEntry = (Operation, Option<String>, Remembered);
+
+/// Largest body remembered, and the memo's total size (per VM); when full it starts over.
+const MEMO_BODY: usize = 64 << 10;
+const MEMO_BYTES: usize = 8 << 20;
+
+impl Memo {
+    fn get(&self, route: &Route, body: &[u8]) -> Option<Remembered> {
+        if self.disabled || body.len() > MEMO_BODY {
+            return None;
+        }
+        let entries = self.entries.borrow();
+        let seen = entries.get(body)?;
+        seen.iter().find(|(op, dep, _)| *op == route.operation && *dep == route.deployment).map(|(_, _, r)| *r)
+    }
+
+    fn put(&self, route: &Route, body: &[u8], what: Remembered) {
+        if self.disabled || body.len() > MEMO_BODY {
+            return;
+        }
+        let mut entries = self.entries.borrow_mut();
+        if self.bytes.get() + body.len() > MEMO_BYTES {
+            entries.clear();
+            self.bytes.set(0);
+        }
+        let seen = entries.entry(body.into()).or_default();
+        if seen.iter().any(|(op, dep, _)| *op == route.operation && *dep == route.deployment) {
+            return;
+        }
+        if seen.is_empty() {
+            self.bytes.set(self.bytes.get() + body.len());
+        }
+        seen.push((route.operation, route.deployment.clone(), what));
+    }
+}
+
 /// A request's key, computed only when something shows it.
 enum Lazy {
     Known(String),
@@ -774,6 +849,8 @@ pub struct Runtime {
     salt: u64,
     /// Fresh-id generators handed out so far (see `fresh_ids`).
     served: Cell<u64>,
+    /// Exact request bodies seen before and what they came to.
+    memo: Memo,
 }
 
 impl Runtime {
@@ -916,7 +993,15 @@ impl Runtime {
     fn assemble(on_miss: OnMiss, normalizer: Normalizer, assets: AssetSet, synth: Synthesizer) -> Self {
         // std seeds RandomState from the OS (WASI random_get under Envoy): a per-VM salt.
         let salt = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        Runtime { on_miss, normalizer, assets, synth, salt, served: Cell::new(0) }
+        Runtime { on_miss, normalizer, assets, synth, salt, served: Cell::new(0), memo: Memo::default() }
+    }
+
+    /// Turns the memo of exact repeated bodies on (the default) or off; benchmarks use it to measure the
+    /// full path. Off also forgets what was remembered.
+    pub fn set_memo(&mut self, on: bool) {
+        self.memo.disabled = !on;
+        self.memo.entries.borrow_mut().clear();
+        self.memo.bytes.set(0);
     }
 
     /// The miss policy.
@@ -939,6 +1024,15 @@ impl Runtime {
     /// Never panics on any input.
     pub fn decide_at(&self, route: &Route, body: &[u8], now_nanos: u64) -> Decision {
         let dialect = route.operation.dialect();
+        match self.memo.get(route, body) {
+            Some(Remembered::Hit(i, facts)) => {
+                if let Some(asset) = self.assets.assets.get(i) {
+                    return Decision::Respond(self.serve(asset, route, &facts, None, asset.key.clone(), now_nanos));
+                }
+            }
+            Some(Remembered::Forward) => return Decision::Forward(Outcome::Miss),
+            None => {}
+        }
         let request = match crate::parse_body(body) {
             Ok(v) => v,
             Err(e) => return self.bad_request(route, &e),
@@ -953,25 +1047,31 @@ impl Runtime {
         };
         let (found, mut key) = match text {
             Ok(Some(text)) => {
-                let found = self.assets.by_text.get(&route.operation).and_then(|m| m.get(text.as_str()));
-                match found.and_then(|&i| self.assets.assets.get(i)) {
-                    Some(a) => (Some(a), Lazy::Known(a.key.clone())),
+                let found = self.assets.by_text.get(&route.operation).and_then(|m| m.get(text.as_str())).copied();
+                match found.and_then(|i| self.assets.assets.get(i).map(|a| (i, a))) {
+                    Some((i, a)) => (Some((i, a)), Lazy::Known(a.key.clone())),
                     None => (None, Lazy::Text(route.operation, text)),
                 }
             }
             Ok(None) => match self.normalizer.key_of_request(route, &request) {
-                Ok(k) => (self.assets.index.get(&k).and_then(|&i| self.assets.assets.get(i)), Lazy::Known(k)),
+                Ok(k) => {
+                    let found = self.assets.index.get(&k).and_then(|&i| self.assets.assets.get(i).map(|a| (i, a)));
+                    (found, Lazy::Known(k))
+                }
                 Err(e) => return self.bad_request(route, &e),
             },
             Err(e) => return self.bad_request(route, &e),
         };
-        let Some(asset) = found else {
+        let Some(found) = found else {
             if !self.synth.is_empty() {
                 if let Some(r) = self.synthesized(route, &request, key.get(), now_nanos) {
                     return Decision::Respond(r);
                 }
             }
             if self.on_miss == OnMiss::Passthrough {
+                if self.synth.is_empty() {
+                    self.memo.put(route, body, Remembered::Forward);
+                }
                 return Decision::Forward(Outcome::Miss);
             }
             let key = key.get();
@@ -991,10 +1091,25 @@ impl Runtime {
                 delay_ms: 0,
             });
         };
-        Decision::Respond(self.serve(asset, route, &request, key.get(), now_nanos))
+        let (i, asset) = found;
+        let facts = Facts::of(&request);
+        let response = self.serve(asset, route, &facts, Some(&request), key.get(), now_nanos);
+        // Placeholders may read the request itself: only answers without them are replayed from the memo.
+        if asset.answers().is_ok_and(|a| a.iter().all(|r| r.templates.is_empty())) {
+            self.memo.put(route, body, Remembered::Hit(i, facts));
+        }
+        Decision::Respond(response)
     }
 
-    fn serve(&self, asset: &Compiled, route: &Route, request: &Value, key: String, now_nanos: u64) -> LocalResponse {
+    fn serve(
+        &self,
+        asset: &Compiled,
+        route: &Route,
+        facts: &Facts,
+        request: Option<&Value>,
+        key: String,
+        now_nanos: u64,
+    ) -> LocalResponse {
         let call = asset.calls.get();
         asset.calls.set(call.saturating_add(1));
         let answers = match asset.answers() {
@@ -1011,8 +1126,8 @@ impl Runtime {
             return self.asset_error(asset, route, &key, "has no response".into());
         };
         let mut headers = resp.headers.clone();
-        let stream = wants_stream(request) && !resp.is_error && asset.operation != Operation::Embeddings;
-        let converting = resp.embeddings.is_some_and(|have| have != EmbeddingEncoding::requested(request));
+        let stream = facts.stream && !resp.is_error && asset.operation != Operation::Embeddings;
+        let converting = resp.embeddings.is_some_and(|have| have != facts.encoding);
         let needs_work = stream || asset.refresh || !resp.templates.is_empty() || converting;
         let body = match (&resp.splice, &resp.sse) {
             (_, Some(sse)) if stream => {
@@ -1031,6 +1146,10 @@ impl Runtime {
                     refresh(&mut v, now_nanos, &mut ids);
                 }
                 if !resp.templates.is_empty() {
+                    // A memoized repeat never reaches here: answers with placeholders are not memoized.
+                    let Some(request) = request else {
+                        return self.asset_error(asset, route, &key, "needs the parsed request".into());
+                    };
                     let mut ctx = Context {
                         operation: asset.operation,
                         request,
@@ -1047,13 +1166,13 @@ impl Runtime {
                     }
                 }
                 if let Some(have) = resp.embeddings {
-                    let want = EmbeddingEncoding::requested(request);
+                    let want = facts.encoding;
                     if want != have {
                         convert_embeddings(&mut v, want);
                     }
                 }
                 if stream {
-                    match render_sse(asset.operation, &v, &StreamOptions::from_request(request)) {
+                    match render_sse(asset.operation, &v, &facts.options) {
                         Ok(text) => {
                             set_content_type(&mut headers, SSE_CONTENT_TYPE);
                             text.into_bytes()
@@ -1363,6 +1482,75 @@ mod tests {
             assert_eq!((r.outcome, r.status), (Outcome::Miss, 404));
             assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
         }
+    }
+
+    #[test]
+    fn a_repeated_body_is_answered_from_the_memo_exactly_as_the_full_path_answers_it() {
+        let mut a = asset(1);
+        a.responses = Some(vec![a.response.take().unwrap(), serde_json::from_value(json!({"body": {"id": "c-2", "choices": [{"index": 0, "message": {"role": "assistant", "content": "two"}, "finish_reason": "stop"}]}})).unwrap()]);
+        a.sequence = Sequence::Cycle;
+        let text = bundle_json(vec![a, asset(2)]);
+        let chat = classify("POST", "/v1/chat/completions").unwrap();
+        let azure = classify("POST", "/openai/deployments/m/chat/completions?api-version=1").unwrap();
+        let hit = br#"{"model":"m","messages":[{"role":"user","content":"q1"}],"stream":true}"#;
+        let miss = br#"{"model":"m","messages":[{"role":"user","content":"nope"}]}"#;
+        let run = |memo: bool| {
+            let mut rt = Runtime::from_json_sealed(&text).unwrap();
+            rt.set_memo(memo);
+            let mut out = Vec::new();
+            for (route, body) in [
+                (&chat, &hit[..]),
+                (&chat, &hit[..]),
+                (&azure, &hit[..]),
+                (&chat, &miss[..]),
+                (&chat, &miss[..]),
+                (&chat, &hit[..]),
+            ] {
+                out.push(match rt.decide_at(route, body, 5_000_000_000) {
+                    Decision::Respond(r) => (
+                        r.outcome,
+                        r.status,
+                        r.headers.iter().find(|(k, _)| k == "x-understudy-response").cloned(),
+                        r.headers.iter().any(|(_, v)| v.starts_with("text/event-stream")),
+                        r.body.len(),
+                    ),
+                    Decision::Forward(o) => (o, 0, None, false, 0),
+                });
+            }
+            let remembered: usize = rt.memo.entries.borrow().values().map(Vec::len).sum();
+            (out, remembered)
+        };
+        let (full, none) = run(false);
+        let (memo, remembered) = run(true);
+        assert_eq!(none, 0);
+        assert_eq!(remembered, 2, "the hit body on two routes; a strict miss is not remembered");
+        assert_eq!(memo, full, "the memo must not change any answer: sequence position, streaming, route");
+        assert_eq!(full[0].2, Some(("x-understudy-response".into(), "1/2".into())));
+        assert_eq!(full[1].2, Some(("x-understudy-response".into(), "2/2".into())));
+        assert!(full[0].3, "stream: true is a fact of the body the memo keeps");
+        assert_eq!(full[3].1, 404);
+    }
+
+    #[test]
+    fn the_memo_stays_within_its_budget() {
+        let rt = Runtime::from_json_sealed(&bundle_json(vec![asset(1)])).unwrap();
+        let chat = classify("POST", "/v1/chat/completions").unwrap();
+        let pad = "x".repeat(MEMO_BODY - 100);
+        for i in 0..(2 * MEMO_BYTES / MEMO_BODY) {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"q1"}}],"user":"{i}{pad}"}}"#);
+            assert!(body.len() <= MEMO_BODY);
+            let Decision::Respond(r) = rt.decide_at(&chat, body.as_bytes(), 0) else { panic!() };
+            assert_eq!(r.outcome, Outcome::Hit);
+            assert!(rt.memo.bytes.get() <= MEMO_BYTES);
+        }
+        let big = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"q1"}}],"user":"{}"}}"#,
+            "y".repeat(MEMO_BODY)
+        );
+        let before = rt.memo.bytes.get();
+        let Decision::Respond(r) = rt.decide_at(&chat, big.as_bytes(), 0) else { panic!() };
+        assert_eq!(r.outcome, Outcome::Hit);
+        assert_eq!(rt.memo.bytes.get(), before, "bodies over MEMO_BODY are not remembered");
     }
 
     #[test]

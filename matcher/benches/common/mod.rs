@@ -369,10 +369,13 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
     PluginConfig { on_miss, normalization: NormalizationConfig::default(), bundle, synthesize: Vec::new() }
 }
 
-/// A runtime over `assets`, compiled directly (no JSON round trip, no content hash: set-up speed only).
+/// A runtime over `assets`, compiled directly (no JSON round trip, no content hash: set-up speed only), with
+/// the memo of repeated bodies off: the cases repeat one body, and must measure the full path.
 fn runtime(on_miss: OnMiss, assets: Vec<BundledAsset>) -> Result<Runtime, String> {
     let bundle = Bundle { format: BUNDLE_FORMAT.to_string(), sha256: None, assets };
-    Runtime::compile(config(on_miss, bundle)).map_err(|e| format!("store does not compile: {e}"))
+    let mut rt = Runtime::compile(config(on_miss, bundle)).map_err(|e| format!("store does not compile: {e}"))?;
+    rt.set_memo(false);
+    Ok(rt)
 }
 
 /// The plugin configuration text the filter would load: a sealed bundle of `n` assets (the 2 KiB hit asset
@@ -540,6 +543,18 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             format!("Runtime::decide_at, hit, {n} B request ({small} assets)"),
             n,
             Box::new(move || decision_len(&rt.decide_at(&r, black_box(&b), NOW_NANOS))),
+        );
+        // The same with the memo on: a repeated body skips parse, normalize and matching.
+        let mut memo_rt = runtime(OnMiss::Error, store_assets(&normalizer, &[(&body, "bench hit".into())], small)?)?;
+        memo_rt.set_memo(true);
+        expect("hit (memo)", &memo_rt.decide_at(&route, &body, NOW_NANOS), (Outcome::Hit, 200))?;
+        let (b, r) = (body.clone(), route.clone());
+        push(
+            &mut out,
+            "decide_hit_repeat",
+            format!("Runtime::decide_at, hit, {n} B request repeated (memo on, the default)"),
+            n,
+            Box::new(move || decision_len(&memo_rt.decide_at(&r, black_box(&b), NOW_NANOS))),
         );
     }
 
