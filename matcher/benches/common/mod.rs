@@ -545,9 +545,9 @@ pub fn cases(opts: &Options) -> Result<Vec<Case>, String> {
             Box::new(move || decision_len(&rt.decide_at(&r, black_box(&b), NOW_NANOS))),
         );
         // The same with the memo on: a repeated body skips parse, normalize and matching.
-        let mut memo_rt = runtime(OnMiss::Error, store_assets(&normalizer, &[(&body, "bench hit".into())], small)?)?;
+        let mut memo_rt = runtime(OnMiss::Error, store_assets(&normalizer, &[(body, "bench hit".into())], small)?)?;
         memo_rt.set_memo(true);
-        expect("hit (memo)", &memo_rt.decide_at(&route, &body, NOW_NANOS), (Outcome::Hit, 200))?;
+        expect("hit (memo)", &memo_rt.decide_at(&route, body, NOW_NANOS), (Outcome::Hit, 200))?;
         let (b, r) = (body.clone(), route.clone());
         push(
             &mut out,
