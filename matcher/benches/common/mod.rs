@@ -382,7 +382,9 @@ fn runtime(on_miss: OnMiss, assets: Vec<BundledAsset>) -> Result<Runtime, String
 /// plus fillers), as `understudy plugin-config` writes it.
 pub fn plugin_config_text(normalizer: &Normalizer, hit_body: &[u8], n: usize) -> Result<String, String> {
     let assets = store_assets(normalizer, &[(hit_body, "bench hit".to_string())], n)?;
-    serde_json::to_string(&config(OnMiss::Error, Bundle::sealed(assets))).map_err(|e| e.to_string())
+    let cfg = serde_json::to_value(config(OnMiss::Error, Bundle::sealed(assets))).map_err(|e| e.to_string())?;
+    // Canonical JSON, as `understudy plugin-config` writes it (the filter then hashes the text as is).
+    Ok(understudy_matcher::canonical::to_canonical(&cfg))
 }
 
 // ---- checks ------------------------------------------------------------------------------------------------
