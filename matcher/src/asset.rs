@@ -72,7 +72,7 @@ pub struct Latency {
     pub per_token_ms: f64,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -243,7 +243,7 @@ impl ContentHasher {
     pub(crate) fn finish(mut self) -> String {
         use crate::canonical::Sink;
         self.sink.put(if self.count == 0 { "[]" } else { "]" });
-        self.sink.finish().iter().map(|b| format!("{b:02x}")).collect()
+        crate::normalize::hex(&self.sink.finish())
     }
 }
 
@@ -316,20 +316,6 @@ impl BundledAsset {
             request: self.request,
             response: self.response,
             responses: self.responses,
-            sequence: self.sequence,
-            seed: self.seed,
-            refresh: self.refresh,
-            latency: self.latency,
-        }
-    }
-
-    /// The asset without bundle bookkeeping.
-    pub fn asset(&self) -> Asset {
-        Asset {
-            name: self.name.clone(),
-            request: self.request.clone(),
-            response: self.response.clone(),
-            responses: self.responses.clone(),
             sequence: self.sequence,
             seed: self.seed,
             refresh: self.refresh,

@@ -288,7 +288,8 @@ fn remove_pointer(v: &mut Value, segs: &[String]) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let digit = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
     let mut s = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

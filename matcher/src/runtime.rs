@@ -240,32 +240,31 @@ impl Splice {
 
     /// The body with fresh values, as [`refresh`] would write it.
     fn render(&self, now_nanos: u64, ids: &mut Rng) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.tail.len() + self.parts.iter().map(|(l, _)| l.len() + 40).sum::<usize>());
         let now = (now_nanos / 1_000_000_000).to_string();
-        for (lit, hole) in &self.parts {
-            out.extend_from_slice(lit);
-            match hole {
-                Hole::Id(old) => {
-                    let _ = serde_json::to_writer(&mut out, &refresh_id(old, ids));
-                }
-                Hole::Created(_) => out.extend_from_slice(now.as_bytes()),
+        self.write(|hole, out| match hole {
+            Hole::Id(old) => {
+                let _ = serde_json::to_writer(out, &refresh_id(old, ids));
             }
-        }
-        out.extend_from_slice(&self.tail);
-        out
+            Hole::Created(_) => out.extend_from_slice(now.as_bytes()),
+        })
     }
 
     /// The body as stored.
     fn original(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        self.write(|hole, out| match hole {
+            Hole::Id(old) => {
+                let _ = serde_json::to_writer(out, old);
+            }
+            Hole::Created(n) => out.extend_from_slice(n.as_bytes()),
+        })
+    }
+
+    /// The literals, with `fill` writing each hole.
+    fn write(&self, mut fill: impl FnMut(&Hole, &mut Vec<u8>)) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.tail.len() + self.parts.iter().map(|(l, _)| l.len() + 40).sum::<usize>());
         for (lit, hole) in &self.parts {
             out.extend_from_slice(lit);
-            match hole {
-                Hole::Id(old) => {
-                    let _ = serde_json::to_writer(&mut out, old);
-                }
-                Hole::Created(n) => out.extend_from_slice(n.as_bytes()),
-            }
+            fill(hole, &mut out);
         }
         out.extend_from_slice(&self.tail);
         out
@@ -414,14 +413,10 @@ struct LazyAsset<'a> {
     sequence: Sequence,
     #[serde(default)]
     seed: Option<u64>,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::asset::yes")]
     refresh: bool,
     #[serde(default)]
     latency: Option<Latency>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// A set of assets indexed by key, with duplicate/conflict detection. Shared by the bundler and the filter.
@@ -735,6 +730,17 @@ struct RawPluginConfig<'a> {
     synthesize: Vec<SynthRule>,
 }
 
+/// A parse error inside `bundle.assets[i]`, its field path made relative to the whole configuration.
+fn in_asset(i: usize, e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Parse { source_name, field, reason } => {
+            let field = if field == "." { String::new() } else { format!(".{field}") };
+            ConfigError::Parse { source_name, field: format!("bundle.assets[{i}]{field}"), reason }
+        }
+        other => other,
+    }
+}
+
 fn check_format(format: &str) -> Result<(), ConfigError> {
     if format == BUNDLE_FORMAT {
         return Ok(());
@@ -890,13 +896,7 @@ impl Runtime {
         let mut assets = AssetSet::default();
         assets.assets.reserve(raw.bundle.assets.len());
         for (i, slice) in raw.bundle.assets.iter().enumerate() {
-            let named = |e: ConfigError| match e {
-                ConfigError::Parse { source_name, field, reason } => {
-                    let field = if field == "." { String::new() } else { format!(".{field}") };
-                    ConfigError::Parse { source_name, field: format!("bundle.assets[{i}]{field}"), reason }
-                }
-                other => other,
-            };
+            let named = |e: ConfigError| in_asset(i, e);
             let b: BundledAsset = from_str_strict(slice.get(), SOURCE).map_err(named)?;
             let label = format!("bundle.assets[{i}] from {}", b.source);
             let key = b.key.clone();
@@ -926,13 +926,7 @@ impl Runtime {
             if failure.is_some() {
                 continue;
             }
-            let named = |e: ConfigError| match e {
-                ConfigError::Parse { source_name, field, reason } => {
-                    let field = if field == "." { String::new() } else { format!(".{field}") };
-                    ConfigError::Parse { source_name, field: format!("bundle.assets[{i}]{field}"), reason }
-                }
-                other => other,
-            };
+            let named = |e: ConfigError| in_asset(i, e);
             let added = match serde_json::from_str::<LazyAsset<'_>>(slice.get()) {
                 Ok(a) => {
                     let label = format!("bundle.assets[{i}] from {}", a.source);
@@ -953,7 +947,7 @@ impl Runtime {
             use crate::canonical::Sink;
             raw_hash.put(if slices.is_empty() { "[]" } else { "]" });
         }
-        let raw_hex: String = raw_hash.finish().iter().map(|b| format!("{b:02x}")).collect();
+        let raw_hex = crate::normalize::hex(&raw_hash.finish());
         if raw_hex != stored {
             let mut canonical = ContentHasher::default();
             for (i, slice) in slices.iter().enumerate() {
