@@ -12,7 +12,7 @@ if [ ! -d "$here/node_modules/js-tiktoken" ]; then
   (cd "$here" && npm ci --no-audit --no-fund --silent)
 fi
 (cd "$root" && UNDERSTUDY_TOKEN_SAMPLE="$sample" UNDERSTUDY_TOKEN_ESTIMATES="$estimates" \
-  cargo test -q -p understudy-matcher --lib synth::tests::token_sample_estimates -- --exact >/dev/null)
+  cargo test -q -p understudy-matcher --lib tokens::tests::token_sample_estimates -- --exact >/dev/null)
 if [ "${1:-}" = "" ]; then
   node "$here/measure.mjs" "$sample" "$estimates" "$here/results.md"
 else

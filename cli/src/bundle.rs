@@ -3,9 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use understudy_matcher::{
-    parse_asset_file, AssetSet, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation,
-};
+use understudy_matcher::{parse_asset_file, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation, Store};
 
 /// A built bundle plus what the bundler noticed.
 pub struct Built {
@@ -59,7 +57,7 @@ pub fn load_synthesize(path: Option<&Path>) -> Result<Vec<understudy_matcher::sy
 pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
     let normalizer = Normalizer::compile(norm)?;
     let files = asset_files(dir)?;
-    let mut set = AssetSet::default();
+    let mut set = Store::default();
     let mut assets = Vec::new();
     let mut errors = Vec::new();
     for f in &files {
@@ -81,7 +79,7 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
         for (label, asset) in parsed {
             let before = set.duplicates().len();
             match set.add(&normalizer, &label, &asset, None) {
-                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset::new(key, label, asset)),
+                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset { key, source: label, asset }),
                 Ok(_) => {}
                 Err(e) => errors.push(e.to_string()),
             }

@@ -65,7 +65,8 @@ fn bundle_reports_counts_and_duplicates_and_writes_a_loadable_bundle() {
     assert!(err.contains("openai.chat_completions: 2"), "{err}");
     assert!(err.contains("duplicate: sub/b.json#0"), "{err}");
     let bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(bundle["format"], "understudy.bundle/v1");
+    assert_eq!(bundle["format"], "understudy.bundle/v2");
+    assert_eq!(bundle["assets"][0]["asset"]["request"]["path"], "/v1/chat/completions");
     assert_eq!(bundle["sha256"].as_str().unwrap().len(), 64, "bundles are sealed with a content hash");
     assert_eq!(bundle["assets"].as_array().unwrap().len(), 2);
     assert_eq!(bundle["assets"][0]["source"], "a.json#0");

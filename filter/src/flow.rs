@@ -234,11 +234,13 @@ mod tests {
         let asset: BundledAsset = serde_json::from_value(serde_json::json!({
             "key": key,
             "source": "t.json#0",
-            "name": "hi",
-            "request": {"path": "/v1/chat/completions", "body": body},
-            "response": {"body": {"id": "x", "choices": []}},
-            "refresh": false,
-            "latency": {"ttft_ms": latency_ms},
+            "asset": {
+                "name": "hi",
+                "request": {"path": "/v1/chat/completions", "body": body},
+                "response": {"body": {"id": "x", "choices": []}},
+                "refresh": false,
+                "latency": {"ttft_ms": latency_ms},
+            },
         }))
         .unwrap();
         let cfg = PluginConfig {

@@ -12,8 +12,8 @@ use serde_json::json;
 use understudy_matcher::stream::assemble_sse;
 use understudy_matcher::synth::SynthRule;
 use understudy_matcher::{
-    classify, parse_asset_file, Asset, AssetSet, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer,
-    OnMiss, PluginConfig, Route, Runtime,
+    classify, parse_asset_file, Asset, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer, OnMiss,
+    PluginConfig, Route, Runtime, Store,
 };
 
 const ASSET_FILES: &[(&str, &str)] = &[
@@ -61,7 +61,7 @@ fn templated() -> Asset {
 fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
     let normalization = NormalizationConfig::default();
     let normalizer = Normalizer::compile(&normalization).expect("default normalization compiles");
-    let mut set = AssetSet::default();
+    let mut set = Store::default();
     let mut assets = Vec::new();
     let mut all: Vec<(String, Asset)> = Vec::new();
     for (name, text) in ASSET_FILES {
@@ -70,7 +70,7 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
     all.push(("inline#0".into(), templated()));
     for (label, asset) in all {
         let key = set.add(&normalizer, &label, &asset, None).expect("example asset compiles");
-        assets.push(BundledAsset::new(key, label, asset));
+        assets.push(BundledAsset { key, source: label, asset });
     }
     let cfg = PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize };
     Runtime::compile(cfg).expect("runtime compiles")

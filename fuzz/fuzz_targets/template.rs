@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use understudy_matcher::template::{Context, Rng, Template};
-use understudy_matcher::Operation;
+use understudy_matcher::{classify, Operation, Route};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -17,10 +17,14 @@ fuzz_target!(|data: &[u8]| {
         let mut ids = Rng::new(seed);
         let mut choices = Rng::new(seed ^ 0x5eed);
         let no_model = json!({});
+        let azure = classify("POST", "/openai/deployments/dep/chat/completions");
+        let route = match (i % 3, azure) {
+            (0, Some(r)) => r,
+            _ => Route::of(op),
+        };
         let mut ctx = Context {
-            operation: op,
+            route: &route,
             request: if i % 2 == 0 { &request } else { &no_model },
-            deployment: if i % 3 == 0 { Some("dep") } else { None },
             now_nanos: seed.wrapping_mul(i as u64 + 1),
             ids: &mut ids,
             choices: &mut choices,

@@ -1,10 +1,10 @@
 //! `understudy-matcher`: the pure core of Understudy, with no proxy-wasm dependency.
 //!
-//! It classifies an HTTP request as an LLM operation ([`classify`]), normalizes its JSON body and hashes a
-//! canonical form into a 64-hex-char key ([`Normalizer`]), loads validated asset bundles into an indexed
-//! [`Runtime`], and turns one request into one [`Decision`]. The Envoy filter and the `understudy` CLI both
-//! call this crate, so they compute the same keys by construction; golden vectors check it natively and
-//! under wasm.
+//! It classifies an HTTP request as an LLM operation of one API ([`classify`], one module per API under
+//! [`dialect`]), normalizes its JSON body and hashes a canonical form into a 64-hex-char key
+//! ([`Normalizer`]), loads validated asset bundles into an indexed [`Store`] inside a [`Runtime`], and turns
+//! one request into one [`Decision`]. The Envoy filter and the `understudy` CLI both call this crate, so
+//! they compute the same keys by construction; golden vectors check it natively and under wasm.
 //!
 //! ```
 //! use understudy_matcher::{classify, Normalizer, NormalizationConfig};
@@ -20,18 +20,21 @@ pub mod asset;
 pub mod canonical;
 pub mod dialect;
 pub mod error;
-pub mod normalize;
-pub mod render;
+pub mod headers;
+pub mod key;
 mod runtime;
+pub mod store;
 pub mod stream;
 pub mod synth;
 pub mod template;
+pub mod tokens;
 
 pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};
-pub use dialect::{classify, Dialect, Operation, Route};
+pub use dialect::{classify, Api, Operation, Route, Usage};
 pub use error::{ConfigError, RequestError};
-pub use normalize::{NormalizationConfig, Normalizer, ScrubberConfig};
-pub use runtime::{AssetSet, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, Runtime};
+pub use key::{NormalizationConfig, Normalizer, ScrubberConfig};
+pub use runtime::{Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime};
+pub use store::Store;
 
 /// Parses a request body as a JSON value. Duplicate object keys: the last one wins (as in JavaScript).
 pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RequestError> {

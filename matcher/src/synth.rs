@@ -1,59 +1,31 @@
 //! Modeled responses: schema-correct answers synthesized for LLM requests that no asset matches.
 //!
 //! A list of [`SynthRule`]s (the plugin configuration's `synthesize`) is compiled once into a
-//! [`Synthesizer`]. For a request, the first rule whose `operation` and `model` glob match answers:
+//! [`Synthesizer`]. For a request, the first rule whose `operation` and `model` glob match answers with
+//! the exact plain body the live API sends, built by the operation's API module (`dialect/`): fresh ids,
+//! the request's model ([`Route::model_of`]), `n` choices where the API has them, and estimated token
+//! `usage` ([`crate::tokens`]):
 //!
-//! - chat completions, completions, Responses API and Anthropic messages get the rule's fixed `text`, or with
-//!   `echo: true` the text of the request's last user message (the prompt for completions), in the exact
-//!   non-streaming body the live API sends: fresh ids, `created`, the request's model (the Azure deployment
-//!   when the body has none), `n` choices, and estimated token `usage`;
-//! - embeddings get deterministic pseudo-random unit vectors, one per input: the same (model, input) always
-//!   gives the same vector, on every call, process and platform (only IEEE basic arithmetic and `sqrt` are
-//!   used), and different inputs give unrelated vectors (cosine near 0). The dimension is the request's
-//!   `dimensions`, else the rule's, else the model's default (3072 for `text-embedding-3-large`, 1536
-//!   otherwise). `encoding_format: "base64"` gets base64 little-endian f32, as from the live API; floats are
-//!   written as the shortest decimal that reads back as the same f32.
+//! - text operations get the rule's fixed `text`, or with `echo: true` the text of the request's last user
+//!   message (the prompt for completions);
+//! - embeddings get deterministic pseudo-random unit vectors, one per input ([`embedding_vector`]): the same
+//!   (model, input) always gives the same vector, on every call, process and platform (only IEEE basic
+//!   arithmetic and `sqrt` are used), and different inputs give unrelated vectors (cosine near 0). The
+//!   dimension is the request's, else the rule's, else the model's default.
 //!
 //! [`Synthesizer::synthesize`] returns `None` when no rule matches, and also when the answer would be
 //! unreasonably large (more than [`MAX_EMBEDDING_FLOATS`] embedding floats, [`MAX_CHOICES`] choices, or
 //! [`MAX_TEXT_BYTES`] of answer text over all choices): the caller then handles the request as an ordinary
 //! miss. `n` is clamped to 1..=128, the API's own range.
-//!
-//! # Token estimates
-//!
-//! [`estimate_tokens`] approximates OpenAI's `o200k_base` tokenizer without its 200k-entry vocabulary. It
-//! splits text the way that tokenizer's pre-tokenizer does, then prices each piece:
-//!
-//! - a letter run (split at lower→upper case changes, so `fooBar` is two) with its optional leading space
-//!   is 1 token, plus 0.04 a letter beyond 6 in English, or 0.13 a letter beyond 4 in words that are
-//!   accented or non-Latin or in text whose letters are ≥ 1% accented Latin (German, French, Cyrillic…
-//!   split more), plus 0.3 a letter beyond 13; ALL-CAPS runs cost 0.9 + 0.17 a letter; a run led by one
-//!   punctuation mark instead of a space (`_name`, `.field`, `/path`) costs 0.05 + 0.08 a further letter
-//!   more, and one with no leading character (line starts, after brackets) 0.03 a letter more;
-//! - Chinese, Japanese and Korean runs cost 0.72 (Han), 0.65 (kana) or 0.5 (Hangul) a character, plus 0.5;
-//! - digits: 1 token per group of up to 3; a space before a number is its own token;
-//! - ASCII punctuation runs (with their trailing newlines): 1 token up to 3 characters, then 0.45 a
-//!   character; other symbols (emoji, CJK punctuation) 1 each;
-//! - a whitespace run that is not a word's or punctuation's leading space (newlines, indentation): 1 token.
-//!
-//! The weights come from piece-level statistics of separate text (manual pages in six languages, Rust and
-//! Python sources); a change was kept only when it helped on both that text and the benchmark sample.
-//!
-//! The sum is rounded, with at least 1 token for non-empty text. Prompt tokens add, like OpenAI's own
-//! accounting, 3 tokens a message plus 3 to prime the reply; the role, name and every other string in a
-//! message (tool calls, tool results) are estimated as text; an image, audio or file part counts as a flat
-//! 85 tokens. Tool definitions are estimated from their strings. Anthropic and older OpenAI tokenizers are
-//! not modeled separately. `bench/tokens/` measures the error against the real `o200k_base` and
-//! `cl100k_base` tokenizers (`bench/tokens/run.sh`, results in `bench/tokens/results.md`).
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Number, Value};
+use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
+use wildmatch::WildMatch;
 
-use crate::dialect::{Operation, Route};
+use crate::dialect::{Operation, Route, SynthInput};
 use crate::error::ConfigError;
-use crate::template::{fresh_id, Rng};
+use crate::template::Rng;
 
 /// Largest embedding dimension a rule or request may ask for.
 pub const MAX_DIMENSIONS: usize = 65_536;
@@ -63,8 +35,6 @@ pub const MAX_EMBEDDING_FLOATS: usize = 1 << 22;
 pub const MAX_TEXT_BYTES: usize = 32 << 20;
 /// Most choices (`n` × prompts) one synthesized completions response may hold.
 pub const MAX_CHOICES: usize = 4_096;
-/// The flat token price of an image, audio or file part.
-const MEDIA_TOKENS: u64 = 85;
 
 fn any() -> String {
     "*".to_string()
@@ -74,21 +44,20 @@ fn any() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SynthRule {
-    /// Operation name as in `Operation::name()` (`openai.chat_completions`, `openai.completions`,
-    /// `openai.embeddings`, `openai.responses`, `anthropic.messages`) or `*`.
+    /// Operation name as in `Operation::name()` (`openai.chat_completions`, `anthropic.messages`, ...) or `*`.
     #[serde(default = "any")]
     pub operation: String,
-    /// Model glob, `*` wildcard anywhere (`gpt-4o*`); default `*`. Case-sensitive. Matched against the
-    /// body's `model`, or the Azure deployment when the body has none.
+    /// Model glob (`*` any run of characters, `?` any one; `gpt-4o*`); default `*`. Case-sensitive. Matched
+    /// against the request's model ([`Route::model_of`]: the path's model, else the body's).
     #[serde(default = "any")]
     pub model: String,
-    /// Fixed answer text for chat/completions/responses/messages.
+    /// Fixed answer text for the text operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Answer with the last user message's text (echo).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub echo: bool,
-    /// Embeddings dimension when the request has no `dimensions` (default: the model's).
+    /// Embeddings dimension when the request has none (default: the model's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<usize>,
     /// Simulated latency of these answers, as on an asset.
@@ -96,20 +65,33 @@ pub struct SynthRule {
     pub latency: Option<crate::asset::Latency>,
 }
 
-/// What a text operation answers.
+/// What a rule answers text operations with.
 #[derive(Debug, Clone, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
+    /// The rule's fixed text.
     Text(String),
+    /// The request's own last user text (each prompt's, for completions).
     Echo,
-    /// Embeddings-only rule.
+    /// An embeddings-only rule: no text.
     Nothing,
+}
+
+impl Answer {
+    /// The answer text, `echo` giving the request's text when the rule echoes.
+    pub(crate) fn text(&self, echo: impl FnOnce() -> String) -> String {
+        match self {
+            Answer::Text(t) => t.clone(),
+            Answer::Echo => echo(),
+            Answer::Nothing => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
     /// `None` for `*`.
     operation: Option<Operation>,
-    model: Glob,
+    model: WildMatch,
     answer: Answer,
     dimensions: Option<usize>,
     latency: Option<crate::asset::Latency>,
@@ -130,9 +112,8 @@ impl Synthesizer {
             let operation = if r.operation == "*" {
                 None
             } else {
-                let op = Operation::ALL.iter().copied().find(|o| o.name() == r.operation);
                 let known: Vec<&str> = Operation::ALL.iter().map(|o| o.name()).collect();
-                Some(op.ok_or_else(|| {
+                Some(Operation::from_name(&r.operation).ok_or_else(|| {
                     ConfigError::invalid(
                         field("operation"),
                         format!("unknown operation {:?} (known: {}, or \"*\" for all)", r.operation, known.join(", ")),
@@ -142,31 +123,22 @@ impl Synthesizer {
             if r.model.is_empty() {
                 return Err(ConfigError::invalid(field("model"), "empty model pattern (use \"*\" for any model)"));
             }
-            let embeddings_only = operation == Some(Operation::Embeddings);
-            let answer = match (&r.text, r.echo) {
-                (Some(_), true) => {
+            let embeddings_only = operation.filter(|o| o.embeds());
+            let vectors = |op: Operation| format!("has no effect on {op} (embeddings answers are vectors)");
+            let answer = match (&r.text, r.echo, embeddings_only) {
+                (Some(_), true, _) => {
                     return Err(ConfigError::invalid(
                         field("echo"),
                         "`text` and `echo` are both set; a rule answers with one of them",
                     ))
                 }
-                (Some(_), false) if embeddings_only => {
-                    return Err(ConfigError::invalid(
-                        field("text"),
-                        "has no effect on openai.embeddings (embeddings answers are vectors)",
-                    ))
-                }
-                (None, true) if embeddings_only => {
-                    return Err(ConfigError::invalid(
-                        field("echo"),
-                        "has no effect on openai.embeddings (embeddings answers are vectors)",
-                    ))
-                }
-                (Some(t), false) => Answer::Text(t.clone()),
-                (None, true) => Answer::Echo,
-                (None, false) if embeddings_only => Answer::Nothing,
-                (None, false) => {
-                    let what = operation.map_or("every operation but openai.embeddings", Operation::name);
+                (Some(_), false, Some(op)) => return Err(ConfigError::invalid(field("text"), vectors(op))),
+                (None, true, Some(op)) => return Err(ConfigError::invalid(field("echo"), vectors(op))),
+                (Some(t), false, None) => Answer::Text(t.clone()),
+                (None, true, None) => Answer::Echo,
+                (None, false, Some(_)) => Answer::Nothing,
+                (None, false, None) => {
+                    let what = operation.map_or("every operation but the embeddings ones", Operation::name);
                     return Err(ConfigError::invalid(
                         field("text"),
                         format!("missing: set `text` (a fixed answer) or `echo: true` for {what}"),
@@ -180,21 +152,16 @@ impl Synthesizer {
                         format!("{d} is out of range (1 to {MAX_DIMENSIONS})"),
                     ));
                 }
-                if operation.is_some() && !embeddings_only {
-                    return Err(ConfigError::invalid(field("dimensions"), "only applies to openai.embeddings"));
+                if operation.is_some_and(|o| !o.embeds()) {
+                    return Err(ConfigError::invalid(field("dimensions"), "only applies to embeddings operations"));
                 }
             }
             if let Some(l) = &r.latency {
-                if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
-                    return Err(ConfigError::invalid(
-                        field("latency"),
-                        "ttft_ms must be at most 600000 and per_token_ms a non-negative number",
-                    ));
-                }
+                crate::asset::check_latency(l).map_err(|e| ConfigError::invalid(field("latency"), e))?;
             }
             out.push(Rule {
                 operation,
-                model: Glob::new(&r.model),
+                model: WildMatch::new(&r.model),
                 answer,
                 dimensions: r.dimensions,
                 latency: r.latency,
@@ -208,41 +175,24 @@ impl Synthesizer {
         self.rules.is_empty()
     }
 
-    /// First matching rule wins. Returns the non-streaming response body the live API would send,
+    /// First matching rule wins. Returns the plain (non-streaming) answer the live API would send,
     /// schema-correct for the operation, or `None` when no rule matches (or the answer would be too large).
     /// Never panics, whatever the request holds.
     pub fn synthesize(&self, route: &Route, request: &Value, now_secs: u64, ids: &mut Rng) -> Option<Value> {
-        let op = route.operation;
-        let model = request_model(route, request);
         let rule = self.rule_for(route, request)?;
-        let answer = |echo: &dyn Fn() -> String| match &rule.answer {
-            Answer::Text(t) => t.clone(),
-            Answer::Echo => echo(),
-            Answer::Nothing => String::new(),
+        let input = SynthInput {
+            request,
+            model: route.model_of(request).unwrap_or_default(),
+            answer: &rule.answer,
+            dimensions: rule.dimensions,
+            now_secs,
         };
-        match op {
-            Operation::ChatCompletions => {
-                let text = answer(&|| last_user_text(request.get("messages")));
-                chat_completion(request, &model, text, now_secs, ids)
-            }
-            Operation::Completions => completion(request, &model, &rule.answer, now_secs, ids),
-            Operation::Responses => {
-                let text = answer(&|| responses_echo(request.get("input")));
-                response(request, &model, text, now_secs, ids)
-            }
-            Operation::Messages => {
-                let text = answer(&|| last_user_text(request.get("messages")));
-                anthropic_message(request, &model, text, ids)
-            }
-            Operation::Embeddings => embeddings(request, &model, rule.dimensions),
-        }
+        route.operation.dialect().synthesize(route.operation, &input, ids)
     }
-}
 
-impl Synthesizer {
     fn rule_for(&self, route: &Route, request: &Value) -> Option<&Rule> {
-        let model = request_model(route, request);
-        self.rules.iter().find(|r| r.operation.is_none_or(|o| o == route.operation) && r.model.matches(&model))
+        let model = route.model_of(request).unwrap_or_default();
+        self.rules.iter().find(|r| r.operation.is_none_or(|o| o == route.operation) && r.model.matches(model))
     }
 
     /// The simulated latency of the rule that answers this request, if it sets one.
@@ -251,475 +201,32 @@ impl Synthesizer {
     }
 }
 
-/// The request's model: the body's `model` string, else the Azure deployment, else empty.
-fn request_model(route: &Route, request: &Value) -> String {
-    match (request.get("model").and_then(Value::as_str), &route.deployment) {
-        (Some(m), _) => m.to_string(),
-        (None, Some(d)) => d.clone(),
-        (None, None) => String::new(),
-    }
-}
-
-/// A `*` glob: literal parts between wildcards.
-#[derive(Debug, Clone)]
-struct Glob {
-    parts: Vec<String>,
-}
-
-impl Glob {
-    fn new(pattern: &str) -> Self {
-        Glob { parts: pattern.split('*').map(str::to_string).collect() }
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        match self.parts.as_slice() {
-            [] => s.is_empty(),
-            [only] => s == only,
-            [first, middle @ .., last] => {
-                let Some(mut rest) = s.strip_prefix(first.as_str()).and_then(|r| r.strip_suffix(last.as_str())) else {
-                    return false;
-                };
-                for part in middle {
-                    match rest.find(part.as_str()) {
-                        Some(at) => rest = rest.get(at + part.len()..).unwrap_or_default(),
-                        None => return false,
-                    }
-                }
-                true
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Text operations
-// ---------------------------------------------------------------------------------------------------------
-
-/// `n`, clamped to 1..=128 (the API's own limit).
-fn choice_count(request: &Value) -> usize {
+/// `n`, clamped to 1..=128 (the OpenAI API's own limit).
+pub(crate) fn choice_count(request: &Value) -> usize {
     request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128) as usize
 }
 
-fn chat_completion(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng) -> Option<Value> {
-    let n = choice_count(request);
-    if text.len().saturating_mul(n) > MAX_TEXT_BYTES {
-        return None;
-    }
-    let prompt = chat_prompt_tokens(request);
-    let completion = estimate_tokens(&text).saturating_mul(n as u64);
-    let choices: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []},
-                "logprobs": null,
-                "finish_reason": "stop",
-            })
-        })
-        .collect();
-    Some(json!({
-        "id": fresh_id(Operation::ChatCompletions, ids),
-        "object": "chat.completion",
-        "created": now,
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt.saturating_add(completion),
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-        "system_fingerprint": null,
-    }))
-}
-
-/// One completions prompt: text, or token ids (echoed as nothing: there is no tokenizer to decode them).
-enum Prompt {
-    Text(String),
-    Tokens(usize),
-}
-
-fn prompts(prompt: Option<&Value>) -> Vec<Prompt> {
-    fn is_int(v: &Value) -> bool {
-        v.is_u64() || v.is_i64()
-    }
-    match prompt {
-        Some(Value::String(s)) => vec![Prompt::Text(s.clone())],
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(is_int) => vec![Prompt::Tokens(a.len())],
-        Some(Value::Array(a)) if !a.is_empty() => a
-            .iter()
-            .map(|p| match p {
-                Value::String(s) => Prompt::Text(s.clone()),
-                Value::Array(t) => Prompt::Tokens(t.len()),
-                other => Prompt::Text(value_text(other)),
-            })
-            .collect(),
-        _ => vec![Prompt::Text(String::new())],
-    }
-}
-
-fn completion(request: &Value, model: &str, answer: &Answer, now: u64, ids: &mut Rng) -> Option<Value> {
-    let n = choice_count(request);
-    let prompts = prompts(request.get("prompt"));
-    if prompts.len().saturating_mul(n) > MAX_CHOICES {
-        return None;
-    }
-    let echo_prompt = request.get("echo").and_then(Value::as_bool).unwrap_or(false);
-    let mut choices = Vec::with_capacity(prompts.len() * n);
-    let (mut prompt_tokens, mut completion_tokens, mut bytes) = (0u64, 0u64, 0usize);
-    for p in &prompts {
-        let (prompt_text, tokens) = match p {
-            Prompt::Text(t) => (t.as_str(), estimate_tokens(t)),
-            Prompt::Tokens(k) => ("", *k as u64),
-        };
-        prompt_tokens = prompt_tokens.saturating_add(tokens);
-        let generated = match answer {
-            Answer::Text(t) => t.clone(),
-            Answer::Echo => prompt_text.to_string(),
-            Answer::Nothing => String::new(),
-        };
-        let generated_tokens = estimate_tokens(&generated);
-        let text = if echo_prompt { format!("{prompt_text}{generated}") } else { generated };
-        for _ in 0..n {
-            bytes = bytes.saturating_add(text.len());
-            if bytes > MAX_TEXT_BYTES {
-                return None;
-            }
-            completion_tokens = completion_tokens.saturating_add(generated_tokens);
-            let index = choices.len();
-            choices.push(json!({"text": text, "index": index, "logprobs": null, "finish_reason": "stop"}));
-        }
-    }
-    Some(json!({
-        "id": fresh_id(Operation::Completions, ids),
-        "object": "text_completion",
-        "created": now,
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens.saturating_add(completion_tokens),
-        },
-    }))
-}
-
-/// The request's value for `key`, or `default` when absent or null.
-fn echoed(request: &Value, key: &str, default: Value) -> Value {
-    match request.get(key) {
-        Some(v) if !v.is_null() => v.clone(),
-        _ => default,
-    }
-}
-
-fn response(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng) -> Option<Value> {
-    if text.len() > MAX_TEXT_BYTES {
-        return None;
-    }
-    let input = responses_prompt_tokens(request);
-    let output = estimate_tokens(&text);
-    let id = fresh_id(Operation::Responses, ids);
-    let msg_id = format!("msg_{}", fresh_id(Operation::Responses, ids).trim_start_matches("resp_"));
-    Some(json!({
-        "id": id,
-        "object": "response",
-        "created_at": now,
-        "status": "completed",
-        "background": false,
-        "completed_at": now,
-        "error": null,
-        "incomplete_details": null,
-        "instructions": echoed(request, "instructions", Value::Null),
-        "max_output_tokens": echoed(request, "max_output_tokens", Value::Null),
-        "max_tool_calls": echoed(request, "max_tool_calls", Value::Null),
-        "model": model,
-        "output": [{
-            "id": msg_id,
-            "type": "message",
-            "status": "completed",
-            "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
-            "role": "assistant",
-        }],
-        "parallel_tool_calls": echoed(request, "parallel_tool_calls", Value::Bool(true)),
-        "previous_response_id": echoed(request, "previous_response_id", Value::Null),
-        "prompt_cache_key": echoed(request, "prompt_cache_key", Value::Null),
-        "reasoning": echoed(request, "reasoning", json!({"effort": null, "summary": null})),
-        "safety_identifier": echoed(request, "safety_identifier", Value::Null),
-        "service_tier": "default",
-        "store": echoed(request, "store", Value::Bool(true)),
-        "temperature": echoed(request, "temperature", json!(1.0)),
-        "text": echoed(request, "text", json!({"format": {"type": "text"}, "verbosity": "medium"})),
-        "tool_choice": echoed(request, "tool_choice", json!("auto")),
-        "tools": echoed(request, "tools", json!([])),
-        "top_logprobs": echoed(request, "top_logprobs", json!(0)),
-        "top_p": echoed(request, "top_p", json!(1.0)),
-        "truncation": echoed(request, "truncation", json!("disabled")),
-        "usage": {
-            "input_tokens": input,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-            "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input.saturating_add(output),
-        },
-        "user": echoed(request, "user", Value::Null),
-        "metadata": echoed(request, "metadata", json!({})),
-    }))
-}
-
-fn anthropic_message(request: &Value, model: &str, text: String, ids: &mut Rng) -> Option<Value> {
-    if text.len() > MAX_TEXT_BYTES {
-        return None;
-    }
-    let input = anthropic_prompt_tokens(request);
-    let output = estimate_tokens(&text);
-    Some(json!({
-        "id": fresh_id(Operation::Messages, ids),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
-        "stop_sequence": null,
-        "usage": {
-            "input_tokens": input,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": output,
-            "service_tier": "standard",
-        },
-    }))
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Reading requests: echo text and prompt token estimates
-// ---------------------------------------------------------------------------------------------------------
-
-/// The text of a message `content`: a string, or its text parts joined by newlines.
-fn content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter_map(|p| match p {
-                    Value::String(s) => Some(s.as_str()),
-                    Value::Object(m) => {
-                        let ty = m.get("type").and_then(Value::as_str).unwrap_or("text");
-                        if matches!(ty, "text" | "input_text" | "output_text") {
-                            m.get("text").and_then(Value::as_str)
-                        } else {
-                            None
-                        }
-                    }
-                    _ => None,
-                })
-                .collect();
-            texts.join("\n")
-        }
-        _ => String::new(),
-    }
-}
-
-fn is_user(item: &Value) -> bool {
-    item.get("role").and_then(Value::as_str) == Some("user")
-}
-
-/// The last user message's text of a chat/Anthropic `messages` array; empty when there is none.
-fn last_user_text(messages: Option<&Value>) -> String {
-    let Some(messages) = messages.and_then(Value::as_array) else {
-        return String::new();
-    };
-    messages.iter().rev().find(|m| is_user(m)).map(|m| content_text(m.get("content"))).unwrap_or_default()
-}
-
-/// Responses API `input`: the string itself, or the last user item's text.
-fn responses_echo(input: Option<&Value>) -> String {
-    match input {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .rev()
-            .find(|m| is_user(m) && m.get("type").and_then(Value::as_str).is_none_or(|t| t == "message"))
-            .map(|m| content_text(m.get("content")))
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
-}
-
-/// A scalar as text (numbers, booleans); empty for null and containers.
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => String::new(),
-    }
-}
-
-/// Tokens of every string in a JSON value, skipping `type` tags; media parts count a flat price and their
-/// (base64) data is not read.
-fn value_tokens(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => estimate_tokens(s),
-        Value::Array(a) => a.iter().map(value_tokens).fold(0, u64::saturating_add),
-        Value::Object(m) => {
-            let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
-            if matches!(
-                ty,
-                "image" | "image_url" | "input_image" | "input_audio" | "audio" | "file" | "input_file" | "document"
-            ) {
-                return MEDIA_TOKENS;
-            }
-            m.iter().filter(|(k, _)| k.as_str() != "type").map(|(_, x)| value_tokens(x)).fold(0, u64::saturating_add)
-        }
-        _ => 0,
-    }
-}
-
-/// 3 tokens a message plus its strings, plus 3 priming the reply.
-fn messages_tokens(messages: Option<&Value>) -> u64 {
-    let per = messages
-        .and_then(Value::as_array)
-        .map(|ms| ms.iter().map(|m| value_tokens(m).saturating_add(3)).fold(0, u64::saturating_add))
-        .unwrap_or(0);
-    per.saturating_add(3)
-}
-
-fn chat_prompt_tokens(request: &Value) -> u64 {
-    let tools = request.get("tools").map_or(0, value_tokens);
-    messages_tokens(request.get("messages")).saturating_add(tools)
-}
-
-fn anthropic_prompt_tokens(request: &Value) -> u64 {
-    let system = request.get("system").map_or(0, value_tokens);
-    let tools = request.get("tools").map_or(0, value_tokens);
-    messages_tokens(request.get("messages")).saturating_add(system).saturating_add(tools)
-}
-
-fn responses_prompt_tokens(request: &Value) -> u64 {
-    let instructions = request.get("instructions").map_or(0, value_tokens);
-    let tools = request.get("tools").map_or(0, value_tokens);
-    let input = match request.get("input") {
-        // One user message: overhead + role + text + priming.
-        Some(Value::String(s)) => estimate_tokens(s).saturating_add(7),
-        other => messages_tokens(other),
-    };
-    input.saturating_add(instructions).saturating_add(tools)
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Embeddings
-// ---------------------------------------------------------------------------------------------------------
-
-/// One embeddings input: text, or token ids (canonical text of the ids, and their count).
-enum EmbedInput {
-    Text(String),
-    Tokens(String, usize),
-}
-
-impl EmbedInput {
-    fn tokens(&self) -> u64 {
-        match self {
-            EmbedInput::Text(t) => estimate_tokens(t),
-            EmbedInput::Tokens(_, n) => *n as u64,
-        }
-    }
-
-    fn seed_bytes(&self, model: &str) -> Vec<u8> {
-        let (kind, body) = match self {
-            EmbedInput::Text(t) => ("text", t.as_str()),
-            EmbedInput::Tokens(ids, _) => ("tokens", ids.as_str()),
-        };
-        let mut b = Vec::with_capacity(model.len() + body.len() + 32);
-        b.extend_from_slice(b"understudy.embedding.v1\0");
-        b.extend_from_slice(model.as_bytes());
-        b.push(0);
-        b.extend_from_slice(kind.as_bytes());
-        b.push(0);
-        b.extend_from_slice(body.as_bytes());
-        b
-    }
-}
-
-fn token_ids(a: &[Value]) -> EmbedInput {
-    let ids: Vec<String> = a.iter().map(value_text).collect();
-    EmbedInput::Tokens(ids.join(","), a.len())
-}
-
-fn embed_inputs(input: Option<&Value>) -> Vec<EmbedInput> {
-    match input {
-        Some(Value::String(s)) => vec![EmbedInput::Text(s.clone())],
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_number) => vec![token_ids(a)],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| match x {
-                Value::Array(t) => token_ids(t),
-                other => EmbedInput::Text(value_text(other)),
-            })
-            .collect(),
-        Some(other) if !other.is_null() => vec![EmbedInput::Text(value_text(other))],
-        _ => Vec::new(),
-    }
-}
-
-/// The model's native dimension.
-fn default_dimensions(model: &str) -> usize {
-    if model.contains("text-embedding-3-large") {
-        3072
-    } else {
-        1536
-    }
-}
-
-fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>) -> Option<Value> {
-    let requested = request
-        .get("dimensions")
-        .and_then(Value::as_u64)
-        .and_then(|d| usize::try_from(d).ok())
-        .filter(|d| (1..=MAX_DIMENSIONS).contains(d));
-    let dims = requested.or(rule_dimensions).unwrap_or_else(|| default_dimensions(model));
-    let inputs = embed_inputs(request.get("input"));
-    if inputs.len().saturating_mul(dims) > MAX_EMBEDDING_FLOATS {
-        return None;
-    }
-    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
-    let mut tokens = 0u64;
-    let mut data = Vec::with_capacity(inputs.len());
-    for (index, input) in inputs.iter().enumerate() {
-        tokens = tokens.saturating_add(input.tokens());
-        let v = embedding_vector(&input.seed_bytes(model), dims);
-        let embedding = if base64 {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-        } else {
-            Value::Array(v.iter().map(|x| f32_value(*x)).collect())
-        };
-        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
-    }
-    let mut body = Map::new();
-    body.insert("object".into(), json!("list"));
-    body.insert("data".into(), Value::Array(data));
-    body.insert("model".into(), json!(model));
-    body.insert("usage".into(), json!({"prompt_tokens": tokens, "total_tokens": tokens}));
-    Some(Value::Object(body))
+/// The bytes a synthetic embedding is seeded from: model, kind of input (`text` or `tokens`) and input.
+pub(crate) fn embedding_seed(model: &str, kind: &str, body: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(model.len() + body.len() + 32);
+    b.extend_from_slice(b"understudy.embedding.v1\0");
+    b.extend_from_slice(model.as_bytes());
+    b.push(0);
+    b.extend_from_slice(kind.as_bytes());
+    b.push(0);
+    b.extend_from_slice(body.as_bytes());
+    b
 }
 
 /// The shortest decimal that reads back as this f32.
-fn f32_value(x: f32) -> Value {
+pub(crate) fn f32_value(x: f32) -> Value {
     serde_json::from_str::<Number>(&format!("{x:?}")).map_or(Value::Null, Value::Number)
 }
 
 /// A deterministic unit vector seeded by SHA-256 of `seed`. Components are Irwin–Hall(4) (sums of four
 /// 16-bit uniforms, close to Gaussian), so the direction is close to uniform on the sphere; only integer
 /// arithmetic, IEEE `+ - * /` and `sqrt` are used, so every platform computes the same bits.
-fn embedding_vector(seed: &[u8], dims: usize) -> Vec<f32> {
+pub(crate) fn embedding_vector(seed: &[u8], dims: usize) -> Vec<f32> {
     let digest = Sha256::digest(seed);
     let seed = digest.iter().take(8).fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let mut rng = Rng::new(seed);
@@ -738,212 +245,14 @@ fn embedding_vector(seed: &[u8], dims: usize) -> Vec<f32> {
     raw.iter().map(|x| (x / norm) as f32).collect()
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Token estimate
-// ---------------------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Upper,
-    /// Lowercase and caseless letters (CJK, marks).
-    Lower,
-    Digit,
-    Newline,
-    Space,
-    Punct,
-}
-
-fn class(c: char) -> Class {
-    if c == '\n' || c == '\r' {
-        Class::Newline
-    } else if c.is_whitespace() {
-        Class::Space
-    } else if c.is_alphabetic() {
-        if c.is_uppercase() {
-            Class::Upper
-        } else {
-            Class::Lower
-        }
-    } else if is_mark(c) {
-        Class::Lower
-    } else if c.is_numeric() {
-        Class::Digit
-    } else {
-        Class::Punct
-    }
-}
-
-/// Common combining-mark blocks (letters for the tokenizer).
-fn is_mark(c: char) -> bool {
-    matches!(u32::from(c), 0x300..=0x36F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
-}
-
-fn is_letter(c: Option<Class>) -> bool {
-    matches!(c, Some(Class::Upper | Class::Lower))
-}
-
-/// Accented Latin letters (Latin-1 Supplement to Latin Extended-B, Latin Extended Additional).
-fn is_accented_latin(c: char) -> bool {
-    matches!(u32::from(c), 0xC0..=0x24F | 0x1E00..=0x1EFF) && c.is_alphabetic()
-}
-
-/// Per-character price of a CJK letter, `None` for other letters.
-fn cjk_price(c: char) -> Option<f64> {
-    match u32::from(c) {
-        0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x2FFFF => Some(0.72),
-        0x3040..=0x30FF | 0x31F0..=0x31FF | 0xFF66..=0xFF9F => Some(0.65),
-        0x1100..=0x11FF | 0x3130..=0x318F | 0xAC00..=0xD7AF => Some(0.5),
-        _ => None,
-    }
-}
-
-/// Estimated number of tokens of `text` for OpenAI's `o200k_base` tokenizer; see the module doc for the
-/// method and `bench/tokens/results.md` for its measured error. Linear time, no allocation per piece.
-pub fn estimate_tokens(text: &str) -> u64 {
-    if text.is_empty() {
-        return 0;
-    }
-    let chars: Vec<char> = text.chars().collect();
-    let letters = chars.iter().filter(|c| c.is_alphabetic()).count();
-    let accented = chars.iter().filter(|c| is_accented_latin(**c)).count();
-    // Text whose letters are ≥ 1% accented is not English: its words split more.
-    let foreign = accented * 100 >= letters.max(1);
-    let at = |k: usize| chars.get(k).copied().map(class);
-    let mut cost = 0.0f64;
-    let mut i = 0;
-    while let Some(c) = chars.get(i).copied() {
-        let cls = class(c);
-        // A letter run with an optional leading space or single punctuation mark.
-        let prefixed = matches!(cls, Class::Space | Class::Punct) && is_letter(at(i + 1));
-        if prefixed || is_letter(Some(cls)) {
-            let start = if prefixed { i + 1 } else { i };
-            let mut k = start;
-            while at(k) == Some(Class::Upper) {
-                k += 1;
-            }
-            while at(k) == Some(Class::Lower) {
-                k += 1;
-            }
-            let word = chars.get(start..k).unwrap_or_default();
-            let prefix = if prefixed { Some(c) } else { None };
-            cost += word_cost(word, prefix, foreign);
-            i = k + contraction_len(&chars, k);
-            continue;
-        }
-        match cls {
-            Class::Digit => {
-                let mut k = i;
-                while k < i + 3 && at(k) == Some(Class::Digit) {
-                    k += 1;
-                }
-                cost += 1.0;
-                i = k;
-            }
-            Class::Punct | Class::Space if c == ' ' && at(i + 1) == Some(Class::Punct) || cls == Class::Punct => {
-                let mut k = if cls == Class::Space { i + 1 } else { i };
-                let run_start = k;
-                let mut non_ascii = 0usize;
-                while at(k) == Some(Class::Punct) {
-                    if chars.get(k).is_some_and(|c| !c.is_ascii()) {
-                        non_ascii += 1;
-                    }
-                    k += 1;
-                }
-                let run = k - run_start;
-                let ascii = run - non_ascii;
-                let mut trailing = 0usize;
-                while chars.get(k).is_some_and(|c| matches!(c, '\r' | '\n' | '/')) {
-                    k += 1;
-                    trailing += 1;
-                }
-                cost += punct_cost(ascii) + non_ascii as f64 + if ascii == 0 && trailing > 0 { 1.0 } else { 0.0 };
-                i = k;
-            }
-            _ => {
-                // Whitespace (a lone space before a letter or punctuation was taken above).
-                let mut e = i;
-                let mut last_newline = None;
-                while matches!(at(e), Some(Class::Space | Class::Newline)) {
-                    if at(e) == Some(Class::Newline) {
-                        last_newline = Some(e);
-                    }
-                    e += 1;
-                }
-                i = match last_newline {
-                    Some(nl) => nl + 1,
-                    None if e >= chars.len() || e - i == 1 => e.max(i + 1),
-                    // Leave the last space to the next word.
-                    None => e - 1,
-                };
-                cost += 1.0;
-            }
-        }
-    }
-    (cost.round() as u64).max(1)
-}
-
-/// `'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`, `'d` after a word (any case) belong to it.
-fn contraction_len(chars: &[char], k: usize) -> usize {
-    if chars.get(k) != Some(&'\'') {
-        return 0;
-    }
-    let lower = |j: usize| chars.get(k + j).map(|c| c.to_ascii_lowercase());
-    match (lower(1), lower(2)) {
-        (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l')) => 3,
-        (Some('s' | 't' | 'm' | 'd'), _) => 2,
-        _ => 0,
-    }
-}
-
-fn punct_cost(ascii_run: usize) -> f64 {
-    match ascii_run {
-        0 => 0.0,
-        1..=3 => 1.0,
-        n => 1.0 + 0.45 * (n - 3) as f64,
-    }
-}
-
-fn word_cost(word: &[char], prefix: Option<char>, foreign_text: bool) -> f64 {
-    let n = word.len();
-    if n == 0 {
-        return 0.0;
-    }
-    let cjk_chars = word.iter().filter(|c| cjk_price(**c).is_some()).count();
-    if cjk_chars > 0 {
-        // Mixed runs: CJK characters at their price, the rest like foreign letters.
-        let cjk_part: f64 = word.iter().filter_map(|c| cjk_price(*c)).sum();
-        let rest = (n - cjk_chars) as f64 * 0.35;
-        let punct_prefix = if prefix.is_some_and(|p| p != ' ') { 0.5 } else { 0.0 };
-        return 0.5 + cjk_part + rest + punct_prefix;
-    }
-    let nf = n as f64;
-    let upper = word.iter().filter(|c| c.is_uppercase()).count();
-    let non_latin = word.iter().any(|c| !c.is_ascii() && !is_accented_latin(*c) && !is_mark(*c));
-    let foreign = foreign_text || non_latin || word.iter().any(|c| is_accented_latin(*c));
-    let mut cost = if upper == n && n > 2 {
-        // ALL CAPS: about a token per 3 letters.
-        0.9 + 0.17 * nf
-    } else if foreign {
-        1.0 + 0.13 * (nf - 4.0).max(0.0) + if upper > 0 { 0.15 } else { 0.0 }
-    } else {
-        1.0 + 0.04 * (nf - 6.0).max(0.0) + if upper > 0 { 0.05 } else { 0.0 }
-    };
-    cost += 0.3 * (nf - 13.0).max(0.0);
-    match prefix {
-        // Line starts, after brackets: slightly rarer forms.
-        None if n >= 3 => cost += 0.03 * nf.min(12.0),
-        // `_name`, `.field`, `/path`: much rarer forms than ` word`.
-        Some(p) if p != ' ' => cost += 0.05 + 0.08 * (nf - 1.0).min(12.0),
-        _ => {}
-    }
-    cost
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use crate::dialect::classify;
+    use crate::tokens::estimate_tokens;
+    use base64::Engine as _;
+    use serde_json::json;
 
     fn rule(op: &str, model: &str) -> SynthRule {
         SynthRule {
@@ -1163,10 +472,13 @@ mod tests {
         assert_eq!(v["model"], "my-gpt4o");
         let v = synth(&rules, "/openai/deployments/other/chat/completions", json!({"messages": []}));
         assert!(v.is_none());
-        // A model in the body wins.
-        let v = synth(&rules, "/openai/deployments/x/chat/completions", json!({"model": "my-gpt-5", "messages": []}))
-            .unwrap();
-        assert_eq!(v["model"], "my-gpt-5");
+        // The path's model wins over the body's, as in the key.
+        let v =
+            synth(&rules, "/openai/deployments/my-gpt-x/chat/completions", json!({"model": "gpt-5", "messages": []}))
+                .unwrap();
+        assert_eq!(v["model"], "my-gpt-x");
+        assert!(synth(&rules, "/openai/deployments/x/chat/completions", json!({"model": "my-gpt", "messages": []}))
+            .is_none());
         let v = synth(&rules, "/openai/deployments/emb-large/embeddings", json!({"input": "a"})).unwrap();
         assert_eq!(v["model"], "emb-large");
     }
@@ -1283,10 +595,11 @@ mod tests {
         assert_eq!(ask("/v1/chat/completions", "gpt-5"), None);
         assert_eq!(ask("/v1/messages", "gpt-4o").as_deref(), Some("claude"));
         assert!(synth(&rules, "/v1/embeddings", json!({"model": "gpt-4o", "input": "a"})).is_none());
-        let g = Glob::new("a*b*c");
+        let g = WildMatch::new("a*b*c");
         assert!(g.matches("abc") && g.matches("aXbYc") && g.matches("abbc"));
-        assert!(!g.matches("ac") && !g.matches("abca") && !Glob::new("a*a").matches("a"));
-        assert!(Glob::new("*").matches("") && Glob::new("**").matches("x") && !Glob::new("exact").matches("exact2"));
+        assert!(!g.matches("ac") && !g.matches("abca") && !WildMatch::new("a*a").matches("a"));
+        assert!(WildMatch::new("*").matches("") && WildMatch::new("**").matches("x"));
+        assert!(!WildMatch::new("exact").matches("exact2"));
         assert!(Synthesizer::compile(&[]).unwrap().is_empty());
         assert!(!Synthesizer::compile(&rules).unwrap().is_empty());
     }
@@ -1340,40 +653,5 @@ mod tests {
                 assert!(v.is_some(), "{path} {body}");
             }
         }
-    }
-
-    #[test]
-    fn token_estimates_are_sane() {
-        assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("a"), 1);
-        assert_eq!(estimate_tokens("The quick brown fox jumps over the lazy dog."), 10);
-        assert!((4..=5).contains(&estimate_tokens("Hello, world!")));
-        let long = "word ".repeat(1000);
-        assert!((900..=1100).contains(&estimate_tokens(&long)));
-        assert!((3..=8).contains(&estimate_tokens("你好，世界")));
-        assert!(estimate_tokens("12, 345, 6789") >= 7);
-        // Odd input: only whitespace, only marks, lone surrogates can't occur in &str.
-        assert_eq!(estimate_tokens("   "), 1);
-        assert!(estimate_tokens("\u{301}\u{301}") >= 1);
-        assert!(estimate_tokens("🙂🙂🙂") >= 3);
-    }
-
-    /// Writes estimates for a benchmark sample: `UNDERSTUDY_TOKEN_SAMPLE=bench/tokens/sample.jsonl` (lines of
-    /// `{"id", "text"}`) writes `{"<id>": estimate, ...}` to `$UNDERSTUDY_TOKEN_ESTIMATES`, default
-    /// `<sample>.estimates.json`. Does nothing without the variable. See `bench/tokens/run.sh`.
-    #[test]
-    fn token_sample_estimates() {
-        let Ok(sample) = std::env::var("UNDERSTUDY_TOKEN_SAMPLE") else {
-            return;
-        };
-        let out = std::env::var("UNDERSTUDY_TOKEN_ESTIMATES").unwrap_or_else(|_| format!("{sample}.estimates.json"));
-        let text = std::fs::read_to_string(&sample).unwrap();
-        let mut estimates = Map::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let item: Value = serde_json::from_str(line).unwrap();
-            let id = item["id"].to_string();
-            estimates.insert(id, json!(estimate_tokens(item["text"].as_str().unwrap())));
-        }
-        std::fs::write(&out, serde_json::to_string_pretty(&Value::Object(estimates)).unwrap()).unwrap();
     }
 }

@@ -10,7 +10,7 @@
 //! | `uuid` | a random UUID v4 |
 //! | `now`, `now_ms` | Unix time in seconds / milliseconds (numbers) |
 //! | `now_iso` | RFC 3339 UTC time, e.g. `2026-11-29T13:00:00Z` |
-//! | `request.model` | the request's model (the deployment for Azure paths) |
+//! | `request.model` | the request's model: the path's (Azure deployment, ...) else the body's `model` |
 //! | `request:/json/pointer` | that value of the request body (any JSON type) |
 //! | `random:a\|b\|c` | one of the options, by the asset's seeded generator |
 //! | `random_int:LO:HI` | an integer in `LO..=HI`, seeded likewise |
@@ -18,7 +18,7 @@
 
 use serde_json::{Number, Value};
 
-use crate::dialect::Operation;
+use crate::dialect::Route;
 
 /// SplitMix64: tiny, fast, good enough for ids and seeded choices (never for secrets).
 #[derive(Debug, Clone)]
@@ -83,12 +83,10 @@ pub struct Template(Vec<Segment>);
 
 /// Per-hit inputs for expansion.
 pub struct Context<'a> {
-    /// The asset's operation (for `id`).
-    pub operation: Operation,
+    /// The request's route (for `id` and `request.model`).
+    pub route: &'a Route,
     /// The parsed request body.
     pub request: &'a Value,
-    /// The Azure deployment, if any (for `request.model`).
-    pub deployment: Option<&'a str>,
     /// Unix time in nanoseconds.
     pub now_nanos: u64,
     /// Source of fresh ids: seeded from time, so ids differ across hits and restarts.
@@ -196,17 +194,13 @@ fn parse_expr(e: &str) -> Result<Expr, String> {
 
 fn eval(e: &Expr, ctx: &mut Context) -> Value {
     match e {
-        Expr::Id => Value::String(fresh_id(ctx.operation, ctx.ids)),
+        Expr::Id => Value::String(ctx.route.operation.dialect().fresh_id(ctx.route.operation, ctx.ids)),
         Expr::IdPrefix(p) => Value::String(format!("{p}{}", ctx.ids.base62(24))),
         Expr::Uuid => Value::String(uuid_v4(ctx.ids)),
         Expr::Now => Value::Number(Number::from(ctx.now_nanos / 1_000_000_000)),
         Expr::NowMs => Value::Number(Number::from(ctx.now_nanos / 1_000_000)),
         Expr::NowIso => Value::String(iso8601(ctx.now_nanos / 1_000_000_000)),
-        Expr::RequestModel => match (ctx.request.get("model"), ctx.deployment) {
-            (Some(m), _) => m.clone(),
-            (None, Some(d)) => Value::String(d.to_string()),
-            (None, None) => Value::Null,
-        },
+        Expr::RequestModel => ctx.route.model_of(ctx.request).map_or(Value::Null, |m| Value::String(m.to_string())),
         Expr::RequestPointer(p) => ctx.request.pointer(p).cloned().unwrap_or(Value::Null),
         Expr::Random(opts) => {
             let i = ctx.choices.below(opts.len() as u64) as usize;
@@ -218,20 +212,6 @@ fn eval(e: &Expr, ctx: &mut Context) -> Value {
             Value::Number(Number::from(v))
         }
         Expr::Literal(s) => Value::String(s.clone()),
-    }
-}
-
-/// A fresh response id in the operation's own format.
-pub fn fresh_id(op: Operation, rng: &mut Rng) -> String {
-    match op {
-        Operation::ChatCompletions => format!("chatcmpl-{}", rng.base62(29)),
-        Operation::Completions => format!("cmpl-{}", rng.base62(29)),
-        Operation::Responses => {
-            let hex: String = (0..48).map(|_| char::from_digit(rng.below(16) as u32, 16).unwrap_or('0')).collect();
-            format!("resp_{hex}")
-        }
-        Operation::Messages => format!("msg_01{}", rng.base62(22)),
-        Operation::Embeddings => format!("emb-{}", rng.base62(24)),
     }
 }
 
@@ -304,15 +284,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    static CHAT: std::sync::LazyLock<Route> =
+        std::sync::LazyLock::new(|| Route::of(crate::dialect::Operation::ChatCompletions));
+
     fn ctx<'a>(req: &'a Value, ids: &'a mut Rng, choices: &'a mut Rng) -> Context<'a> {
-        Context {
-            operation: Operation::ChatCompletions,
-            request: req,
-            deployment: None,
-            now_nanos: 1_764_403_200_123_456_789,
-            ids,
-            choices,
-        }
+        Context { route: &CHAT, request: req, now_nanos: 1_764_403_200_123_456_789, ids, choices }
     }
 
     #[test]

@@ -203,7 +203,7 @@ fn golden_cases_load_as_bundles_and_hit() {
         let key = compute(&c);
         let norm = serde_json::to_string(&c.normalization.clone().unwrap_or_default()).unwrap();
         let config = format!(
-            r#"{{"on_miss":"error","normalization":{norm},"bundle":{{"format":{fmt},"assets":[{{"key":{key},"source":"golden/keys.json","name":{name},"request":{{"method":{method},"path":{path},"body":{body}}},"response":{{"body":{{"case":{name}}}}}}}]}}}}"#,
+            r#"{{"on_miss":"error","normalization":{norm},"bundle":{{"format":{fmt},"assets":[{{"key":{key},"source":"golden/keys.json","asset":{{"name":{name},"request":{{"method":{method},"path":{path},"body":{body}}},"response":{{"body":{{"case":{name}}}}}}}}}]}}}}"#,
             fmt = serde_json::to_string(BUNDLE_FORMAT).unwrap(),
             key = serde_json::to_string(&key).unwrap(),
             name = serde_json::to_string(&c.name).unwrap(),

@@ -8,8 +8,8 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 use understudy_matcher::{
-    classify, Asset, AssetSet, ConfigError, Decision, LocalResponse, NormalizationConfig, Normalizer, Operation,
-    Outcome, RequestError, Route, Runtime, ScrubberConfig, BUNDLE_FORMAT,
+    classify, Asset, ConfigError, Decision, LocalResponse, NormalizationConfig, Normalizer, Operation, Outcome,
+    RequestError, Route, Runtime, ScrubberConfig, Store, BUNDLE_FORMAT,
 };
 
 const CHAT: &str = "/v1/chat/completions";
@@ -455,9 +455,9 @@ fn bad_plugin_config_names_the_field() {
         (format!(r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[],"extra":1}}}}"#), &["bundle.extra:"]),
         (
             format!(
-                r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"s","request":{{"path":"/v1/embeddings","body":{{}},"headers":{{}}}},"response":{{"body":{{}}}}}}]}}}}"#
+                r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"s","asset":{{"request":{{"path":"/v1/embeddings","body":{{}},"headers":{{}}}},"response":{{"body":{{}}}}}}}}]}}}}"#
             ),
-            &["bundle.assets[0].request.headers:"],
+            &["bundle.assets[0].asset.request.headers:"],
         ),
         (format!(r#"{{"bundle":{empty}}} trailing"#), &["plugin configuration"]),
         ("not json".to_string(), &["plugin configuration"]),
@@ -489,7 +489,7 @@ fn invalid_assets_in_a_bundle_name_the_asset() {
     ];
     for (path, response, needles) in cases {
         let text = format!(
-            r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"f.json#0","request":{{"path":"{path}","body":{{"model":"m"}}}},"response":{response}}}]}}}}"#
+            r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"f.json#0","asset":{{"request":{{"path":"{path}","body":{{"model":"m"}}}},"response":{response}}}}}]}}}}"#
         );
         let e = Runtime::from_json(&text).unwrap_err();
         assert!(matches!(e, ConfigError::Asset { .. }), "{e:?}");
@@ -524,7 +524,7 @@ fn config_json(on_miss: &str, normalization: &str, assets: &[A<'_>]) -> String {
         .map(|(i, x)| {
             let k = key_with(&cfg, x.path, x.body);
             format!(
-                r#"{{"key":"{k}","source":"assets/t.json#{i}","name":{name},"request":{{"method":"POST","path":{path},"body":{body}}},"response":{response}}}"#,
+                r#"{{"key":"{k}","source":"assets/t.json#{i}","asset":{{"name":{name},"request":{{"method":"POST","path":{path},"body":{body}}},"response":{response}}}}}"#,
                 name = serde_json::to_string(x.name).unwrap(),
                 path = serde_json::to_string(x.path).unwrap(),
                 body = x.body,
@@ -775,7 +775,7 @@ fn moderately_deep_bodies_still_work() {
 fn deeply_nested_config_is_an_error_not_a_crash() {
     let nested = String::from_utf8(deep(10_000, "[", "]")).unwrap();
     let text = format!(
-        r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"s","request":{{"path":"/v1/embeddings","body":{{"input":{nested}}}}},"response":{{"body":{{}}}}}}]}}}}"#
+        r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[{{"key":"k","source":"s","asset":{{"request":{{"path":"/v1/embeddings","body":{{"input":{nested}}}}},"response":{{"body":{{}}}}}}}}]}}}}"#
     );
     let e = Runtime::from_json(&text).unwrap_err();
     assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
@@ -936,9 +936,9 @@ fn identical_duplicates_are_recorded_not_errors() {
     .unwrap();
     assert_eq!(rt.asset_count(), 1);
 
-    // The shared AssetSet records which copies were skipped.
+    // The shared Store records which copies were skipped.
     let n = Normalizer::compile(&NormalizationConfig::default()).unwrap();
-    let mut set = AssetSet::default();
+    let mut set = Store::default();
     let mk = |body: &str, name: &str| -> Asset {
         serde_json::from_value(json!({
             "name": name,

@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;
 use understudy_matcher::canonical::{canonical_number, to_canonical};
-use understudy_matcher::normalize::{ALWAYS_IGNORED, EMBEDDINGS_IGNORED};
+use understudy_matcher::dialect::openai::{ALWAYS_IGNORED, EMBEDDINGS_IGNORED};
 use understudy_matcher::{classify, NormalizationConfig, Normalizer, Operation, Route, ScrubberConfig};
 
 const PATHS: &[&str] = &[

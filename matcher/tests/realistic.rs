@@ -19,14 +19,12 @@ fn runtime(assets: Vec<Value>, extra: Value) -> Runtime {
     let bundled: Vec<Value> = assets
         .into_iter()
         .enumerate()
-        .map(|(i, mut a)| {
+        .map(|(i, a)| {
             let k = key(a["request"]["path"].as_str().unwrap(), &a["request"]["body"]);
-            a["key"] = json!(k);
-            a["source"] = json!(format!("t.json#{i}"));
-            a
+            json!({"key": k, "source": format!("t.json#{i}"), "asset": a})
         })
         .collect();
-    let mut cfg = json!({"bundle": {"format": "understudy.bundle/v1", "assets": bundled}});
+    let mut cfg = json!({"bundle": {"format": understudy_matcher::BUNDLE_FORMAT, "assets": bundled}});
     for (k, v) in extra.as_object().unwrap() {
         cfg[k] = v.clone();
     }
@@ -168,10 +166,10 @@ fn placeholders_are_expanded_per_hit_and_bad_ones_fail_the_load() {
 
     let mut bad = chat_body("x", "{{nope}}");
     bad["id"] = json!("x");
-    let asset = json!({"request": {"path": CHAT, "body": chat_req("ping")}, "response": {"body": bad},
+    let asset = json!({"asset": {"request": {"path": CHAT, "body": chat_req("ping")}, "response": {"body": bad}},
                        "key": key(CHAT, &chat_req("ping")), "source": "bad.json#0"});
-    let err = Runtime::from_json(&json!({"bundle": {"format": "understudy.bundle/v1", "assets": [asset]}}).to_string())
-        .unwrap_err();
+    let cfg = json!({"bundle": {"format": understudy_matcher::BUNDLE_FORMAT, "assets": [asset]}});
+    let err = Runtime::from_json(&cfg.to_string()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("bad.json#0") && msg.contains("/choices/0/message/content") && msg.contains("nope"), "{msg}");
 }
@@ -272,7 +270,7 @@ fn a_sealed_bundle_that_was_edited_fails_the_load() {
     let req = chat_req("sealed");
     let asset: understudy_matcher::BundledAsset = serde_json::from_value(json!({
         "key": key(CHAT, &req), "source": "s.json#0",
-        "request": {"path": CHAT, "body": req}, "response": {"body": chat_body("chatcmpl-1", "original")}
+        "asset": {"request": {"path": CHAT, "body": req}, "response": {"body": chat_body("chatcmpl-1", "original")}}
     }))
     .unwrap();
     let bundle = understudy_matcher::Bundle::sealed(vec![asset]);
@@ -280,7 +278,7 @@ fn a_sealed_bundle_that_was_edited_fails_the_load() {
     assert!(Runtime::from_json(&ok.to_string()).is_ok());
     // Change only the response (the key still matches): the content hash catches it.
     let mut tampered = ok.clone();
-    tampered["bundle"]["assets"][0]["response"]["body"]["choices"][0]["message"]["content"] = json!("forged");
+    tampered["bundle"]["assets"][0]["asset"]["response"]["body"]["choices"][0]["message"]["content"] = json!("forged");
     let err = Runtime::from_json(&tampered.to_string()).unwrap_err().to_string();
     assert!(err.starts_with("bundle.sha256:"), "{err}");
     // The filter's loader refuses an unsealed bundle, so deleting the hash doesn't disable the check.

@@ -277,7 +277,7 @@ BAD_CONFIGS: dict[str, tuple[Callable[[str], str], str]] = {
                       "invalid plugin configuration: plugin configuration: on_mis: unknown field `on_mis`"),
     "bad-on-miss": (edit_json(lambda pc: pc.update(on_miss="sometimes")),
                     "invalid plugin configuration: plugin configuration: on_miss: unknown variant `sometimes`"),
-    "edited-response": (edit_json(set_first(["response", "body", "id"], "chatcmpl-forged")),
+    "edited-response": (edit_json(set_first(["asset", "response", "body", "id"], "chatcmpl-forged")),
                         "invalid plugin configuration: bundle.sha256: the assets do not match"),
     # Deleting the content hash does not switch the check off: the filter loads sealed bundles only.
     "wrong-key-unsealed": (edit_json(drop_sha_and(set_first(["key"], "f" * 64))),
@@ -330,7 +330,7 @@ def test_bad_plugin_configuration_refuses_to_start(request, tmp_path, good_boots
 def test_unsealed_edited_bundle_is_refused(tmp_path, good_bootstrap):
     boot = copy.deepcopy(good_bootstrap)
     listener = boot["static_resources"]["listeners"][0]
-    edit_plugin_config(listener, edit_json(drop_sha_and(set_first(["response", "body", "id"], "chatcmpl-forged"))))
+    edit_plugin_config(listener, edit_json(drop_sha_and(set_first(["asset", "response", "body", "id"], "chatcmpl-forged"))))
     cfg = tmp_path / "bootstrap.json"
     cfg.write_text(json.dumps(boot))
     r = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(cfg), "--disable-hot-restart",

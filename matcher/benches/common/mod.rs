@@ -348,7 +348,7 @@ fn bundled(normalizer: &Normalizer, source: String, asset: Asset) -> Result<Bund
     let mut v = asset.request.body.clone();
     normalizer.normalize(&route, &mut v).map_err(|e| format!("{source}: {e}"))?;
     let key = Normalizer::key_of_normalized(route.operation, &v);
-    Ok(BundledAsset::new(key, source, asset))
+    Ok(BundledAsset { key, source, asset })
 }
 
 /// `hits` (request body, name) first, then fillers up to `total` assets.

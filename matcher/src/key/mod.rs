@@ -1,8 +1,13 @@
 //! Request normalization and the matching key.
 //!
 //! A key is `SHA-256("understudy-key/v1\n" + operation + "\n" + canonical_json(normalized_body))`, hex encoded.
-//! Normalization removes the fields that never change a model's answer, the configured JSON Pointers, and
-//! rewrites string values with the configured scrubbers. Headers are never part of a key.
+//! Normalization sets the path's model as the body's `model` (Azure's deployment, ...), removes the top-level
+//! fields the operation's API module says never change an answer ([`crate::dialect`]), the configured JSON
+//! Pointers, and rewrites string values with the configured scrubbers. Headers are never part of a key.
+
+mod diff;
+
+pub use diff::{difference_count, first_difference};
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -11,13 +16,6 @@ use serde_json::Value;
 use crate::canonical::{write_canonical, write_canonical_object_with, HashSink, Sink};
 use crate::dialect::{Operation, Route};
 use crate::error::ConfigError;
-
-/// Top-level request fields that don't change the model's answer, for every operation.
-pub const ALWAYS_IGNORED: &[&str] =
-    &["stream", "stream_options", "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"];
-
-/// Also ignored for embeddings: the filter converts between float and base64 itself.
-pub const EMBEDDINGS_IGNORED: &[&str] = &["encoding_format"];
 
 const KEY_DOMAIN: &str = "understudy-key/v1";
 
@@ -87,18 +85,11 @@ impl Normalizer {
     /// Normalizes a parsed request body in place for `route`.
     pub fn normalize(&self, route: &Route, body: &mut Value) -> Result<(), crate::RequestError> {
         let obj = body.as_object_mut().ok_or(crate::RequestError::NotAnObject)?;
-        if let Some(dep) = &route.deployment {
-            // Azure: the deployment in the path is the model.
-            obj.insert("model".to_string(), Value::String(dep.clone()));
+        if let Some(model) = &route.model {
+            obj.insert("model".to_string(), Value::String(model.clone()));
         }
-        for f in ALWAYS_IGNORED {
-            obj.remove(*f);
-        }
-        if route.operation == Operation::Embeddings {
-            for f in EMBEDDINGS_IGNORED {
-                obj.remove(*f);
-            }
-        }
+        let dialect = route.operation.dialect();
+        obj.retain(|k, _| !dialect.ignored(route.operation, k));
         for segs in &self.ignore {
             remove_pointer(body, segs);
         }
@@ -164,12 +155,11 @@ impl Normalizer {
             self.normalize(route, &mut v)?;
             return Ok(Self::key_of_normalized(route.operation, &v));
         }
-        let embeddings = route.operation == Operation::Embeddings;
-        let skip = |k: &str| ALWAYS_IGNORED.contains(&k) || (embeddings && EMBEDDINGS_IGNORED.contains(&k));
+        let dialect = route.operation.dialect();
+        let skip = |k: &str| dialect.ignored(route.operation, k);
         let mut sink = HashSink::default();
         Self::header(route.operation, &mut sink);
-        // Azure: the deployment in the path is the model.
-        let set = route.deployment.as_deref().map(|d| ("model", d));
+        let set = route.model.as_deref().map(|m| ("model", m));
         write_canonical_object_with(obj, skip, set, &mut sink);
         Ok(hex(&sink.finish()))
     }
@@ -186,9 +176,9 @@ impl Normalizer {
         let obj = request.as_object().ok_or(crate::RequestError::NotAnObject)?;
         let mut out = CappedString { text: String::with_capacity(512), cap, over: false };
         if self.is_plain() {
-            let embeddings = route.operation == Operation::Embeddings;
-            let skip = |k: &str| ALWAYS_IGNORED.contains(&k) || (embeddings && EMBEDDINGS_IGNORED.contains(&k));
-            let set = route.deployment.as_deref().map(|d| ("model", d));
+            let dialect = route.operation.dialect();
+            let skip = |k: &str| dialect.ignored(route.operation, k);
+            let set = route.model.as_deref().map(|m| ("model", m));
             write_canonical_object_with(obj, skip, set, &mut out);
         } else {
             let mut v = request.clone();
@@ -196,6 +186,13 @@ impl Normalizer {
             write_canonical(&v, &mut out);
         }
         Ok(if out.over { None } else { Some(out.text) })
+    }
+
+    /// The first `cap` bytes (about: whole pieces) of a value's canonical text, never more.
+    pub fn canonical_prefix(v: &Value, cap: usize) -> String {
+        let mut out = CappedString { text: String::new(), cap, over: false };
+        write_canonical(v, &mut out);
+        out.text
     }
 
     /// The key of a normalized body given as canonical text (see [`Normalizer::canonical_of_request`]).
@@ -297,97 +294,4 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s.push(digit(b & 15));
     }
     s
-}
-
-/// Equal as exact decimals (`1` and `1.0` are the same number), as keys compare them.
-fn same_number(p: &serde_json::Number, q: &serde_json::Number) -> bool {
-    crate::canonical::canonical_number(&p.to_string()) == crate::canonical::canonical_number(&q.to_string())
-}
-
-/// The JSON Pointer of the first place where two normalized values differ, in canonical order.
-pub fn first_difference(a: &Value, b: &Value) -> Option<String> {
-    fn walk(a: &Value, b: &Value, path: &mut String) -> bool {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-                keys.sort_unstable_by(|p, q| p.as_bytes().cmp(q.as_bytes()));
-                keys.dedup();
-                for k in keys {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                    match (x.get(k), y.get(k)) {
-                        (Some(p), Some(q)) => {
-                            if walk(p, q, path) {
-                                return true;
-                            }
-                        }
-                        _ => return true,
-                    }
-                    path.truncate(len);
-                }
-                false
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                for i in 0..x.len().max(y.len()) {
-                    let len = path.len();
-                    path.push('/');
-                    path.push_str(&i.to_string());
-                    match (x.get(i), y.get(i)) {
-                        (Some(p), Some(q)) => {
-                            if walk(p, q, path) {
-                                return true;
-                            }
-                        }
-                        _ => return true,
-                    }
-                    path.truncate(len);
-                }
-                false
-            }
-            (Value::Number(p), Value::Number(q)) => !same_number(p, q),
-            _ => a != b,
-        }
-    }
-    let mut path = String::new();
-    walk(a, b, &mut path).then_some(path)
-}
-
-/// How many leaves differ between two values, stopping early at `cap`. Used to rank the closest asset.
-pub fn difference_count(a: &Value, b: &Value, cap: usize) -> usize {
-    fn walk(a: &Value, b: &Value, n: &mut usize, cap: usize) {
-        if *n >= cap {
-            return;
-        }
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                for (k, p) in x {
-                    match y.get(k) {
-                        Some(q) => walk(p, q, n, cap),
-                        None => *n += 1,
-                    }
-                }
-                *n += y.keys().filter(|k| !x.contains_key(*k)).count();
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                for (p, q) in x.iter().zip(y) {
-                    walk(p, q, n, cap);
-                }
-                *n += x.len().abs_diff(y.len());
-            }
-            (Value::Number(p), Value::Number(q)) => {
-                if !same_number(p, q) {
-                    *n += 1;
-                }
-            }
-            _ => {
-                if a != b {
-                    *n += 1
-                }
-            }
-        }
-    }
-    let mut n = 0;
-    walk(a, b, &mut n, cap);
-    n.min(cap)
 }

@@ -4,29 +4,46 @@
 //! `{"name"?, "request": {"method"?, "path", "body"}, "response": {"status"?, "headers"?, "body" | "body_text" | "error"}}`.
 //! Optional: `"responses": [...]` instead of `"response"` with `"sequence"` (`repeat_last`, `cycle`, `random`)
 //! and `"seed"`; `"refresh": false` to replay ids and timestamps byte-exact; `"latency"`.
+//!
+//! One model describes an asset everywhere: [`AssetOf`], whose answers are typed ([`Asset`]) when a file
+//! is read or a bundle is built, and left as JSON text ([`RawAsset`]) when the filter loads a sealed
+//! bundle and compiles each answer on first use. [`validate`] checks both the same way.
+
+mod bundle;
+
+pub(crate) use bundle::{check_format, hash_mismatch, ContentHasher, RawBundle};
+pub use bundle::{Bundle, BundleOf, BundledAsset, BundledOf, BUNDLE_FORMAT};
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::dialect::{classify, Route};
 use crate::error::ConfigError;
 
-/// One asset as written in an asset file.
+/// An asset as written in an asset file.
+pub type Asset = AssetOf<AssetResponse, Vec<AssetResponse>>;
+
+/// An asset whose answers are still JSON text (`R`/`L` borrowed from a bundle): compiled on first use.
+pub type RawAsset<'a> = AssetOf<&'a RawValue, &'a RawValue>;
+
+/// One asset; `R` is how an answer is held, `L` how a list of them is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Asset {
+pub struct AssetOf<R, L> {
     /// Optional human label, shown in miss diagnostics and `x-understudy-asset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The request, as a client sends it.
     pub request: AssetRequest,
     /// The virtual response (or use `responses`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<AssetResponse>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub response: Option<R>,
     /// Several responses, served per `sequence`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub responses: Option<Vec<AssetResponse>>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub responses: Option<L>,
     /// How `responses` are served; default `repeat_last`.
     #[serde(default, skip_serializing_if = "Sequence::is_default")]
     pub sequence: Sequence,
@@ -74,6 +91,21 @@ pub struct Latency {
 
 pub(crate) fn yes() -> bool {
     true
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// The most an asset or rule may delay its answer to the first token, in milliseconds.
+pub const MAX_TTFT_MS: u64 = 600_000;
+
+/// Checks latency bounds (assets and `synthesize` rules alike).
+pub(crate) fn check_latency(l: &Latency) -> Result<(), String> {
+    if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > MAX_TTFT_MS {
+        return Err(format!("ttft_ms must be at most {MAX_TTFT_MS} and per_token_ms a non-negative number"));
+    }
+    Ok(())
 }
 
 fn is_true(b: &bool) -> bool {
@@ -160,170 +192,6 @@ fn default_method() -> String {
     "POST".to_string()
 }
 
-/// Version tag of the bundle format.
-pub const BUNDLE_FORMAT: &str = "understudy.bundle/v1";
-
-/// What `understudy bundle` writes and the filter loads: validated assets with their keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bundle {
-    /// Always [`BUNDLE_FORMAT`].
-    pub format: String,
-    /// SHA-256 of the canonical JSON of `assets`, written by `understudy bundle` and verified by the filter,
-    /// so a bundle edited or truncated after it was validated fails the load instead of serving.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sha256: Option<String>,
-    /// The assets, in a stable order.
-    pub assets: Vec<BundledAsset>,
-}
-
-impl Bundle {
-    /// A sealed bundle: `assets` plus their content hash.
-    pub fn sealed(assets: Vec<BundledAsset>) -> Self {
-        let mut b = Bundle { format: BUNDLE_FORMAT.to_string(), sha256: None, assets };
-        b.sha256 = Some(b.content_hash());
-        b
-    }
-
-    /// SHA-256 (hex) of the canonical JSON of the assets.
-    pub fn content_hash(&self) -> String {
-        let mut h = ContentHasher::default();
-        self.assets.iter().for_each(|a| h.add(a));
-        h.finish()
-    }
-
-    /// Checks the stored content hash, if any.
-    pub fn verify(&self) -> Result<(), ConfigError> {
-        match &self.sha256 {
-            Some(stored) => {
-                let computed = self.content_hash();
-                if *stored == computed {
-                    Ok(())
-                } else {
-                    Err(hash_mismatch(stored, &computed))
-                }
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-pub(crate) fn hash_mismatch(stored: &str, computed: &str) -> ConfigError {
-    ConfigError::invalid(
-        "bundle.sha256",
-        format!(
-            "the assets do not match the bundle's content hash {stored} (computed {computed}): the bundle was \
-             changed after `understudy bundle` validated it; rebuild it"
-        ),
-    )
-}
-
-/// Computes [`Bundle::content_hash`] one asset at a time, so a huge bundle is never held twice in memory:
-/// the digest is that of the canonical JSON array `[a0,a1,...]`.
-#[derive(Default)]
-pub(crate) struct ContentHasher {
-    sink: crate::canonical::HashSink,
-    count: usize,
-}
-
-impl ContentHasher {
-    pub(crate) fn add(&mut self, asset: &BundledAsset) {
-        self.add_value(&serde_json::to_value(asset).unwrap_or(Value::Null));
-    }
-
-    /// Adds an asset as parsed JSON. For a bundle written by `understudy bundle` this equals [`Self::add`] of
-    /// the typed asset; a bundle edited by hand afterwards (even to spell out a default) no longer verifies.
-    pub(crate) fn add_value(&mut self, v: &Value) {
-        use crate::canonical::Sink;
-        self.sink.put(if self.count == 0 { "[" } else { "," });
-        crate::canonical::write_canonical(v, &mut self.sink);
-        self.count += 1;
-    }
-
-    pub(crate) fn finish(mut self) -> String {
-        use crate::canonical::Sink;
-        self.sink.put(if self.count == 0 { "[]" } else { "]" });
-        crate::normalize::hex(&self.sink.finish())
-    }
-}
-
-/// A bundle whose assets are still raw JSON slices of the configuration text: the filter parses, checks and
-/// compiles them one at a time, so loading needs memory for the text and the compiled store only.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawBundle<'a> {
-    pub(crate) format: String,
-    #[serde(default)]
-    pub(crate) sha256: Option<String>,
-    #[serde(borrow)]
-    pub(crate) assets: Vec<&'a serde_json::value::RawValue>,
-}
-
-/// An asset inside a bundle: the asset plus where it came from and the key the bundler computed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BundledAsset {
-    /// Key computed by the bundler; the filter recomputes and compares it.
-    pub key: String,
-    /// `file#index` it came from.
-    pub source: String,
-    /// Optional label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The request.
-    pub request: AssetRequest,
-    /// See [`Asset::response`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<AssetResponse>,
-    /// See [`Asset::responses`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub responses: Option<Vec<AssetResponse>>,
-    /// See [`Asset::sequence`].
-    #[serde(default, skip_serializing_if = "Sequence::is_default")]
-    pub sequence: Sequence,
-    /// See [`Asset::seed`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// See [`Asset::refresh`].
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub refresh: bool,
-    /// See [`Asset::latency`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency: Option<Latency>,
-}
-
-impl BundledAsset {
-    /// Bundles `asset` under its computed key and source label.
-    pub fn new(key: String, source: String, a: Asset) -> Self {
-        BundledAsset {
-            key,
-            source,
-            name: a.name,
-            request: a.request,
-            response: a.response,
-            responses: a.responses,
-            sequence: a.sequence,
-            seed: a.seed,
-            refresh: a.refresh,
-            latency: a.latency,
-        }
-    }
-
-    /// The asset without bundle bookkeeping, by value.
-    pub fn into_asset(self) -> Asset {
-        Asset {
-            name: self.name,
-            request: self.request,
-            response: self.response,
-            responses: self.responses,
-            sequence: self.sequence,
-            seed: self.seed,
-            refresh: self.refresh,
-            latency: self.latency,
-        }
-    }
-}
-
 impl Asset {
     /// Its responses in order (`response` alone is a sequence of one).
     pub fn all_responses(&self) -> Vec<&AssetResponse> {
@@ -332,6 +200,24 @@ impl Asset {
             (None, Some(rs)) => rs.iter().collect(),
             (None, None) => Vec::new(),
         }
+    }
+}
+
+/// A list of answers, typed or as JSON text.
+pub trait AnswerList {
+    /// Is the list empty?
+    fn is_empty_list(&self) -> bool;
+}
+
+impl AnswerList for Vec<AssetResponse> {
+    fn is_empty_list(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl AnswerList for &RawValue {
+    fn is_empty_list(&self) -> bool {
+        self.get().trim_start().strip_prefix('[').is_some_and(|rest| rest.trim_start().starts_with(']'))
     }
 }
 
@@ -384,41 +270,41 @@ pub fn parse_asset_file(text: &str, source_name: &str) -> Result<Vec<(String, As
             let field = e.path().to_string();
             parse_err(&label, &field, e.into_inner().to_string())
         })?;
-        validate_asset(&asset, &label)?;
+        validate(&asset, &label)?;
+        let many = asset.responses.is_some();
+        for (i, r) in asset.all_responses().into_iter().enumerate() {
+            let at = if many { format!("responses[{i}]") } else { "response".to_string() };
+            validate_response(r, &at).map_err(|reason| ConfigError::Asset { asset: label.clone(), reason })?;
+        }
         out.push((label, asset));
     }
     Ok(out)
 }
 
-/// Checks the rules serde can't express. `label` names the asset in errors.
-pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
+/// The one asset validator: checks what serde can't express, the same for typed and raw assets, and returns
+/// the asset's route. `label` names the asset in errors. Answers are checked by [`validate_response`] when
+/// they are compiled (at once for typed assets, on first use for a sealed bundle's).
+pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Route, ConfigError> {
     let err = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
-    if crate::classify(&a.request.method, &a.request.path).is_none() {
+    let Some(route) = classify(&a.request.method, &a.request.path) else {
         return Err(err(format!(
             "request: {} {} is not an LLM operation Understudy virtualizes (POST .../chat/completions, .../completions, .../embeddings, .../responses, .../v1/messages)",
             a.request.method, a.request.path
         )));
-    }
+    };
     if !a.request.body.is_object() {
         return Err(err("request.body: must be a JSON object".into()));
     }
     match (&a.response, &a.responses) {
         (Some(_), Some(_)) => return Err(err("has both `response` and `responses`; keep one".into())),
         (None, None) => return Err(err("needs `response` (or `responses`, a list)".into())),
-        (None, Some(rs)) if rs.is_empty() => return Err(err("responses: the list is empty".into())),
+        (None, Some(rs)) if rs.is_empty_list() => return Err(err("responses: the list is empty".into())),
         _ => {}
     }
     if let Some(l) = &a.latency {
-        if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
-            return Err(err("latency: ttft_ms must be at most 600000 and per_token_ms a non-negative number".into()));
-        }
+        check_latency(l).map_err(|e| err(format!("latency: {e}")))?;
     }
-    let many = a.responses.is_some();
-    for (i, r) in a.all_responses().into_iter().enumerate() {
-        let at = if many { format!("responses[{i}]") } else { "response".to_string() };
-        validate_response(r, &at).map_err(&err)?;
-    }
-    Ok(())
+    Ok(route)
 }
 
 pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
@@ -441,13 +327,13 @@ pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), Strin
         if !seen.insert(name.to_ascii_lowercase()) {
             return Err(format!("{at}.headers: {name:?} appears twice (header names are case-insensitive)"));
         }
-        if crate::render::is_understudy_header(name) {
+        if crate::headers::is_understudy_header(name) {
             return Err(format!("{at}.headers.{name}: x-understudy headers are set by Understudy itself"));
         }
         if value.chars().any(|c| c.is_control() && c != '\t') {
             return Err(format!("{at}.headers.{name}: value holds control characters"));
         }
-        if crate::render::is_secret_header(name) {
+        if crate::headers::is_secret_header(name) {
             return Err(format!("{at}.headers.{name}: secret-bearing headers never belong in an asset; remove it"));
         }
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {

@@ -1,0 +1,484 @@
+//! One module per LLM API. Each owns everything Understudy knows of its API: which paths it serves and the
+//! model a path names, which body fields never count in a key, the stream grammar (rendered from a plain
+//! answer, and assembled from a recorded stream), usage, id formats, the error shape, synthesized answers
+//! and its OpenTelemetry `gen_ai.provider.name` / `gen_ai.operation.name`.
+//!
+//! The core (keys, store, runtime, synthesizer, templates) reaches an API only through the [`Dialect`]
+//! trait. Adding an API is one module here, its [`Operation`]s and one line in [`Api::dialect`] (and in
+//! [`Api::ALL`], which sets the order in which paths are tried).
+//!
+//! Which model a request is for, everywhere (keys, synthesized answers, `{{request.model}}`): the model
+//! the path names when it names one (Azure's deployment; Gemini, Vertex AI and Bedrock model ids), else
+//! the body's `model` ([`Route::model_of`]). A path model counts in the key as the body's `model`, so one
+//! asset serves OpenAI and Azure OpenAI alike.
+
+pub mod anthropic;
+pub mod openai;
+pub(crate) mod shape;
+pub(crate) mod sse;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+
+use crate::stream::{StreamError, StreamOptions};
+use crate::synth::Answer;
+use crate::template::Rng;
+
+/// The API a request speaks: whose paths matched, whose error shape and stream framing it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    /// OpenAI, Azure OpenAI and OpenAI-compatible services.
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl Api {
+    /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
+    /// rules (`.../chat/completions` under any prefix) last.
+    pub const ALL: [Api; 2] = [Api::Anthropic, Api::OpenAi];
+
+    /// The module that implements this API (the one registration per API).
+    pub(crate) fn dialect(self) -> &'static dyn Dialect {
+        match self {
+            Api::OpenAi => &openai::OpenAi,
+            Api::Anthropic => &anthropic::Anthropic,
+        }
+    }
+}
+
+/// An LLM operation Understudy virtualizes. Its [`Operation::name`] is part of every key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// OpenAI `POST .../chat/completions`
+    ChatCompletions,
+    /// OpenAI `POST .../completions` (legacy)
+    Completions,
+    /// OpenAI `POST .../embeddings`
+    Embeddings,
+    /// OpenAI `POST .../responses`
+    Responses,
+    /// Anthropic `POST .../v1/messages`
+    Messages,
+}
+
+impl Operation {
+    /// Every operation, for docs, diagnostics and rule validation.
+    pub const ALL: [Operation; 5] = [
+        Operation::ChatCompletions,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+        Operation::Messages,
+    ];
+
+    /// Stable name, part of the key's preimage: never change an existing one.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ChatCompletions => "openai.chat_completions",
+            Operation::Completions => "openai.completions",
+            Operation::Embeddings => "openai.embeddings",
+            Operation::Responses => "openai.responses",
+            Operation::Messages => "anthropic.messages",
+        }
+    }
+
+    /// The API whose module owns this operation's request and answer shapes.
+    pub fn api(self) -> Api {
+        match self {
+            Operation::ChatCompletions | Operation::Completions | Operation::Embeddings | Operation::Responses => {
+                Api::OpenAi
+            }
+            Operation::Messages => Api::Anthropic,
+        }
+    }
+
+    /// The owning module.
+    pub(crate) fn dialect(self) -> &'static dyn Dialect {
+        self.api().dialect()
+    }
+
+    /// OpenTelemetry `gen_ai.operation.name` (`chat`, `text_completion`, `embeddings`, ...).
+    pub fn otel_name(self) -> &'static str {
+        self.dialect().otel_operation(self)
+    }
+
+    /// Does this operation's answer have a streaming form?
+    pub fn streams(self) -> bool {
+        self.dialect().streams(self)
+    }
+
+    /// Is this an embeddings operation (answers are vectors, not text)?
+    pub fn embeds(self) -> bool {
+        self.dialect().embeds(self)
+    }
+
+    /// The operation named `name` (as in [`Operation::name`]).
+    pub fn from_name(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|o| o.name() == name)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How an API frames a streamed answer on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Framing {
+    /// Server-Sent Events (`text/event-stream`).
+    Sse,
+}
+
+/// A classified LLM request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The API the client speaks (error shape, stream framing).
+    pub api: Api,
+    /// The operation (key and answer shapes).
+    pub operation: Operation,
+    /// The model the path names (Azure OpenAI's deployment), which is the request's model.
+    pub model: Option<String>,
+    /// OpenTelemetry `gen_ai.provider.name` of the service the path belongs to (`openai`,
+    /// `azure.ai.openai`, `anthropic`, ...).
+    pub provider: &'static str,
+}
+
+impl Route {
+    /// A route of `operation` on its own API with no path model (what tests and tools mostly need).
+    pub fn of(operation: Operation) -> Route {
+        let api = operation.api();
+        Route { api, operation, model: None, provider: api.dialect().provider() }
+    }
+
+    /// The model this request is for: the path's model, else the body's `model` string.
+    pub fn model_of<'a>(&'a self, request: &'a Value) -> Option<&'a str> {
+        self.model.as_deref().or_else(|| request.get("model").and_then(Value::as_str))
+    }
+
+    /// The API module serving this route.
+    pub(crate) fn dialect(&self) -> &'static dyn Dialect {
+        self.api.dialect()
+    }
+}
+
+/// A request path, decoded and split once for every API's recognizer.
+///
+/// Paths are matched as a lenient upstream would route them, so no spelling of an LLM path slips past strict
+/// mode: percent-escapes (also `%2F`) are decoded, `;params`, dot segments, empty segments and stray control
+/// characters are dropped, and matching is case-insensitive (`lower`); `raw` keeps each segment's case for
+/// model names.
+#[derive(Debug)]
+pub struct PathView<'a> {
+    /// Decoded segments, case kept.
+    pub raw: Vec<String>,
+    /// The same segments, lower-cased.
+    pub lower: Vec<String>,
+    /// The query string (after `?`), undecoded.
+    pub query: &'a str,
+}
+
+impl<'a> PathView<'a> {
+    /// Splits and normalizes `path` (query string allowed).
+    pub fn new(path: &'a str) -> Self {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, q.split('#').next().unwrap_or_default()),
+            None => (path.split('#').next().unwrap_or_default(), ""),
+        };
+        let decoded: Cow<'_, str> = percent_decode_str(path).decode_utf8_lossy();
+        let mut raw: Vec<String> = Vec::new();
+        for seg in decoded.split('/') {
+            let seg = seg.split(';').next().unwrap_or_default();
+            let seg = seg.trim_matches(|c: char| c.is_control() || c.is_whitespace());
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    raw.pop();
+                }
+                s => raw.push(s.to_string()),
+            }
+        }
+        let lower = raw.iter().map(|s| s.to_ascii_lowercase()).collect();
+        PathView { raw, lower, query }
+    }
+
+    /// The lower-cased segments as `&str`s, for slice patterns.
+    pub fn segs(&self) -> Vec<&str> {
+        self.lower.iter().map(String::as_str).collect()
+    }
+}
+
+/// Classifies `method` + `path` (query string allowed). `None` means "not an LLM call": pass it through.
+///
+/// ```
+/// use understudy_matcher::{classify, Operation};
+/// let r = classify("POST", "/gateway/openai/v1/chat/completions?x=1").unwrap();
+/// assert_eq!(r.operation, Operation::ChatCompletions);
+/// let az = classify("POST", "/openai/deployments/gpt4o/embeddings?api-version=2024-10-21").unwrap();
+/// assert_eq!((az.operation, az.model.as_deref()), (Operation::Embeddings, Some("gpt4o")));
+/// assert_eq!(az.provider, "azure.ai.openai");
+/// assert!(classify("GET", "/v1/chat/completions").is_none());
+/// assert!(classify("POST", "/v1/files").is_none());
+/// ```
+pub fn classify(method: &str, path: &str) -> Option<Route> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let view = PathView::new(path);
+    Api::ALL.iter().find_map(|api| api.dialect().classify(&view))
+}
+
+/// Tokens a call used or would use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input (prompt) tokens, cached ones included.
+    pub input: u64,
+    /// Output (completion) tokens.
+    pub output: u64,
+    /// The part of `input` served from the provider's prompt cache.
+    pub cached_input: u64,
+}
+
+/// How a client wants embedding vectors encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingEncoding {
+    /// JSON arrays of numbers.
+    Float,
+    /// Base64 of little-endian f32 (what the official OpenAI Python SDK asks for).
+    Base64,
+}
+
+/// A top-level answer field rewritten on every hit (unless the asset says `"refresh": false`), so clients
+/// that dedupe by id or check timestamps behave as in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// A string id: a fresh one of the same shape.
+    Id,
+    /// A number of Unix seconds: now.
+    UnixSeconds,
+}
+
+/// What a `synthesize` rule asks of an API module for one request.
+pub(crate) struct SynthInput<'a> {
+    /// The request body.
+    pub request: &'a Value,
+    /// The request's model ([`Route::model_of`]), empty when it has none.
+    pub model: &'a str,
+    /// The rule's answer.
+    pub answer: &'a Answer,
+    /// The rule's embeddings dimension, if set.
+    pub dimensions: Option<usize>,
+    /// Unix seconds.
+    pub now_secs: u64,
+}
+
+/// Everything the core needs of one API. Methods taking an [`Operation`] are called on the operation's
+/// owning module ([`Operation::dialect`]); methods taking a [`Route`] on the module of the API the client
+/// speaks ([`Route::dialect`]), which may serve another module's operation in its own framing.
+pub(crate) trait Dialect: Sync {
+    // --- paths ---
+
+    /// The route for a path of this API, if it is one.
+    fn classify(&self, path: &PathView<'_>) -> Option<Route>;
+
+    /// OpenTelemetry `gen_ai.provider.name` of this API's own service.
+    fn provider(&self) -> &'static str;
+
+    // --- keys ---
+
+    /// Does the top-level body field `field` never count in `op`'s key?
+    fn ignored(&self, op: Operation, field: &str) -> bool;
+
+    // --- requests ---
+
+    /// Does this request ask for a streamed answer?
+    fn wants_stream(&self, _route: &Route, request: &Value) -> bool {
+        request.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    /// How this request wants a stream rendered.
+    fn stream_options(&self, _route: &Route, request: &Value) -> StreamOptions {
+        StreamOptions::from_request(request)
+    }
+
+    /// How this request wants embedding vectors encoded.
+    fn requested_encoding(&self, _op: Operation, _request: &Value) -> EmbeddingEncoding {
+        EmbeddingEncoding::Float
+    }
+
+    // --- answers ---
+
+    /// OpenTelemetry `gen_ai.operation.name` of `op`.
+    fn otel_operation(&self, op: Operation) -> &'static str;
+
+    /// Does `op`'s answer have a streaming form?
+    fn streams(&self, op: Operation) -> bool;
+
+    /// Is `op` an embeddings operation (answers are vectors, not text)?
+    fn embeds(&self, _op: Operation) -> bool {
+        false
+    }
+
+    /// Renders `body`, a plain answer of `route.operation`, as the stream this API sends.
+    fn render_stream(&self, route: &Route, body: &Value, opts: &StreamOptions) -> Result<String, StreamError>;
+
+    /// The `content-type` of a rendered stream.
+    fn stream_content_type(&self, _route: &Route) -> &'static str {
+        crate::stream::SSE_CONTENT_TYPE
+    }
+
+    /// Does `text` (an asset's `body_text`) look like a recorded stream of `op`?
+    fn is_recorded_stream(&self, _op: Operation, text: &str) -> bool {
+        sse::is_sse(text)
+    }
+
+    /// Assembles a recorded stream of `op` into the plain answer.
+    fn assemble_stream(&self, op: Operation, text: &str) -> Result<Value, StreamError>;
+
+    /// Token usage an answer of `op` reports, if it does.
+    fn usage(&self, op: Operation, body: &Value) -> Option<Usage>;
+
+    /// The generated text of an answer (what output tokens are estimated from when it reports no usage).
+    fn output_text(&self, op: Operation, body: &Value) -> String;
+
+    /// A fresh answer id in `op`'s own format.
+    fn fresh_id(&self, op: Operation, rng: &mut Rng) -> String;
+
+    /// The top-level fields of `op`'s answers refreshed on every hit.
+    fn refreshed(&self, _op: Operation) -> &'static [(&'static str, Refresh)] {
+        &[("id", Refresh::Id), ("created", Refresh::UnixSeconds), ("created_at", Refresh::UnixSeconds)]
+    }
+
+    /// The encoding of an embeddings answer's vectors, if `op` has them.
+    fn embedding_encoding(&self, _op: Operation, _body: &Value) -> Option<EmbeddingEncoding> {
+        None
+    }
+
+    /// Rewrites an embeddings answer's vectors to `want`; false when one could not be converted.
+    fn convert_embeddings(&self, _op: Operation, _body: &mut Value, _want: EmbeddingEncoding) -> bool {
+        true
+    }
+
+    /// A schema-correct plain answer to a request no asset matches; `None` if it can't be made.
+    fn synthesize(&self, op: Operation, input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value>;
+
+    // --- errors ---
+
+    /// An error body of type `kind` in the shape this API's SDKs parse.
+    fn error_body(&self, route: &Route, kind: &str, message: &str, code: Option<&str>) -> Value;
+}
+
+/// The error type a local error answer with this HTTP status has.
+pub(crate) fn error_kind(status: u16) -> &'static str {
+    match status {
+        404 => "not_found_error",
+        413 => "request_too_large",
+        500 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_dialect_and_ignores_prefixes() {
+        let cases = [
+            ("/v1/chat/completions", Operation::ChatCompletions),
+            ("/chat/completions", Operation::ChatCompletions),
+            ("/api/proxy/openai/v1/chat/completions", Operation::ChatCompletions),
+            ("/v1/completions", Operation::Completions),
+            ("/v1/embeddings", Operation::Embeddings),
+            ("/v1/responses", Operation::Responses),
+            ("/v1/messages", Operation::Messages),
+            ("/anthropic/v1/messages?beta=true", Operation::Messages),
+        ];
+        for (p, op) in cases {
+            let r = classify("POST", p).unwrap_or_else(|| panic!("{p} not classified"));
+            assert_eq!(r.operation, op, "{p}");
+            assert_eq!(r.model, None, "{p}");
+            assert_eq!(r.api, op.api(), "{p}");
+        }
+    }
+
+    #[test]
+    fn openai_compatible_services_use_the_openai_dialect() {
+        // Groq (`/openai/v1`), OpenRouter (`/api/v1`), Fireworks (`/inference/v1`), DeepSeek (no `/v1`).
+        for p in [
+            "/openai/v1/chat/completions",
+            "/api/v1/chat/completions",
+            "/inference/v1/chat/completions",
+            "/chat/completions",
+        ] {
+            let r = classify("POST", p).unwrap_or_else(|| panic!("{p} not classified"));
+            assert_eq!((r.api, r.operation, r.provider), (Api::OpenAi, Operation::ChatCompletions, "openai"), "{p}");
+        }
+    }
+
+    #[test]
+    fn azure_deployment_is_the_path_model() {
+        let r = classify("post", "/openai/deployments/my%2Dgpt/chat/completions?api-version=2024-06-01").unwrap();
+        assert_eq!(r.operation, Operation::ChatCompletions);
+        assert_eq!(r.model.as_deref(), Some("my-gpt"));
+        assert_eq!(r.provider, "azure.ai.openai");
+        let body = serde_json::json!({"model": "ignored"});
+        assert_eq!(r.model_of(&body), Some("my-gpt"));
+        assert_eq!(Route::of(Operation::ChatCompletions).model_of(&body), Some("ignored"));
+    }
+
+    #[test]
+    fn azure_deployment_named_like_an_operation() {
+        let r = classify("POST", "/openai/deployments/chat/completions?api-version=2024-06-01").unwrap();
+        assert_eq!((r.operation, r.model.as_deref()), (Operation::Completions, Some("chat")));
+        let r = classify("POST", "/openai/deployments/embeddings/embeddings").unwrap();
+        assert_eq!((r.operation, r.model.as_deref()), (Operation::Embeddings, Some("embeddings")));
+    }
+
+    #[test]
+    fn every_spelling_of_an_llm_path_is_classified() {
+        for p in [
+            "/v1/chat/%63ompletions",
+            "/V1/Chat/Completions",
+            "/v1/chat/completions;x=1",
+            "/v1%2Fchat%2Fcompletions",
+            "/v1/chat/completions%00",
+            "//v1//chat/./completions",
+            "/v1/embeddings/../chat/completions",
+            "/v1/chat/completions/",
+        ] {
+            let r = classify("POST", p).unwrap_or_else(|| panic!("{p} not classified"));
+            assert_eq!(r.operation, Operation::ChatCompletions, "{p}");
+        }
+        let az = classify("POST", "/OpenAI/Deployments/My-GPT/Chat/Completions").unwrap();
+        assert_eq!(az.model.as_deref(), Some("My-GPT"));
+    }
+
+    #[test]
+    fn non_llm_requests_are_not_classified() {
+        for (m, p) in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/files"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("PUT", "/v1/embeddings"),
+            ("POST", "/"),
+        ] {
+            assert!(classify(m, p).is_none(), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn every_operation_belongs_to_a_registered_api_that_names_it() {
+        for op in Operation::ALL {
+            assert!(Api::ALL.contains(&op.api()), "{op}");
+            assert_eq!(Operation::from_name(op.name()), Some(op));
+            assert!(!op.otel_name().is_empty());
+        }
+    }
+}

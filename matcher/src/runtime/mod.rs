@@ -1,0 +1,687 @@
+//! The runtime: a plugin configuration compiled once, and the one `decide()` call per request. The store
+//! finds assets; the runtime decides (hit, synthesized answer, miss, bad request) and serves the answer in
+//! the API's own shape, streamed when asked.
+
+mod config;
+mod memo;
+
+use std::cell::Cell;
+use std::hash::BuildHasher;
+
+use serde_json::Value;
+
+pub use config::{OnMiss, PluginConfig, PluginConfigOf};
+
+use crate::asset::{Latency, Sequence};
+use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route};
+use crate::error::{ConfigError, RequestError};
+use crate::key::Normalizer;
+use crate::store::answer::{at_path, output_tokens, refresh};
+use crate::store::{Compiled, Store, KEEP_CANONICAL};
+use crate::stream::StreamOptions;
+use crate::synth::Synthesizer;
+use crate::template::{Context, Rng};
+use memo::{Memo, Remembered};
+
+/// The final outcome of one LLM request, for stats and the `x-understudy` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An asset matched.
+    Hit,
+    /// No asset matched.
+    Miss,
+    /// No asset matched; a `synthesize` rule answered.
+    Synthesized,
+    /// The body could not be parsed.
+    BadRequest,
+}
+
+/// A reply Envoy sends locally, without the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalResponse {
+    /// Why.
+    pub outcome: Outcome,
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, including `x-understudy`.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Simulated latency: send the reply after this many milliseconds.
+    pub delay_ms: u64,
+}
+
+/// The decision for one LLM request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Answer locally.
+    Respond(LocalResponse),
+    /// Forward to the upstream (passthrough mode); the outcome says why.
+    Forward(Outcome),
+}
+
+/// What the answer needs to know of a request besides its match.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
+    stream: bool,
+    encoding: EmbeddingEncoding,
+    options: StreamOptions,
+}
+
+impl Facts {
+    fn of(route: &Route, request: &Value) -> Self {
+        let api = route.dialect();
+        Facts {
+            stream: api.wants_stream(route, request),
+            encoding: route.operation.dialect().requested_encoding(route.operation, request),
+            options: api.stream_options(route, request),
+        }
+    }
+}
+
+/// A request's key, computed only when something shows it.
+enum Lazy {
+    Known(String),
+    Text(Operation, String),
+}
+
+impl Lazy {
+    fn get(&mut self) -> String {
+        if let Lazy::Text(op, text) = self {
+            *self = Lazy::Known(Normalizer::key_of_canonical(*op, text));
+        }
+        match self {
+            Lazy::Known(k) => k.clone(),
+            Lazy::Text(..) => String::new(),
+        }
+    }
+}
+
+/// The compiled, validated runtime the filter holds for its lifetime.
+#[derive(Debug)]
+pub struct Runtime {
+    on_miss: OnMiss,
+    normalizer: Normalizer,
+    store: Store,
+    synth: Synthesizer,
+    /// Distinguishes this VM's fresh ids from other workers'.
+    salt: u64,
+    /// Fresh-id generators handed out so far (see `fresh_ids`).
+    served: Cell<u64>,
+    /// Exact request bodies seen before and what they came to.
+    memo: Memo,
+}
+
+impl Runtime {
+    /// Parses and compiles a plugin configuration. Any problem fails the whole load, naming the field/asset.
+    /// A bundle without a content hash is accepted here (tools and tests build them); the filter uses
+    /// [`Runtime::from_json_sealed`].
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        config::load(text, false).map(Self::assemble)
+    }
+
+    /// As [`Runtime::from_json`], but the bundle must carry its content hash (`bundle.sha256`), so deleting
+    /// the hash can't switch the integrity check off. What the filter loads.
+    pub fn from_json_sealed(text: &str) -> Result<Self, ConfigError> {
+        config::load(text, true).map(Self::assemble)
+    }
+
+    /// Compiles a parsed configuration.
+    pub fn compile(cfg: PluginConfig) -> Result<Self, ConfigError> {
+        config::compile(cfg).map(Self::assemble)
+    }
+
+    fn assemble(c: config::Compiled) -> Self {
+        // std seeds RandomState from the OS (WASI random_get under Envoy): a per-VM salt.
+        let salt = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
+        Runtime {
+            on_miss: c.on_miss,
+            normalizer: c.normalizer,
+            store: c.store,
+            synth: c.synth,
+            salt,
+            served: Cell::new(0),
+            memo: Memo::default(),
+        }
+    }
+
+    /// Turns the memo of exact repeated bodies on (the default) or off; benchmarks use it to measure the
+    /// full path. Off also forgets what was remembered.
+    pub fn set_memo(&mut self, on: bool) {
+        self.memo.reset(on);
+    }
+
+    /// The miss policy.
+    pub fn on_miss(&self) -> OnMiss {
+        self.on_miss
+    }
+
+    /// Number of assets loaded.
+    pub fn asset_count(&self) -> usize {
+        self.store.len()
+    }
+
+    /// [`Runtime::decide_at`] with the system clock.
+    pub fn decide(&self, route: &Route, body: &[u8]) -> Decision {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        self.decide_at(route, body, u64::try_from(now).unwrap_or(u64::MAX))
+    }
+
+    /// Decides what to do with a complete LLM request body for `route`, at Unix time `now_nanos`.
+    /// Never panics on any input.
+    pub fn decide_at(&self, route: &Route, body: &[u8], now_nanos: u64) -> Decision {
+        match self.memo.get(route, body) {
+            Some(Remembered::Hit(i, facts)) => {
+                if let Some(asset) = self.store.get(i) {
+                    return Decision::Respond(self.serve(asset, route, &facts, None, asset.key.clone(), now_nanos));
+                }
+            }
+            Some(Remembered::Forward) => return Decision::Forward(Outcome::Miss),
+            None => {}
+        }
+        let request = match crate::parse_body(body) {
+            Ok(v) => v,
+            Err(e) => return self.bad_request(route, &e),
+        };
+        // Small requests are looked up by canonical text (no SHA-256 on the hot path: a hit reports its asset's
+        // key, a passthrough miss needs none); big ones are hashed as they are written, never held as text.
+        // Every asset is in the key index too, so skipping the text walk for a big body is always correct.
+        let text = if body.len() <= 2 * KEEP_CANONICAL {
+            self.normalizer.canonical_of_request(route, &request, KEEP_CANONICAL)
+        } else {
+            Ok(None)
+        };
+        let (found, mut key) = match text {
+            Ok(Some(text)) => match self.store.by_text(route.operation, &text) {
+                Some((i, a)) => (Some((i, a)), Lazy::Known(a.key.clone())),
+                None => (None, Lazy::Text(route.operation, text)),
+            },
+            Ok(None) => match self.normalizer.key_of_request(route, &request) {
+                Ok(k) => (self.store.by_key(&k), Lazy::Known(k)),
+                Err(e) => return self.bad_request(route, &e),
+            },
+            Err(e) => return self.bad_request(route, &e),
+        };
+        let Some((i, asset)) = found else {
+            if let Some(r) = self.synthesized(route, &request, &mut key, now_nanos) {
+                return Decision::Respond(r);
+            }
+            if self.on_miss == OnMiss::Passthrough {
+                if self.synth.is_empty() {
+                    self.memo.put(route, body, Remembered::Forward);
+                }
+                return Decision::Forward(Outcome::Miss);
+            }
+            return self.strict_miss(route, request, key.get());
+        };
+        let facts = Facts::of(route, &request);
+        let response = self.serve(asset, route, &facts, Some(&request), key.get(), now_nanos);
+        // Placeholders may read the request itself: only answers without them are replayed from the memo.
+        if asset.answers().is_ok_and(|a| a.iter().all(|r| r.templates.is_empty())) {
+            self.memo.put(route, body, Remembered::Hit(i, facts));
+        }
+        Decision::Respond(response)
+    }
+
+    /// The 404 of a strict miss, explaining it: the key, the closest asset and where it differs.
+    fn strict_miss(&self, route: &Route, mut request: Value, key: String) -> Decision {
+        // The request is not needed any more: normalize it in place (no copy of a big tree).
+        if let Err(e) = self.normalizer.normalize(route, &mut request) {
+            return self.bad_request(route, &e);
+        }
+        let op = route.operation;
+        let mut message = format!("Understudy has no asset for this {op} request (key {key}).");
+        match self.store.closest(op, &request) {
+            Some(c) => {
+                message.push_str(&format!(" Closest asset: {} (key {}), first difference at {}.", c.label, c.key, c.at))
+            }
+            None => message.push_str(&format!(" No asset for {op} is loaded.")),
+        }
+        message.push_str(
+            " To virtualize it, add an asset file with this request and its response to your assets directory \
+             and rebuild the bundle (`understudy bundle DIR -o FILE`, or restart `understudy up`); \
+             `understudy key FILE` prints a request's key.",
+        );
+        let mut headers = local_headers("miss", &key);
+        headers.push(("x-understudy-operation".into(), op.name().into()));
+        Decision::Respond(LocalResponse {
+            outcome: Outcome::Miss,
+            status: 404,
+            headers,
+            body: error_answer(route, 404, &message, "understudy_no_matching_asset"),
+            delay_ms: 0,
+        })
+    }
+
+    fn serve(
+        &self,
+        asset: &Compiled,
+        route: &Route,
+        facts: &Facts,
+        request: Option<&Value>,
+        key: String,
+        now_nanos: u64,
+    ) -> LocalResponse {
+        let call = asset.calls.get();
+        asset.calls.set(call.saturating_add(1));
+        let answers = match asset.answers() {
+            Ok(a) => a,
+            Err(e) => return self.asset_error(asset, route, &key, format!("can't be served: {e}")),
+        };
+        let n = answers.len() as u64;
+        let pick = match asset.sequence {
+            Sequence::RepeatLast => call.min(n.saturating_sub(1)),
+            Sequence::Cycle => call.checked_rem(n).unwrap_or(0),
+            Sequence::Random => Rng::new(asset.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15)).below(n),
+        };
+        let Some(resp) = answers.get(pick as usize) else {
+            return self.asset_error(asset, route, &key, "has no response".into());
+        };
+        let op = route.operation;
+        let mut headers = resp.headers.clone();
+        let stream = facts.stream && !resp.is_error && op.streams();
+        let converting = resp.embeddings.is_some_and(|have| have != facts.encoding);
+        let needs_work = stream || asset.refresh || !resp.templates.is_empty() || converting;
+        let body = match (&resp.splice, &resp.stream) {
+            (_, Some(recorded)) if stream => {
+                set_content_type(&mut headers, route.dialect().stream_content_type(route));
+                recorded.clone().into_bytes()
+            }
+            // The common hit: only the id and timestamps change, written into the pre-serialized body.
+            (Some(splice), _) if !stream && !converting => splice.render(now_nanos, &mut self.fresh_ids(now_nanos)),
+            _ if resp.has_json && !resp.is_error && needs_work => {
+                let Some(mut v) = resp.json_for_hit() else {
+                    return self.asset_error(asset, route, &key, "has a body that no longer parses".into());
+                };
+                let mut ids = self.fresh_ids(now_nanos);
+                let mut choices = Rng::new(asset.seed ^ call.wrapping_mul(0xA076_1D64_78BD_642F));
+                if asset.refresh {
+                    refresh(&mut v, op.dialect().refreshed(op), now_nanos, &mut ids);
+                }
+                if !resp.templates.is_empty() {
+                    // A memoized repeat never reaches here: answers with placeholders are not memoized.
+                    let Some(request) = request else {
+                        return self.asset_error(asset, route, &key, "needs the parsed request".into());
+                    };
+                    let mut ctx = Context { route, request, now_nanos, ids: &mut ids, choices: &mut choices };
+                    for (path, t) in &resp.templates {
+                        let val = t.expand(&mut ctx);
+                        if let Some(slot) = at_path(&mut v, path) {
+                            *slot = val;
+                        }
+                    }
+                }
+                if resp.embeddings.is_some() && converting {
+                    op.dialect().convert_embeddings(op, &mut v, facts.encoding);
+                }
+                if stream {
+                    match route.dialect().render_stream(route, &v, &facts.options) {
+                        Ok(text) => {
+                            set_content_type(&mut headers, route.dialect().stream_content_type(route));
+                            text.into_bytes()
+                        }
+                        Err(e) => return self.asset_error(asset, route, &key, format!("can't be streamed: {e}")),
+                    }
+                } else {
+                    serde_json::to_vec(&v).unwrap_or_else(|_| resp.source().into_owned())
+                }
+            }
+            _ => resp.source().into_owned(),
+        };
+        if stream {
+            headers.push(("cache-control".into(), "no-cache".into()));
+        }
+        headers.push(("x-understudy".into(), "hit".into()));
+        headers.push(("x-understudy-key".into(), key));
+        if n > 1 {
+            headers.push(("x-understudy-response".into(), format!("{}/{n}", pick + 1)));
+        }
+        let delay_ms = delay(asset.latency, resp.output_tokens);
+        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms }
+    }
+
+    /// A generator for fresh ids: seeded from the clock, this VM's salt and a per-VM serial, so ids differ
+    /// across hits, workers and restarts.
+    fn fresh_ids(&self, now_nanos: u64) -> Rng {
+        let serial = self.served.get();
+        self.served.set(serial.wrapping_add(1));
+        Rng::new(now_nanos ^ self.salt ^ serial.wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    /// A `synthesize` rule's answer for a request no asset matches, if a rule applies.
+    fn synthesized(&self, route: &Route, request: &Value, key: &mut Lazy, now_nanos: u64) -> Option<LocalResponse> {
+        if self.synth.is_empty() {
+            return None;
+        }
+        let mut ids = self.fresh_ids(now_nanos);
+        let body = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids)?;
+        let api = route.dialect();
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let stream = api.wants_stream(route, request) && route.operation.streams();
+        let bytes = if stream {
+            set_content_type(&mut headers, api.stream_content_type(route));
+            headers.push(("cache-control".into(), "no-cache".into()));
+            api.render_stream(route, &body, &api.stream_options(route, request)).ok()?.into_bytes()
+        } else {
+            serde_json::to_vec(&body).ok()?
+        };
+        headers.push(("x-understudy".into(), "synthesized".into()));
+        headers.push(("x-understudy-key".into(), key.get()));
+        let delay_ms = delay(self.synth.latency(route, request), output_tokens(route, &body));
+        Some(LocalResponse { outcome: Outcome::Synthesized, status: 200, headers, body: bytes, delay_ms })
+    }
+
+    /// An asset that matched but can't produce this answer: a 500 that says why, never a panic.
+    fn asset_error(&self, asset: &Compiled, route: &Route, key: &str, why: String) -> LocalResponse {
+        let message = format!("Understudy matched asset {} but it {why}", asset.label);
+        let body = error_answer(route, 500, &message, "understudy_bad_asset");
+        LocalResponse { outcome: Outcome::Hit, status: 500, headers: local_headers("hit", key), body, delay_ms: 0 }
+    }
+
+    /// The decision for a request rejected before its body could be read: a 400 in the API's shape
+    /// under `on_miss: error`, forwarded under `passthrough`.
+    pub fn reject(&self, route: &Route, e: &RequestError) -> Decision {
+        self.bad_request(route, e)
+    }
+
+    fn bad_request(&self, route: &Route, e: &RequestError) -> Decision {
+        if self.on_miss == OnMiss::Passthrough {
+            return Decision::Forward(Outcome::BadRequest);
+        }
+        let message = format!("Understudy could not read this {} request: {e}", route.operation);
+        let mut headers = local_headers("bad-request", "");
+        headers.retain(|(k, _)| k != "x-understudy-key");
+        Decision::Respond(LocalResponse {
+            outcome: Outcome::BadRequest,
+            status: 400,
+            headers,
+            body: error_answer(route, 400, &message, "understudy_bad_request"),
+            delay_ms: 0,
+        })
+    }
+}
+
+/// A local error answer's body in the API's own shape.
+fn error_answer(route: &Route, status: u16, message: &str, code: &str) -> Vec<u8> {
+    let body = route.dialect().error_body(route, error_kind(status), message, Some(code));
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Time to first token plus time per output token, in milliseconds.
+fn delay(latency: Option<Latency>, output_tokens: u64) -> u64 {
+    latency.map_or(0, |l| {
+        let per_token = l.per_token_ms * output_tokens as f64;
+        l.ttft_ms.saturating_add(per_token.min(600_000.0) as u64)
+    })
+}
+
+fn set_content_type(headers: &mut Vec<(String, String)>, value: &str) {
+    headers.retain(|(k, _)| k != "content-type");
+    headers.push(("content-type".into(), value.into()));
+}
+
+fn local_headers(outcome: &str, key: &str) -> Vec<(String, String)> {
+    vec![
+        ("content-type".into(), "application/json".into()),
+        ("x-understudy".into(), outcome.into()),
+        ("x-understudy-key".into(), key.into()),
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::memo::{MEMO_BODY, MEMO_BYTES};
+    use super::*;
+    use crate::asset::{Bundle, BundledAsset};
+    use crate::dialect::classify;
+    use crate::key::NormalizationConfig;
+    use serde_json::json;
+
+    fn bundle_json(assets: Vec<BundledAsset>) -> String {
+        let cfg = PluginConfig {
+            on_miss: OnMiss::Error,
+            normalization: NormalizationConfig::default(),
+            bundle: Bundle::sealed(assets),
+            synthesize: Vec::new(),
+        };
+        serde_json::to_string(&cfg).unwrap()
+    }
+
+    fn asset(i: u64) -> BundledAsset {
+        let request = json!({"model": "m", "messages": [{"role": "user", "content": format!("q{i}")}]});
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let mut n = request.clone();
+        Normalizer::default().normalize(&route, &mut n).unwrap();
+        let key = Normalizer::key_of_normalized(route.operation, &n);
+        serde_json::from_value(json!({
+            "key": key, "source": format!("f{i}.json#0"),
+            "asset": {
+                "request": {"path": "/v1/chat/completions", "body": request},
+                "response": {"body": {"id": format!("chatcmpl-{i:08}"), "created": 1, "choices": []}},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn streamed_load_verifies_the_same_content_hash_and_serves() {
+        let text = bundle_json((0..20).map(asset).collect());
+        let rt = Runtime::from_json_sealed(&text).unwrap();
+        assert_eq!(rt.asset_count(), 20);
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"messages":[{"content":"q7","role":"user"}],"model":"m","stream":false}"#;
+        let Decision::Respond(r) = rt.decide_at(&route, body, 2_000_000_000_000_000_000) else { panic!() };
+        assert_eq!(r.outcome, Outcome::Hit);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["created"], json!(2_000_000_000u64));
+        assert_ne!(v["id"], json!("chatcmpl-00000007"));
+        assert_eq!(v["id"].as_str().unwrap().len(), "chatcmpl-00000007".len());
+        // An empty sealed bundle too.
+        assert_eq!(Runtime::from_json_sealed(&bundle_json(Vec::new())).unwrap().asset_count(), 0);
+    }
+
+    #[test]
+    fn tampering_is_reported_as_a_hash_mismatch_even_when_an_asset_no_longer_compiles() {
+        let text = bundle_json((0..5).map(asset).collect());
+        // Changing a request changes its key: the content hash, not the key check, must report it.
+        let tampered = text.replace("\"q3\"", "\"q3 changed\"");
+        assert_ne!(tampered, text);
+        let err = Runtime::from_json_sealed(&tampered).unwrap_err().to_string();
+        assert!(err.contains("bundle.sha256") && err.contains("changed after"), "{err}");
+        // Unsealed (tools): the key check names the asset.
+        let unsealed = tampered
+            .replace(&format!("\"sha256\":\"{}\",", Bundle::sealed((0..5).map(asset).collect()).sha256.unwrap()), "");
+        assert_ne!(unsealed, tampered);
+        let err = Runtime::from_json(&unsealed).unwrap_err().to_string();
+        assert!(err.contains("bundle.assets[3]"), "{err}");
+    }
+
+    #[test]
+    fn requests_bigger_than_the_text_index_still_hit_by_key_and_small_ones_by_text() {
+        let big = "word ".repeat(KEEP_CANONICAL / 4);
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let mut assets = Vec::new();
+        for content in [big.as_str(), "small"] {
+            let request = json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+            let key = Normalizer::default().key(&route, request.to_string().as_bytes()).unwrap().0;
+            assets.push(
+                serde_json::from_value(json!({
+                    "key": key, "source": "t.json#0",
+                    "asset": {
+                        "request": {"path": "/v1/chat/completions", "body": request},
+                        "response": {"body": {"id": "chatcmpl-1", "choices": [{"message": {"content": content.len()}}]}},
+                    },
+                }))
+                .unwrap(),
+            );
+        }
+        let rt = Runtime::from_json_sealed(&bundle_json(assets)).unwrap();
+        for content in [big.as_str(), "small"] {
+            // Spelled differently (spaces, key order, an ignored field): the same key either way.
+            let body = format!(
+                r#"{{ "stream": false, "messages": [ {{ "content": {}, "role": "user" }} ], "model": "m" }}"#,
+                serde_json::to_string(content).unwrap()
+            );
+            let want = Normalizer::default().key(&route, body.as_bytes()).unwrap().0;
+            let Decision::Respond(r) = rt.decide_at(&route, body.as_bytes(), 0) else { panic!() };
+            assert_eq!(r.outcome, Outcome::Hit, "{} bytes", content.len());
+            assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], json!(content.len()));
+            // One character more: a miss, with the key of what was sent.
+            let other = body.replacen("\"user\"", "\"user \"", 1);
+            let want = Normalizer::default().key(&route, other.as_bytes()).unwrap().0;
+            let Decision::Respond(r) = rt.decide_at(&route, other.as_bytes(), 0) else { panic!() };
+            assert_eq!((r.outcome, r.status), (Outcome::Miss, 404));
+            assert!(r.headers.contains(&("x-understudy-key".to_string(), want)));
+        }
+    }
+
+    #[test]
+    fn a_repeated_body_is_answered_from_the_memo_exactly_as_the_full_path_answers_it() {
+        let mut a = asset(1);
+        a.asset.responses = Some(vec![a.asset.response.take().unwrap(), serde_json::from_value(json!({"body": {"id": "c-2", "choices": [{"index": 0, "message": {"role": "assistant", "content": "two"}, "finish_reason": "stop"}]}})).unwrap()]);
+        a.asset.sequence = Sequence::Cycle;
+        let text = bundle_json(vec![a, asset(2)]);
+        let chat = classify("POST", "/v1/chat/completions").unwrap();
+        let azure = classify("POST", "/openai/deployments/m/chat/completions?api-version=1").unwrap();
+        let hit = br#"{"model":"m","messages":[{"role":"user","content":"q1"}],"stream":true}"#;
+        let miss = br#"{"model":"m","messages":[{"role":"user","content":"nope"}]}"#;
+        let run = |memo: bool| {
+            let mut rt = Runtime::from_json_sealed(&text).unwrap();
+            rt.set_memo(memo);
+            let mut out = Vec::new();
+            for (route, body) in [
+                (&chat, &hit[..]),
+                (&chat, &hit[..]),
+                (&azure, &hit[..]),
+                (&chat, &miss[..]),
+                (&chat, &miss[..]),
+                (&chat, &hit[..]),
+            ] {
+                out.push(match rt.decide_at(route, body, 5_000_000_000) {
+                    Decision::Respond(r) => (
+                        r.outcome,
+                        r.status,
+                        r.headers.iter().find(|(k, _)| k == "x-understudy-response").cloned(),
+                        r.headers.iter().any(|(_, v)| v.starts_with("text/event-stream")),
+                        r.body.len(),
+                    ),
+                    Decision::Forward(o) => (o, 0, None, false, 0),
+                });
+            }
+            let remembered: usize = rt.memo.entries.borrow().values().map(Vec::len).sum();
+            (out, remembered)
+        };
+        let (full, none) = run(false);
+        let (memo, remembered) = run(true);
+        assert_eq!(none, 0);
+        assert_eq!(remembered, 2, "the hit body on two routes; a strict miss is not remembered");
+        assert_eq!(memo, full, "the memo must not change any answer: sequence position, streaming, route");
+        assert_eq!(full[0].2, Some(("x-understudy-response".into(), "1/2".into())));
+        assert_eq!(full[1].2, Some(("x-understudy-response".into(), "2/2".into())));
+        assert!(full[0].3, "stream: true is a fact of the body the memo keeps");
+        assert_eq!(full[3].1, 404);
+    }
+
+    #[test]
+    fn the_memo_stays_within_its_budget() {
+        let rt = Runtime::from_json_sealed(&bundle_json(vec![asset(1)])).unwrap();
+        let chat = classify("POST", "/v1/chat/completions").unwrap();
+        let pad = "x".repeat(MEMO_BODY - 100);
+        for i in 0..(2 * MEMO_BYTES / MEMO_BODY) {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"q1"}}],"user":"{i}{pad}"}}"#);
+            assert!(body.len() <= MEMO_BODY);
+            let Decision::Respond(r) = rt.decide_at(&chat, body.as_bytes(), 0) else { panic!() };
+            assert_eq!(r.outcome, Outcome::Hit);
+            assert!(rt.memo.bytes.get() <= MEMO_BYTES);
+        }
+        let big = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"q1"}}],"user":"{}"}}"#,
+            "y".repeat(MEMO_BODY)
+        );
+        let before = rt.memo.bytes.get();
+        let Decision::Respond(r) = rt.decide_at(&chat, big.as_bytes(), 0) else { panic!() };
+        assert_eq!(r.outcome, Outcome::Hit);
+        assert_eq!(rt.memo.bytes.get(), before, "bodies over MEMO_BODY are not remembered");
+    }
+
+    #[test]
+    fn a_strict_miss_in_a_big_store_names_the_closest_asset() {
+        let rt = Runtime::from_json_sealed(&bundle_json((0..1000).map(asset).collect())).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q537?"}]}"#;
+        let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+        assert_eq!(r.status, 404);
+        let text = String::from_utf8(r.body).unwrap();
+        assert!(text.contains("from f537.json#0") && text.contains("/messages/0/content"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_asset_slice_names_its_index_and_field() {
+        let sealed = bundle_json((0..3).map(asset).collect());
+        let stored = Bundle::sealed((0..3).map(asset).collect()).sha256.unwrap();
+        let text = sealed.replace("\"source\":\"f1.json#0\"", "\"source\":\"f1.json#0\",\"bogus\":1");
+        // Sealed: the edit is what went wrong.
+        let err = Runtime::from_json_sealed(&text).unwrap_err().to_string();
+        assert!(err.contains("bundle.sha256") && err.contains("changed after"), "{err}");
+        // Unsealed: the field is named.
+        let text = text.replace(&format!("\"sha256\":\"{stored}\","), "");
+        let err = Runtime::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("bundle.assets[1]") && err.contains("bogus"), "{err}");
+    }
+
+    fn deferred(rt: &Runtime, compiled: bool) -> usize {
+        rt.store.deferred_count(compiled)
+    }
+
+    #[test]
+    fn a_sealed_bundle_loads_from_canonical_or_reformatted_text_and_compiles_answers_on_first_use() {
+        let cfg: Value = serde_json::from_str(&bundle_json((0..4).map(asset).collect())).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q2"}]}"#;
+        for text in [crate::canonical::to_canonical(&cfg), serde_json::to_string_pretty(&cfg).unwrap()] {
+            let rt = Runtime::from_json_sealed(&text).unwrap();
+            assert_eq!(deferred(&rt, false), 4);
+            let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+            assert_eq!((r.outcome, r.status), (Outcome::Hit, 200));
+            assert_eq!(deferred(&rt, true), 1, "only the asset that was hit is compiled");
+        }
+    }
+
+    #[test]
+    fn a_deferred_answer_that_does_not_compile_is_a_500_that_says_why_not_a_crash() {
+        // Sealed by hand around a response `understudy bundle` would have refused (two bodies).
+        let mut a = asset(0);
+        a.asset.response.as_mut().unwrap().body_text = Some("also".into());
+        let text = bundle_json(vec![a]);
+        let rt = Runtime::from_json_sealed(&text).unwrap();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"q0"}]}"#;
+        for _ in 0..2 {
+            let Decision::Respond(r) = rt.decide_at(&route, body, 0) else { panic!() };
+            assert_eq!(r.status, 500);
+            let text = String::from_utf8(r.body).unwrap();
+            assert!(text.contains("more than one of `body`, `body_text`"), "{text}");
+        }
+    }
+
+    #[test]
+    fn identical_duplicates_are_skipped_and_conflicts_named() {
+        let n = Normalizer::default();
+        let a = asset(1).asset;
+        let mut set = Store::default();
+        set.add(&n, "a", &a, None).unwrap();
+        set.add(&n, "b", &a, None).unwrap();
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.duplicates().len(), 1);
+        let mut c = a.clone();
+        c.response.as_mut().unwrap().body = Some(json!({"id": "chatcmpl-other", "created": 1, "choices": []}));
+        let err = set.add(&n, "c", &c, None).unwrap_err().to_string();
+        assert!(err.contains("a") && err.contains("c"), "{err}");
+        let mut d = a.clone();
+        d.refresh = false;
+        assert!(set.add(&n, "d", &d, None).is_err(), "refresh differs: a conflict");
+    }
+}
