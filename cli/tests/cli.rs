@@ -110,7 +110,10 @@ fn every_bad_asset_is_reported_with_file_and_field() {
     assert!(err.contains("5 problem(s)"), "{err}");
     assert!(err.contains("unknown.json#0: request.headers: unknown field `headers`"), "{err}");
     assert!(err.contains("syntax.json"), "{err}");
-    assert!(err.contains("both.json#0") && err.contains("more than one of `body`, `body_text`, `error`"), "{err}");
+    assert!(
+        err.contains("both.json#0") && err.contains("more than one of `body`, `body_text`, `body_base64`, `error`"),
+        "{err}"
+    );
     assert!(err.contains("path.json#0") && err.contains("not an LLM operation"), "{err}");
     assert!(err.contains("secret.json#0") && err.contains("Set-Cookie"), "{err}");
 }

@@ -127,15 +127,27 @@ pub enum StreamError {
     },
 }
 
-/// Renders a non-streaming response `body` of `op` as the stream the operation's own API sends.
-pub fn render_sse(op: Operation, body: &Value, opts: &StreamOptions) -> Result<String, StreamError> {
-    op.dialect().render_stream(&Route::of(op), body, opts)
+/// Renders a plain response `body` of `route.operation` as the stream the client of `route` gets.
+pub fn render_stream(route: &Route, body: &Value, opts: &StreamOptions) -> Result<Vec<u8>, StreamError> {
+    route.dialect().render_stream(route, body, opts)
 }
 
-/// Assembles a recorded stream of `op` into the body the non-streaming API returns. SSE streams may use
-/// `\r\n` / `\r` line ends, comments, multi-line `data:` fields and omit the final blank line.
+/// Assembles a recorded stream of `op` (any of its API's framings) into the plain body.
+pub fn assemble_stream(op: Operation, recorded: &[u8]) -> Result<Value, StreamError> {
+    op.dialect().assemble_stream(op, recorded)
+}
+
+/// [`render_stream`] for an operation whose API streams Server-Sent Events, on its own API's route.
+pub fn render_sse(op: Operation, body: &Value, opts: &StreamOptions) -> Result<String, StreamError> {
+    let bytes = render_stream(&Route::of(op), body, opts)?;
+    String::from_utf8(bytes)
+        .map_err(|e| crate::dialect::sse::text(op, e.as_bytes()).err().unwrap_or(StreamError::NotStreamable(op)))
+}
+
+/// [`assemble_stream`] of SSE text. SSE streams may use `\r\n` / `\r` line ends, comments, multi-line
+/// `data:` fields and omit the final blank line.
 pub fn assemble_sse(op: Operation, sse: &str) -> Result<Value, StreamError> {
-    op.dialect().assemble_stream(op, sse)
+    assemble_stream(op, sse.as_bytes())
 }
 
 pub use crate::dialect::sse::is_sse;

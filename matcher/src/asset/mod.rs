@@ -1,7 +1,7 @@
 //! The asset file format (a public contract: tools outside this repo write it) and the bundle format.
 //!
 //! Every `*.json` file under an assets directory holds one asset object or an array of them:
-//! `{"name"?, "request": {"method"?, "path", "body"}, "response": {"status"?, "headers"?, "body" | "body_text" | "error"}}`.
+//! `{"name"?, "request": {"method"?, "path", "body"}, "response": {"status"?, "headers"?, "body" | "body_text" | "body_base64" | "error"}}`.
 //! Optional: `"responses": [...]` instead of `"response"` with `"sequence"` (`repeat_last`, `cycle`, `random`)
 //! and `"seed"`; `"refresh": false` to replay ids and timestamps byte-exact; `"latency"`.
 //!
@@ -172,6 +172,9 @@ pub struct AssetResponse {
     /// A non-JSON body (e.g. recorded SSE), instead of `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
+    /// A binary body (e.g. a recorded AWS event stream) as standard base64, instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
     /// An error in the dialect's shape, instead of `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorSpec>,
@@ -308,12 +311,19 @@ pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Rout
 }
 
 pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
-    let bodies = [r.body.is_some(), r.body_text.is_some(), r.error.is_some()].iter().filter(|b| **b).count();
+    let bodies = [r.body.is_some(), r.body_text.is_some(), r.body_base64.is_some(), r.error.is_some()];
+    let bodies = bodies.iter().filter(|b| **b).count();
     if bodies > 1 {
-        return Err(format!("{at}: has more than one of `body`, `body_text`, `error`; keep one"));
+        return Err(format!("{at}: has more than one of `body`, `body_text`, `body_base64`, `error`; keep one"));
     }
     if bodies == 0 {
-        return Err(format!("{at}: needs `body` (JSON), `body_text` (string) or `error`"));
+        return Err(format!("{at}: needs `body` (JSON), `body_text` (string), `body_base64` (bytes) or `error`"));
+    }
+    if let Some(b) = &r.body_base64 {
+        use base64::Engine as _;
+        if let Err(e) = base64::engine::general_purpose::STANDARD.decode(b) {
+            return Err(format!("{at}.body_base64: not standard base64: {e}"));
+        }
     }
     let status = r.status();
     if !(100..=599).contains(&status) {

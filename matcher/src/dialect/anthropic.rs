@@ -50,12 +50,12 @@ impl Dialect for Anthropic {
         true
     }
 
-    fn render_stream(&self, _route: &Route, body: &Value, opts: &StreamOptions) -> Result<String, StreamError> {
-        render(body, opts)
+    fn render_stream(&self, _route: &Route, body: &Value, opts: &StreamOptions) -> Result<Vec<u8>, StreamError> {
+        render(body, opts).map(String::into_bytes)
     }
 
-    fn assemble_stream(&self, _op: Operation, text: &str) -> Result<Value, StreamError> {
-        assemble(text)
+    fn assemble_stream(&self, op: Operation, recorded: &[u8]) -> Result<Value, StreamError> {
+        assemble(super::sse::text(op, recorded)?)
     }
 
     fn usage(&self, _op: Operation, body: &Value) -> Option<Usage> {

@@ -133,6 +133,12 @@ impl fmt::Display for Operation {
 pub enum Framing {
     /// Server-Sent Events (`text/event-stream`).
     Sse,
+    /// One JSON array whose elements arrive one by one (Gemini without `alt=sse`).
+    JsonArray,
+    /// Newline-delimited JSON objects (Ollama).
+    Ndjson,
+    /// AWS's binary `application/vnd.amazon.eventstream` messages (Bedrock).
+    EventStream,
 }
 
 /// A classified LLM request.
@@ -147,13 +153,16 @@ pub struct Route {
     /// OpenTelemetry `gen_ai.provider.name` of the service the path belongs to (`openai`,
     /// `azure.ai.openai`, `anthropic`, ...).
     pub provider: &'static str,
+    /// Set when the path itself asks for a streamed answer (Gemini's `:streamGenerateContent`, Bedrock's
+    /// `converse-stream`), in this framing.
+    pub stream: Option<Framing>,
 }
 
 impl Route {
     /// A route of `operation` on its own API with no path model (what tests and tools mostly need).
     pub fn of(operation: Operation) -> Route {
         let api = operation.api();
-        Route { api, operation, model: None, provider: api.dialect().provider() }
+        Route { api, operation, model: None, provider: api.dialect().provider(), stream: None }
     }
 
     /// The model this request is for: the path's model, else the body's `model` string.
@@ -261,6 +270,8 @@ pub enum Refresh {
     Id,
     /// A number of Unix seconds: now.
     UnixSeconds,
+    /// An RFC 3339 time string: now, with the same fractional digits.
+    IsoTime,
 }
 
 /// What a `synthesize` rule asks of an API module for one request.
@@ -296,9 +307,10 @@ pub(crate) trait Dialect: Sync {
 
     // --- requests ---
 
-    /// Does this request ask for a streamed answer?
-    fn wants_stream(&self, _route: &Route, request: &Value) -> bool {
-        request.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    /// Does this request ask for a streamed answer? By default: its path does, or its body says
+    /// `"stream": true`.
+    fn wants_stream(&self, route: &Route, request: &Value) -> bool {
+        route.stream.is_some() || request.get("stream").and_then(Value::as_bool).unwrap_or(false)
     }
 
     /// How this request wants a stream rendered.
@@ -325,20 +337,26 @@ pub(crate) trait Dialect: Sync {
     }
 
     /// Renders `body`, a plain answer of `route.operation`, as the stream this API sends.
-    fn render_stream(&self, route: &Route, body: &Value, opts: &StreamOptions) -> Result<String, StreamError>;
+    fn render_stream(&self, route: &Route, body: &Value, opts: &StreamOptions) -> Result<Vec<u8>, StreamError>;
 
-    /// The `content-type` of a rendered stream.
+    /// The `content-type` of a stream sent on `route`.
     fn stream_content_type(&self, _route: &Route) -> &'static str {
         crate::stream::SSE_CONTENT_TYPE
     }
 
-    /// Does `text` (an asset's `body_text`) look like a recorded stream of `op`?
-    fn is_recorded_stream(&self, _op: Operation, text: &str) -> bool {
-        sse::is_sse(text)
+    /// Does `recorded` (an asset's `body_text` or `body_base64`) look like a recorded stream of `op`?
+    fn is_recorded_stream(&self, _op: Operation, recorded: &[u8]) -> bool {
+        std::str::from_utf8(recorded).is_ok_and(sse::is_sse)
     }
 
     /// Assembles a recorded stream of `op` into the plain answer.
-    fn assemble_stream(&self, op: Operation, text: &str) -> Result<Value, StreamError>;
+    fn assemble_stream(&self, op: Operation, recorded: &[u8]) -> Result<Value, StreamError>;
+
+    /// A recorded stream as sent on `route`: verbatim, unless the route asks for another framing than the
+    /// recording's (then re-framed).
+    fn recorded_stream(&self, _route: &Route, recorded: &[u8]) -> Vec<u8> {
+        recorded.to_vec()
+    }
 
     /// Token usage an answer of `op` reports, if it does.
     fn usage(&self, op: Operation, body: &Value) -> Option<Usage>;
@@ -371,6 +389,11 @@ pub(crate) trait Dialect: Sync {
 
     /// An error body of type `kind` in the shape this API's SDKs parse.
     fn error_body(&self, route: &Route, kind: &str, message: &str, code: Option<&str>) -> Value;
+
+    /// Headers an error answer of type `kind` carries besides `content-type` (e.g. AWS's `x-amzn-errortype`).
+    fn error_headers(&self, _route: &Route, _kind: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The error type a local error answer with this HTTP status has.

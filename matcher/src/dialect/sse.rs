@@ -247,6 +247,17 @@ pub(crate) fn event_error(
     }
 }
 
+/// A recorded stream as text; SSE is UTF-8.
+pub(crate) fn text(op: Operation, recorded: &[u8]) -> Result<&str, StreamError> {
+    std::str::from_utf8(recorded).map_err(|e| StreamError::BadEvent {
+        op,
+        index: 0,
+        event: "stream".into(),
+        line: 1,
+        reason: format!("the recorded stream is not UTF-8 text: {e}"),
+    })
+}
+
 /// The recorded stream reports an API error.
 pub(crate) fn upstream(op: Operation, error: &Value) -> StreamError {
     let message = error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string());

@@ -242,15 +242,9 @@ impl Runtime {
              and rebuild the bundle (`understudy bundle DIR -o FILE`, or restart `understudy up`); \
              `understudy key FILE` prints a request's key.",
         );
-        let mut headers = local_headers("miss", &key);
-        headers.push(("x-understudy-operation".into(), op.name().into()));
-        Decision::Respond(LocalResponse {
-            outcome: Outcome::Miss,
-            status: 404,
-            headers,
-            body: error_answer(route, 404, &message, "understudy_no_matching_asset"),
-            delay_ms: 0,
-        })
+        let mut r = local_error(route, Outcome::Miss, 404, Some(&key), &message, "understudy_no_matching_asset");
+        r.headers.push(("x-understudy-operation".into(), op.name().into()));
+        Decision::Respond(r)
     }
 
     fn serve(
@@ -285,7 +279,7 @@ impl Runtime {
         let body = match (&resp.splice, &resp.stream) {
             (_, Some(recorded)) if stream => {
                 set_content_type(&mut headers, route.dialect().stream_content_type(route));
-                recorded.clone().into_bytes()
+                route.dialect().recorded_stream(route, recorded)
             }
             // The common hit: only the id and timestamps change, written into the pre-serialized body.
             (Some(splice), _) if !stream && !converting => splice.render(now_nanos, &mut self.fresh_ids(now_nanos)),
@@ -316,9 +310,9 @@ impl Runtime {
                 }
                 if stream {
                     match route.dialect().render_stream(route, &v, &facts.options) {
-                        Ok(text) => {
+                        Ok(bytes) => {
                             set_content_type(&mut headers, route.dialect().stream_content_type(route));
-                            text.into_bytes()
+                            bytes
                         }
                         Err(e) => return self.asset_error(asset, route, &key, format!("can't be streamed: {e}")),
                     }
@@ -361,7 +355,7 @@ impl Runtime {
         let bytes = if stream {
             set_content_type(&mut headers, api.stream_content_type(route));
             headers.push(("cache-control".into(), "no-cache".into()));
-            api.render_stream(route, &body, &api.stream_options(route, request)).ok()?.into_bytes()
+            api.render_stream(route, &body, &api.stream_options(route, request)).ok()?
         } else {
             serde_json::to_vec(&body).ok()?
         };
@@ -374,8 +368,7 @@ impl Runtime {
     /// An asset that matched but can't produce this answer: a 500 that says why, never a panic.
     fn asset_error(&self, asset: &Compiled, route: &Route, key: &str, why: String) -> LocalResponse {
         let message = format!("Understudy matched asset {} but it {why}", asset.label);
-        let body = error_answer(route, 500, &message, "understudy_bad_asset");
-        LocalResponse { outcome: Outcome::Hit, status: 500, headers: local_headers("hit", key), body, delay_ms: 0 }
+        local_error(route, Outcome::Hit, 500, Some(key), &message, "understudy_bad_asset")
     }
 
     /// The decision for a request rejected before its body could be read: a 400 in the API's shape
@@ -389,22 +382,35 @@ impl Runtime {
             return Decision::Forward(Outcome::BadRequest);
         }
         let message = format!("Understudy could not read this {} request: {e}", route.operation);
-        let mut headers = local_headers("bad-request", "");
-        headers.retain(|(k, _)| k != "x-understudy-key");
-        Decision::Respond(LocalResponse {
-            outcome: Outcome::BadRequest,
-            status: 400,
-            headers,
-            body: error_answer(route, 400, &message, "understudy_bad_request"),
-            delay_ms: 0,
-        })
+        Decision::Respond(local_error(route, Outcome::BadRequest, 400, None, &message, "understudy_bad_request"))
     }
 }
 
-/// A local error answer's body in the API's own shape.
-fn error_answer(route: &Route, status: u16, message: &str, code: &str) -> Vec<u8> {
-    let body = route.dialect().error_body(route, error_kind(status), message, Some(code));
-    serde_json::to_vec(&body).unwrap_or_default()
+/// A local error answer in the API's own shape: `x-understudy` names the outcome, `x-understudy-key` the key
+/// when there is one.
+fn local_error(
+    route: &Route,
+    outcome: Outcome,
+    status: u16,
+    key: Option<&str>,
+    message: &str,
+    code: &str,
+) -> LocalResponse {
+    let tag = match outcome {
+        Outcome::Hit => "hit",
+        Outcome::Miss => "miss",
+        Outcome::Synthesized => "synthesized",
+        Outcome::BadRequest => "bad-request",
+    };
+    let kind = error_kind(status);
+    let mut headers =
+        vec![("content-type".to_string(), "application/json".to_string()), ("x-understudy".into(), tag.into())];
+    if let Some(k) = key {
+        headers.push(("x-understudy-key".into(), k.into()));
+    }
+    headers.extend(route.dialect().error_headers(route, kind));
+    let body = route.dialect().error_body(route, kind, message, Some(code));
+    LocalResponse { outcome, status, headers, body: serde_json::to_vec(&body).unwrap_or_default(), delay_ms: 0 }
 }
 
 /// Time to first token plus time per output token, in milliseconds.
@@ -418,14 +424,6 @@ fn delay(latency: Option<Latency>, output_tokens: u64) -> u64 {
 fn set_content_type(headers: &mut Vec<(String, String)>, value: &str) {
     headers.retain(|(k, _)| k != "content-type");
     headers.push(("content-type".into(), value.into()));
-}
-
-fn local_headers(outcome: &str, key: &str) -> Vec<(String, String)> {
-    vec![
-        ("content-type".into(), "application/json".into()),
-        ("x-understudy".into(), outcome.into()),
-        ("x-understudy-key".into(), key.into()),
-    ]
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub(crate) struct Response {
     pub(crate) templates: Vec<(Vec<Step>, Template)>,
     /// The body pre-serialized around its refreshed fields: the common hit needs no JSON work at all.
     pub(crate) splice: Option<Splice>,
-    /// A recorded stream, served verbatim to streaming requests.
-    pub(crate) stream: Option<String>,
+    /// A recorded stream, served (verbatim, or re-framed by the API) to streaming requests.
+    pub(crate) stream: Option<Vec<u8>>,
     /// Encoding of an embeddings body.
     pub(crate) embeddings: Option<EmbeddingEncoding>,
     /// An error answer: never streamed or refreshed.
@@ -160,6 +160,11 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         if !headers.iter().any(|(k, _)| k == "content-type") {
             headers.push(("content-type".into(), "application/json".into()));
         }
+        for (k, v) in route.dialect().error_headers(route, &e.kind) {
+            if !headers.iter().any(|(have, _)| *have == k) {
+                headers.push((k, v));
+            }
+        }
         return Ok(Response {
             status,
             headers,
@@ -175,11 +180,21 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         });
     }
     // A recorded stream answers streaming requests verbatim and others with the assembled body.
-    let (json, stream, text) = match (r.body, r.body_text) {
+    let (raw, field) = match (r.body_text, r.body_base64) {
+        (Some(t), _) => (Some(t.into_bytes()), ".body_text"),
+        (None, Some(b)) => {
+            use base64::Engine as _;
+            let bytes =
+                base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| format!(".body_base64: {e}"))?;
+            (Some(bytes), ".body_base64")
+        }
+        (None, None) => (None, ""),
+    };
+    let (json, stream, text) = match (r.body, raw) {
         (Some(v), _) => (Some(v), None, None),
         (None, Some(t)) if status < 400 && op.streams() && dialect.is_recorded_stream(op, &t) => {
             let assembled =
-                dialect.assemble_stream(op, &t).map_err(|e| format!(".body_text: looks like a stream but {e}"))?;
+                dialect.assemble_stream(op, &t).map_err(|e| format!("{field}: looks like a stream but {e}"))?;
             (Some(assembled), Some(t), None)
         }
         (None, t) => (None, None, t),
@@ -205,7 +220,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
     let body = match (&splice, &json, text) {
         (Some(_), _, _) => Vec::new(),
         (None, Some(v), _) => serde_json::to_vec(v).map_err(|e| format!(".body: {e}"))?,
-        (None, None, Some(t)) => t.into_bytes(),
+        (None, None, Some(t)) => t,
         (None, None, None) => Vec::new(),
     };
     let has_json = json.is_some();
@@ -285,9 +300,22 @@ pub(crate) fn refresh(v: &mut Value, fields: &[(&str, Refresh)], now_nanos: u64,
             (Refresh::UnixSeconds, Some(slot @ Value::Number(_))) => {
                 *slot = Value::Number(Number::from(now_nanos / 1_000_000_000));
             }
+            (Refresh::IsoTime, Some(Value::String(t))) => *t = iso_now(t, now_nanos),
             _ => {}
         }
     }
+}
+
+/// Now as RFC 3339 UTC, with as many fractional-second digits as `old` has (Ollama writes nanoseconds).
+fn iso_now(old: &str, now_nanos: u64) -> String {
+    let secs = crate::template::iso8601(now_nanos / 1_000_000_000);
+    let digits = old.split_once('.').map_or(0, |(_, frac)| frac.bytes().take_while(u8::is_ascii_digit).count());
+    if digits == 0 {
+        return secs;
+    }
+    let frac = format!("{:09}", now_nanos % 1_000_000_000);
+    let frac: String = frac.chars().chain(std::iter::repeat('0')).take(digits.min(9)).collect();
+    format!("{}.{frac}Z", secs.trim_end_matches('Z'))
 }
 
 /// A refreshed field inside a pre-serialized body.
@@ -297,6 +325,8 @@ enum Hole {
     Id(String),
     /// A number of Unix seconds (its original literal): the current Unix time per hit.
     UnixSeconds(String),
+    /// An RFC 3339 time string (its original value): now, in the same precision.
+    IsoTime(String),
 }
 
 /// A JSON body split around its refreshed fields: `(literal, hole)*` then a literal tail.
@@ -308,6 +338,7 @@ pub(crate) struct Splice {
 
 const ID_MARK: &str = "\u{1}understudy-refresh:id\u{1}";
 const TIME_MARK: &str = "\u{1}understudy-refresh:time\u{1}";
+const ISO_MARK: &str = "\u{1}understudy-refresh:iso\u{1}";
 
 impl Splice {
     /// Splits `json` (an object) around the `fields` [`refresh`] rewrites; `None` when there is nothing to
@@ -320,6 +351,7 @@ impl Splice {
             let mark = match (kind, m.get(*field)) {
                 (Refresh::Id, Some(Value::String(_))) => ID_MARK,
                 (Refresh::UnixSeconds, Some(Value::Number(_))) => TIME_MARK,
+                (Refresh::IsoTime, Some(Value::String(_))) => ISO_MARK,
                 _ => continue,
             };
             if let Some(slot) = m.get_mut(*field) {
@@ -335,9 +367,10 @@ impl Splice {
         let mut originals = Vec::with_capacity(holes.len());
         for (field, mark, original) in holes {
             if let Some(slot) = m.get_mut(field) {
-                let hole = match &original {
-                    Value::String(id) => Some(Hole::Id(id.clone())),
-                    Value::Number(n) => Some(Hole::UnixSeconds(n.to_string())),
+                let hole = match (&original, mark) {
+                    (Value::String(t), ISO_MARK) => Some(Hole::IsoTime(t.clone())),
+                    (Value::String(id), _) => Some(Hole::Id(id.clone())),
+                    (Value::Number(n), _) => Some(Hole::UnixSeconds(n.to_string())),
                     _ => None,
                 };
                 originals.push((mark, hole));
@@ -349,7 +382,7 @@ impl Splice {
 
     fn split(text: &str, holes: Vec<(&'static str, Option<Hole>)>) -> Option<Splice> {
         let mut found: Vec<(usize, usize, Hole)> = Vec::new();
-        for mark in [ID_MARK, TIME_MARK] {
+        for mark in [ID_MARK, TIME_MARK, ISO_MARK] {
             let quoted = serde_json::to_string(mark).ok()?;
             let mut expected: Vec<Hole> =
                 holes.iter().filter(|(m, _)| *m == mark).map(|(_, h)| h.clone()).collect::<Option<_>>()?;
@@ -381,6 +414,9 @@ impl Splice {
                 let _ = serde_json::to_writer(out, &refresh_id(old, ids));
             }
             Hole::UnixSeconds(_) => out.extend_from_slice(now.as_bytes()),
+            Hole::IsoTime(old) => {
+                let _ = serde_json::to_writer(out, &iso_now(old, now_nanos));
+            }
         })
     }
 
@@ -391,6 +427,9 @@ impl Splice {
                 let _ = serde_json::to_writer(out, old);
             }
             Hole::UnixSeconds(n) => out.extend_from_slice(n.as_bytes()),
+            Hole::IsoTime(old) => {
+                let _ = serde_json::to_writer(out, old);
+            }
         })
     }
 
@@ -412,8 +451,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const FIELDS: &[(&str, Refresh)] =
-        &[("id", Refresh::Id), ("created", Refresh::UnixSeconds), ("created_at", Refresh::UnixSeconds)];
+    const FIELDS: &[(&str, Refresh)] = &[
+        ("id", Refresh::Id),
+        ("created", Refresh::UnixSeconds),
+        ("created_at", Refresh::UnixSeconds),
+        ("stamp", Refresh::IsoTime),
+    ];
+
+    #[test]
+    fn iso_times_are_refreshed_in_the_same_precision() {
+        let now = 1_800_000_000_123_456_789u64;
+        assert_eq!(iso_now("2023-08-04T19:22:45Z", now), "2027-01-15T08:00:00Z");
+        assert_eq!(iso_now("2023-08-04T19:22:45.499127Z", now), "2027-01-15T08:00:00.123456Z");
+        assert_eq!(iso_now("2023-08-04T19:22:45.4991270000Z", now), "2027-01-15T08:00:00.123456789Z");
+    }
 
     /// What the pre-serialized path must produce: the tree rewrite it replaces.
     fn refreshed_by_tree(body: &Value, now: u64, seed: u64) -> Vec<u8> {
@@ -429,6 +480,7 @@ mod tests {
             json!({"id": "msg_01AbCdEf", "type": "message", "content": [{"type": "text", "text": "\"quoted\" \u{1}"}]}),
             json!({"id": "resp_1", "created_at": 1.5e9, "created": 12, "output": [{"id": "inner", "created": 3}]}),
             json!({"created": 5, "data": [1, 2, 3]}),
+            json!({"model": "llama3.2", "stamp": "2023-08-04T19:22:45.499127Z", "done": true}),
             json!({"id": "weird \" id \\ with \n escapes-and_more", "z": "\u{1}understudy-refresh:idx"}),
         ];
         for body in &bodies {

@@ -50,7 +50,7 @@ impl Dialect for OpenAi {
             _ => return None,
         };
         let provider = if deployment.is_some() { "azure.ai.openai" } else { "openai" };
-        Some(Route { api: Api::OpenAi, operation, model: deployment, provider })
+        Some(Route { api: Api::OpenAi, operation, model: deployment, provider, stream: None })
     }
 
     fn provider(&self) -> &'static str {
@@ -84,16 +84,18 @@ impl Dialect for OpenAi {
         op == Operation::Embeddings
     }
 
-    fn render_stream(&self, route: &Route, body: &Value, opts: &StreamOptions) -> Result<String, StreamError> {
-        match route.operation {
+    fn render_stream(&self, route: &Route, body: &Value, opts: &StreamOptions) -> Result<Vec<u8>, StreamError> {
+        let text = match route.operation {
             Operation::ChatCompletions => chat::render(body, opts),
             Operation::Completions => completions::render(body, opts),
             Operation::Responses => responses::render(body, opts),
             op => Err(StreamError::NotStreamable(op)),
-        }
+        };
+        text.map(String::into_bytes)
     }
 
-    fn assemble_stream(&self, op: Operation, text: &str) -> Result<Value, StreamError> {
+    fn assemble_stream(&self, op: Operation, recorded: &[u8]) -> Result<Value, StreamError> {
+        let text = super::sse::text(op, recorded)?;
         match op {
             Operation::ChatCompletions => chat::assemble(text),
             Operation::Completions => completions::assemble(text),
