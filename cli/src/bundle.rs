@@ -13,26 +13,19 @@ pub struct Built {
     pub duplicates: Vec<(String, String)>,
 }
 
-/// Every `*.json` file under `dir`, recursively, in a stable order.
+/// Every `*.json` file under `dir`, recursively (following symlinks; a symlink loop is an error naming it),
+/// in a stable order.
 pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("cannot read assets directory {}", dir.display()))?;
-        for e in entries {
-            let path = e?.path();
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().is_some_and(|x| x == "json") {
-                out.push(path);
-            }
-        }
-        Ok(())
-    }
     if !dir.is_dir() {
         bail!("assets directory {} does not exist or is not a directory", dir.display());
     }
     let mut out = Vec::new();
-    walk(dir, &mut out)?;
+    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("cannot read assets directory {}", dir.display()))?;
+        if entry.file_type().is_file() && entry.path().extension().is_some_and(|x| x == "json") {
+            out.push(entry.into_path());
+        }
+    }
     out.sort();
     Ok(out)
 }

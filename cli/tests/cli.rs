@@ -145,3 +145,22 @@ fn up_refuses_a_bad_upstream_before_starting_envoy() {
     let o = understudy(&["up", "--upstream", "ftp://nope", "--wasm", "/dev/null", "--print-config", "/dev/null"]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn symlinked_asset_directories_are_followed_and_a_symlink_loop_is_an_error() {
+    let d = tmpdir("symlinks");
+    let shared = tmpdir("symlinks-shared");
+    write(&shared, "s.json", &chat("shared", "y"));
+    write(&d, "a.json", &chat("hi", "x"));
+    std::os::unix::fs::symlink(&shared, d.join("linked")).unwrap();
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", "-"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("2 assets from 2 files"), "{err}");
+    // A link back to an ancestor would walk forever without loop protection.
+    std::os::unix::fs::symlink(&d, d.join("loop")).unwrap();
+    let o = understudy(&["bundle", d.to_str().unwrap(), "-o", "-"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("loop"), "{err}");
+}
