@@ -161,6 +161,7 @@ fn plugin_config(
         normalization: norm,
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
+        prices: Default::default(),
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.

@@ -248,6 +248,7 @@ mod tests {
             normalization: NormalizationConfig::default(),
             bundle: Bundle::sealed(vec![asset]),
             synthesize: Vec::new(),
+            prices: Default::default(),
         };
         Rc::new(Runtime::compile(cfg).unwrap())
     }

@@ -72,7 +72,8 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         let key = set.add(&normalizer, &label, &asset, None).expect("example asset compiles");
         assets.push(BundledAsset { key, source: label, asset });
     }
-    let cfg = PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize };
+    let cfg =
+        PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize, prices: Default::default() };
     Runtime::compile(cfg).expect("runtime compiles")
 }
 

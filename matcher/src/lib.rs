@@ -18,6 +18,7 @@
 
 pub mod asset;
 pub mod canonical;
+pub mod cost;
 pub mod dialect;
 pub mod error;
 pub mod headers;
@@ -33,7 +34,7 @@ pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};
 pub use dialect::{classify, Api, Operation, Route, Usage};
 pub use error::{ConfigError, RequestError};
 pub use key::{NormalizationConfig, Normalizer, ScrubberConfig};
-pub use runtime::{Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime};
+pub use runtime::{Accounting, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime};
 pub use store::Store;
 
 /// Parses a request body as a JSON value. Duplicate object keys: the last one wins (as in JavaScript).

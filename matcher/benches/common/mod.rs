@@ -366,7 +366,13 @@ fn store_assets(normalizer: &Normalizer, hits: &[(&[u8], String)], total: usize)
 }
 
 fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
-    PluginConfig { on_miss, normalization: NormalizationConfig::default(), bundle, synthesize: Vec::new() }
+    PluginConfig {
+        on_miss,
+        normalization: NormalizationConfig::default(),
+        bundle,
+        synthesize: Vec::new(),
+        prices: Default::default(),
+    }
 }
 
 /// A runtime over `assets`, compiled directly (no JSON round trip, no content hash: set-up speed only), with

@@ -76,6 +76,10 @@ impl Dialect for Anthropic {
         super::shape::generated_text(body)
     }
 
+    fn prompt_tokens(&self, _op: Operation, request: &Value) -> u64 {
+        prompt_tokens(request)
+    }
+
     fn fresh_id(&self, _op: Operation, rng: &mut Rng) -> String {
         format!("msg_01{}", rng.base62(22))
     }

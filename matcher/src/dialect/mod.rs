@@ -364,6 +364,11 @@ pub(crate) trait Dialect: Sync {
     /// The generated text of an answer (what output tokens are estimated from when it reports no usage).
     fn output_text(&self, op: Operation, body: &Value) -> String;
 
+    /// Estimated input tokens of a request (when its answer reports no usage).
+    fn prompt_tokens(&self, _op: Operation, request: &Value) -> u64 {
+        crate::tokens::value_tokens(request)
+    }
+
     /// A fresh answer id in `op`'s own format.
     fn fresh_id(&self, op: Operation, rng: &mut Rng) -> String;
 

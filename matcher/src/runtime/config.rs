@@ -11,6 +11,7 @@ use crate::asset::{
     check_format, from_str_strict, from_str_strict_borrowed, hash_mismatch, Bundle, BundledAsset, BundledOf,
     ContentHasher, RawAsset, RawBundle,
 };
+use crate::cost::{PriceOverrides, Prices};
 use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
 use crate::store::Store;
@@ -42,6 +43,10 @@ pub struct PluginConfigOf<B> {
     /// Rules that synthesize an answer for requests no asset matches (before `on_miss` applies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synthesize: Vec<SynthRule>,
+    /// Prices (USD per million tokens) by model name or glob, in front of the built-in table (see
+    /// [`crate::cost`]).
+    #[serde(default, skip_serializing_if = "PriceOverrides::is_empty")]
+    pub prices: PriceOverrides,
 }
 
 /// The plugin configuration as JSON.
@@ -62,6 +67,7 @@ pub(crate) struct Compiled {
     pub(crate) normalizer: Normalizer,
     pub(crate) store: Store,
     pub(crate) synth: Synthesizer,
+    pub(crate) prices: Prices,
 }
 
 /// Streams the bundle: each asset is parsed from its slice of `text`, hashed, compiled and dropped, so the
@@ -79,6 +85,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
     check_format(&raw.bundle.format)?;
     let normalizer = Normalizer::compile(&raw.normalization)?;
     let synth = Synthesizer::compile(&raw.synthesize)?;
+    let prices = Prices::new(&raw.prices)?;
     let store = match raw.bundle.sha256.as_deref() {
         Some(stored) => load_sealed(&raw.bundle.assets, stored, &normalizer)?,
         None => {
@@ -93,7 +100,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
             store
         }
     };
-    Ok(Compiled { on_miss: raw.on_miss, normalizer, store, synth })
+    Ok(Compiled { on_miss: raw.on_miss, normalizer, store, synth, prices })
 }
 
 /// Compiles a parsed configuration.
@@ -102,12 +109,13 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
     cfg.bundle.verify()?;
     let normalizer = Normalizer::compile(&cfg.normalization)?;
     let synth = Synthesizer::compile(&cfg.synthesize)?;
+    let prices = Prices::new(&cfg.prices)?;
     let mut store = Store::default();
     for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
         let label = format!("bundle.assets[{i}] from {}", b.source);
         store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
     }
-    Ok(Compiled { on_miss: cfg.on_miss, normalizer, store, synth })
+    Ok(Compiled { on_miss: cfg.on_miss, normalizer, store, synth, prices })
 }
 
 /// A sealed bundle's assets, answers deferred. The content hash is first taken over the assets' text as it

@@ -13,7 +13,8 @@ use serde_json::Value;
 pub use config::{OnMiss, PluginConfig, PluginConfigOf};
 
 use crate::asset::{Latency, Sequence};
-use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route};
+use crate::cost::Prices;
+use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route, Usage};
 use crate::error::{ConfigError, RequestError};
 use crate::key::Normalizer;
 use crate::store::answer::{at_path, output_tokens, refresh};
@@ -49,6 +50,26 @@ pub struct LocalResponse {
     pub body: Vec<u8>,
     /// Simulated latency: send the reply after this many milliseconds.
     pub delay_ms: u64,
+    /// What the answer saved, for a virtual answer (a hit or a synthesized answer).
+    pub accounting: Option<Accounting>,
+}
+
+/// The live call a virtual answer stood in for: who, what, and the tokens and dollars it would have cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accounting {
+    /// OpenTelemetry `gen_ai.provider.name` of the request's route.
+    pub provider: &'static str,
+    /// OpenTelemetry `gen_ai.operation.name`.
+    pub operation: &'static str,
+    /// The model ([`Route::model_of`] of the recorded request for hits, of the request for synthesized
+    /// answers); empty when there is none.
+    pub model: String,
+    /// Tokens avoided: the answer's own usage, else estimated ([`crate::tokens`]).
+    pub usage: Usage,
+    /// True when `usage` is an estimate.
+    pub estimated: bool,
+    /// What they would have cost, in pico-dollars; `None` when the model is unpriced.
+    pub cost_picos: Option<u128>,
 }
 
 /// The decision for one LLM request.
@@ -104,6 +125,7 @@ pub struct Runtime {
     normalizer: Normalizer,
     store: Store,
     synth: Synthesizer,
+    prices: Prices,
     /// Distinguishes this VM's fresh ids from other workers'.
     salt: u64,
     /// Fresh-id generators handed out so far (see `fresh_ids`).
@@ -139,6 +161,7 @@ impl Runtime {
             normalizer: c.normalizer,
             store: c.store,
             synth: c.synth,
+            prices: c.prices,
             salt,
             served: Cell::new(0),
             memo: Memo::default(),
@@ -331,7 +354,14 @@ impl Runtime {
             headers.push(("x-understudy-response".into(), format!("{}/{n}", pick + 1)));
         }
         let delay_ms = delay(asset.latency, resp.output_tokens);
-        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms }
+        let (usage, estimated) = match resp.usage {
+            Some(u) => (u, false),
+            None if resp.is_error => (Usage::default(), false),
+            None => (Usage { input: asset.input_estimate, output: resp.output_tokens, cached_input: 0 }, true),
+        };
+        let model = asset.model.as_deref().unwrap_or_default();
+        let accounting = Some(self.account(route, model, usage, estimated));
+        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms, accounting }
     }
 
     /// A generator for fresh ids: seeded from the clock, this VM's salt and a per-VM serial, so ids differ
@@ -362,7 +392,26 @@ impl Runtime {
         headers.push(("x-understudy".into(), "synthesized".into()));
         headers.push(("x-understudy-key".into(), key.get()));
         let delay_ms = delay(self.synth.latency(route, request), output_tokens(route, &body));
-        Some(LocalResponse { outcome: Outcome::Synthesized, status: 200, headers, body: bytes, delay_ms })
+        let op = route.operation;
+        let (usage, estimated) = match op.dialect().usage(op, &body) {
+            Some(u) => (u, true),
+            None => (Usage { input: op.dialect().prompt_tokens(op, request), output: 0, cached_input: 0 }, true),
+        };
+        let model = route.model_of(request).unwrap_or_default();
+        let accounting = Some(self.account(route, model, usage, estimated));
+        Some(LocalResponse { outcome: Outcome::Synthesized, status: 200, headers, body: bytes, delay_ms, accounting })
+    }
+
+    /// What a virtual answer for `model` saved.
+    fn account(&self, route: &Route, model: &str, usage: Usage, estimated: bool) -> Accounting {
+        Accounting {
+            provider: route.provider,
+            operation: route.operation.otel_name(),
+            model: model.to_string(),
+            usage,
+            estimated,
+            cost_picos: self.prices.lookup(model).map(|(_, p)| p.cost_picos(&usage)),
+        }
     }
 
     /// An asset that matched but can't produce this answer: a 500 that says why, never a panic.
@@ -410,7 +459,8 @@ fn local_error(
     }
     headers.extend(route.dialect().error_headers(route, kind));
     let body = route.dialect().error_body(route, kind, message, Some(code));
-    LocalResponse { outcome, status, headers, body: serde_json::to_vec(&body).unwrap_or_default(), delay_ms: 0 }
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    LocalResponse { outcome, status, headers, body, delay_ms: 0, accounting: None }
 }
 
 /// Time to first token plus time per output token, in milliseconds.
@@ -442,6 +492,7 @@ mod tests {
             normalization: NormalizationConfig::default(),
             bundle: Bundle::sealed(assets),
             synthesize: Vec::new(),
+            prices: Default::default(),
         };
         serde_json::to_string(&cfg).unwrap()
     }
@@ -681,5 +732,68 @@ mod tests {
         let mut d = a.clone();
         d.refresh = false;
         assert!(set.add(&n, "d", &d, None).is_err(), "refresh differs: a conflict");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod accounting_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn runtime(prices: Value) -> Runtime {
+        let chat = crate::dialect::classify("POST", "/v1/chat/completions").unwrap();
+        let mk = |q: &str, usage: Option<Value>| {
+            let request = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q}]});
+            let key = Normalizer::default().key(&chat, request.to_string().as_bytes()).unwrap().0;
+            let mut body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "An answer of a few words."}, "finish_reason": "stop"}]});
+            if let Some(u) = usage {
+                body["usage"] = u;
+            }
+            json!({"key": key, "source": "t.json#0", "asset": {"request": {"path": "/v1/chat/completions", "body": request}, "response": {"body": body}}})
+        };
+        let cfg = json!({
+            "bundle": {"format": crate::asset::BUNDLE_FORMAT, "assets": [
+                mk("with usage", Some(json!({"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500, "prompt_tokens_details": {"cached_tokens": 200}}))),
+                mk("without usage", None),
+            ]},
+            "synthesize": [{"operation": "anthropic.messages", "text": "synthesized"}],
+            "prices": prices,
+        });
+        Runtime::from_json(&cfg.to_string()).unwrap()
+    }
+
+    fn accounting(rt: &Runtime, path: &str, body: Value) -> Accounting {
+        let route = crate::dialect::classify("POST", path).unwrap();
+        match rt.decide_at(&route, body.to_string().as_bytes(), 0) {
+            Decision::Respond(r) => r.accounting.expect("a virtual answer is accounted"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hit_accounts_its_recorded_usage_and_its_cost_to_the_picodollar() {
+        let rt = runtime(json!({"gpt-4o-mini": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}));
+        let q = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "with usage"}]});
+        let a = accounting(&rt, "/v1/chat/completions", q);
+        assert_eq!((a.provider, a.operation, a.model.as_str()), ("openai", "chat", "gpt-4o-mini"));
+        assert_eq!(a.usage, Usage { input: 1200, output: 300, cached_input: 200 });
+        assert!(!a.estimated);
+        assert_eq!(a.cost_picos, Some(1000 * 150_000 + 200 * 75_000 + 300 * 600_000));
+    }
+
+    #[test]
+    fn answers_without_usage_are_estimated_and_unknown_models_unpriced() {
+        let rt = runtime(json!({}));
+        let q = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "without usage"}]});
+        let a = accounting(&rt, "/v1/chat/completions", q);
+        assert!(a.estimated);
+        assert!(a.usage.input > 0 && a.usage.output > 0, "{a:?}");
+        assert!(a.cost_picos.is_some(), "gpt-4o-mini is in the built-in table");
+        let q = json!({"model": "house-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let a = accounting(&rt, "/v1/messages", q);
+        assert_eq!((a.provider, a.model.as_str(), a.cost_picos), ("anthropic", "house-model", None));
+        assert!(a.estimated && a.usage.output > 0);
     }
 }

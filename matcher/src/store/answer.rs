@@ -7,7 +7,7 @@ use std::cell::OnceCell;
 use serde_json::{Number, Value};
 
 use crate::asset::{validate_response, AssetResponse};
-use crate::dialect::{EmbeddingEncoding, Refresh, Route};
+use crate::dialect::{EmbeddingEncoding, Refresh, Route, Usage};
 use crate::headers::is_dropped_header;
 use crate::template::{refresh_id, Rng, Template};
 
@@ -41,6 +41,8 @@ pub(crate) struct Response {
     pub(crate) has_json: bool,
     /// Output tokens of the answer (its usage, else estimated), for latency.
     pub(crate) output_tokens: u64,
+    /// The usage the answer reports, if it does.
+    pub(crate) usage: Option<Usage>,
 }
 
 impl Response {
@@ -177,6 +179,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
             is_error: true,
             has_json: false,
             output_tokens: 0,
+            usage: None,
         });
     }
     // A recorded stream answers streaming requests verbatim and others with the assembled body.
@@ -212,6 +215,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
     let embeddings = json.as_ref().and_then(|v| dialect.embedding_encoding(op, v));
     let is_error = status >= 400;
     let output_tokens = json.as_ref().map_or(0, |v| output_tokens(route, v));
+    let usage = json.as_ref().and_then(|v| dialect.usage(op, v));
     let mut json = json;
     let splice = match json.as_mut() {
         Some(v) if refresh && !is_error && templates.is_empty() => Splice::of(v, dialect.refreshed(op)),
@@ -236,6 +240,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         is_error,
         has_json,
         output_tokens,
+        usage,
     })
 }
 

@@ -29,6 +29,10 @@ pub(crate) struct Compiled {
     /// Canonical JSON of the normalized request (the hit index's key, and parsed for miss diagnostics);
     /// empty if huge.
     normalized: Rc<str>,
+    /// The model of the recorded request ([`Route::model_of`]), for accounting.
+    pub(crate) model: Option<Box<str>>,
+    /// Estimated input tokens of the recorded request, for accounting answers that report no usage.
+    pub(crate) input_estimate: u64,
     answers: Answers,
     pub(crate) sequence: Sequence,
     pub(crate) seed: u64,
@@ -138,6 +142,8 @@ impl Store {
         let route = validate(&asset, label)?;
         let AssetOf { name, request, response, responses, sequence, seed, refresh, latency } = asset;
         let answers = answers(&route, response, responses, refresh).map_err(bad)?;
+        let model = route.model_of(&request.body).map(Box::from);
+        let input_estimate = route.operation.dialect().prompt_tokens(route.operation, &request.body);
         let mut normalized = request.body;
         normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
         // Too big to be worth its memory in every VM: matched by key only.
@@ -161,6 +167,8 @@ impl Store {
             key: key.clone(),
             route,
             normalized: canonical.unwrap_or_default().into(),
+            model,
+            input_estimate,
             answers,
             sequence,
             seed,

@@ -125,6 +125,14 @@ impl Dialect for OpenAi {
         super::shape::generated_text(body)
     }
 
+    fn prompt_tokens(&self, op: Operation, request: &Value) -> u64 {
+        match op {
+            Operation::ChatCompletions => chat::prompt_tokens(request),
+            Operation::Responses => responses::prompt_tokens(request),
+            _ => crate::tokens::value_tokens(request.get("prompt").or(request.get("input")).unwrap_or(request)),
+        }
+    }
+
     fn fresh_id(&self, op: Operation, rng: &mut Rng) -> String {
         fresh_id(op, rng)
     }
