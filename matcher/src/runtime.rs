@@ -1074,9 +1074,12 @@ impl Runtime {
             if let Err(e) = self.normalizer.normalize(route, &mut normalized) {
                 return self.bad_request(route, &e);
             }
-            let message = self.miss_message(route.operation, &key, &normalized);
+            let (message, closest) = self.miss_message(route.operation, &key, &normalized);
             let mut headers = local_headers("miss", &key);
             headers.push(("x-understudy-operation".into(), route.operation.name().into()));
+            if let Some(closest) = closest {
+                headers.push(("x-understudy-closest".into(), closest));
+            }
             return Decision::Respond(LocalResponse {
                 outcome: Outcome::Miss,
                 status: 404,
@@ -1253,9 +1256,12 @@ impl Runtime {
         })
     }
 
-    /// The miss explanation: the key, the closest asset and where it differs, and how to record one.
-    fn miss_message(&self, operation: Operation, key: &str, normalized: &Value) -> String {
+    /// The miss explanation: the key, the closest asset and where it differs, and how to record one; and the
+    /// `x-understudy-closest` header value, `<key> <label>` (the label percent-encoded outside printable
+    /// ASCII, at most 256 bytes of it): asset metadata only, never request content.
+    fn miss_message(&self, operation: Operation, key: &str, normalized: &Value) -> (String, Option<String>) {
         let mut msg = format!("Understudy has no asset for this {operation} request (key {key}).");
+        let mut closest = None;
         // Rank a bounded number of same-operation candidates so a miss stays cheap on huge stores.
         const SCAN: usize = 20_000;
         const PARSE: usize = 256;
@@ -1286,6 +1292,11 @@ impl Runtime {
                 let at = first_difference(&v, normalized).unwrap_or_default();
                 let at = if at.is_empty() { "/".to_string() } else { at };
                 msg.push_str(&format!(" Closest asset: {} (key {}), first difference at {at}.", a.label, a.key));
+                let label = a.label.bytes().take(256).map(|b| match b {
+                    b' '..=b'~' if b != b'%' => char::from(b).to_string(),
+                    _ => format!("%{b:02X}"),
+                });
+                closest = Some(format!("{} {}", a.key, label.collect::<String>()));
             }
             None => msg.push_str(&format!(" No asset for {operation} is loaded.")),
         }
@@ -1294,7 +1305,7 @@ impl Runtime {
              and rebuild the bundle (`understudy bundle DIR -o FILE`, or restart `understudy up`); \
              `understudy key FILE` prints a request's key.",
         );
-        msg
+        (msg, closest)
     }
 }
 
