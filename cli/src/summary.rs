@@ -212,7 +212,9 @@ fn percent_decode(s: &str) -> String {
     while let Some(b) = bytes.next() {
         if b == b'%' {
             let hex = bytes.clone().take(2).collect::<Vec<u8>>();
-            if let Some(v) = std::str::from_utf8(&hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            let value =
+                std::str::from_utf8(&hex).ok().filter(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if let Some(v) = value.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 bytes.nth(1);
                 continue;
@@ -355,7 +357,7 @@ mod tests {
         .join("\n");
         let t = tally(&text);
         let c = &t.counts;
-        assert_eq!((c.requests, c.hits, c.synthesized, c.misses), (6, 1, 1, 3));
+        assert_eq!((c.requests, c.hits, c.synthesized, c.misses), (7, 1, 1, 3));
         assert_eq!((c.bad_requests, c.passthroughs, c.untouched, t.unreadable), (1, 1, 1, 1));
         assert_eq!(t.misses.len(), 2);
         let a = &t.misses[0];
@@ -383,6 +385,6 @@ mod tests {
 
     #[test]
     fn percent_decoding_is_lenient() {
-        assert_eq!(percent_decode("a%25b%zz%4"), "a%b%zz%4");
+        assert_eq!(percent_decode("a%25b%zz%+1%4"), "a%b%zz%+1%4");
     }
 }

@@ -141,3 +141,12 @@ fn up_refuses_a_bad_upstream_before_starting_envoy() {
     let o = understudy(&["up", "--upstream", "ftp://nope", "--wasm", "/dev/null", "--print-config", "/dev/null"]);
     assert!(!o.status.success());
 }
+
+#[test]
+fn run_without_a_command_is_a_usage_error_of_its_own() {
+    let o = understudy(&["run", "--fail-on-miss"]);
+    assert_eq!(o.status.code(), Some(125), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = understudy(&["run", "--", "understudy-no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("understudy-no-such-command: command not found"));
+}
