@@ -322,3 +322,38 @@ def test_sigint_reaches_the_command_exactly_once_and_envoy_keeps_serving_it(requ
     text = output.decode(errors="replace")
     assert os.waitstatus_to_exitcode(wstatus) == 0, text
     assert result.read_text() == "1 200", text
+
+
+FORWARDED = """
+import os, urllib.request, openai
+base = os.environ["OPENAI_BASE_URL"]
+reply = openai.OpenAI(max_retries=0).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+print("live:", reply.choices[0].message.content)
+bad = urllib.request.Request(base + "/embeddings", data=b'{"model": "e", "input": ', headers={"content-type": "application/json"})
+print("malformed:", urllib.request.urlopen(bad, timeout=30).status)
+print("models:", urllib.request.urlopen(base + "/models?api_key=not-logged", timeout=30).status)
+"""
+
+
+def test_passthrough_runs_count_forwarded_misses_and_agree_with_the_counters(request, tmp_path, upstream):
+    script = tmp_path / "forwarded.py"
+    script.write_text(f"MESSAGES = {MISSING_MESSAGES!r}\n" + FORWARDED)
+    r = understudy_run(
+        request, tmp_path, upstream, [sys.executable, str(script)], extra=["--on-miss", "passthrough", "--fail-on-miss"]
+    )
+    assert "live: live answer from the fake upstream" in r.stdout, r.stdout + r.stderr
+    assert "malformed: 200" in r.stdout and "models: 200" in r.stdout, r.stdout
+    assert r.returncode == 122, r.stderr
+    upstream.wait_for_requests(3)
+    assert sorted(q.path.split("?")[0] for q in upstream.requests) == ["/v1/chat/completions", "/v1/embeddings", "/v1/models"]
+    s = r.summary
+    c = s["counts"]
+    assert (c["requests"], c["passthroughs"], c["misses"], c["untouched"]) == (2, 2, 0, 1), s
+    assert (s["stats"]["misses"], s["stats"]["bad_requests"], s["stats"]["passthroughs"]) == (1, 1, 2), s
+    assert s["consistent"] is True and s["on_miss"] == "passthrough"
+    assert {(g["operation"], g["path"], g["count"]) for g in s["passthroughs"]} == {
+        ("openai.chat_completions", "/v1/chat/completions", 1),
+        ("openai.embeddings", "/v1/embeddings", 1),
+    }
+    assert any("forwarded to the live upstream" in n for n in s["notes"]), s["notes"]
+    assert "not-logged" not in Path(s["access_log"]).read_text(), "query strings must not reach the access log"
