@@ -131,6 +131,18 @@ def test_the_command_status_is_the_run_status_and_envoy_is_gone_after(request, t
     assert s["verdict"] == ("passed" if status == 0 else "failed")
 
 
+def test_envoy_dying_under_the_command_stops_it_and_fails_the_run(request, tmp_path, upstream):
+    # $PPID is `understudy run`; its Envoy child is killed as a crash would end it. The command would then
+    # sleep for a minute: understudy stops it (the `timeout` would fail the test otherwise).
+    r = understudy_run(
+        request, tmp_path, upstream, ["sh", "-c", "kill -KILL $(pgrep -P $PPID envoy); exec sleep 60"], timeout=45
+    )
+    assert r.returncode == 125, r.stderr
+    assert r.summary["command"]["signal"] == signal.SIGTERM
+    assert "Envoy exited unexpectedly" in r.stderr
+    assert r.summary["command"]["error"].startswith("was stopped because Envoy exited unexpectedly")
+
+
 def test_a_missing_or_unrunnable_command_is_a_clear_error(request, tmp_path, upstream):
     r = understudy_run(request, tmp_path, upstream, ["understudy-no-such-command", "--flag"])
     assert r.returncode == 127, r.stderr
