@@ -50,6 +50,8 @@ pub struct Settings<'a> {
     /// `None`: OpenAI paths → api.openai.com, Anthropic → api.anthropic.com.
     pub upstream: Option<&'a Upstream>,
     pub max_body_bytes: u64,
+    /// A JSON-lines access log file: each request's outcome and key headers, path without query.
+    pub access_log: Option<&'a str>,
 }
 
 fn cluster(name: &str, up: &Upstream) -> Value {
@@ -137,6 +139,26 @@ pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Val
     ])
 }
 
+/// One JSON line per request: Understudy's outcome headers, the method, the path WITHOUT its query string
+/// (some APIs take keys there) and the status. Nothing else of the request: no headers, no body.
+pub fn access_log(path: &str) -> Value {
+    json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"json_format": {
+                "outcome": "%RESP(x-understudy)%",
+                "key": "%RESP(x-understudy-key)%",
+                "closest": "%RESP(x-understudy-closest)%",
+                "method": "%REQ(:METHOD)%",
+                "path": "%PATH(NQ)%",
+                "status": "%RESPONSE_CODE%"
+            }}
+        }
+    }])
+}
+
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = match s.upstream {
@@ -150,6 +172,22 @@ pub fn bootstrap(s: &Settings) -> Value {
             )
         }
     };
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "understudy",
+        // Decode and merge paths as upstreams do, so no spelling of an LLM path is routed
+        // differently from how understudy classifies it.
+        "normalize_path": true,
+        "merge_slashes": true,
+        // Simulated latency may hold a reply up to 600 s; Envoy's default idle timeout is 300 s.
+        "stream_idle_timeout": "660s",
+        "codec_type": "AUTO",
+        "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
+        "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)
+    });
+    if let (Some(path), Some(m)) = (s.access_log, hcm.as_object_mut()) {
+        m.insert("access_log".into(), access_log(path));
+    }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
         // A connection cap is Envoy's recommended hardening (and silences its start-up warning).
@@ -166,19 +204,7 @@ pub fn bootstrap(s: &Settings) -> Value {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": s.port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "understudy",
-                        // Decode and merge paths as upstreams do, so no spelling of an LLM path is routed
-                        // differently from how understudy classifies it.
-                        "normalize_path": true,
-                        "merge_slashes": true,
-                        // Simulated latency may hold a reply up to 600 s; Envoy's default idle timeout is 300 s.
-                        "stream_idle_timeout": "660s",
-                        "codec_type": "AUTO",
-                        "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
-                        "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)
-                    }
+                    "typed_config": hcm
                 }]}]
             }],
             "clusters": clusters

@@ -2,7 +2,11 @@
 //! Understudy filter (`understudy up`), the quickest way to a virtual LLM endpoint.
 
 mod bundle;
+mod clientenv;
 mod envoy;
+mod launcher;
+mod run;
+mod summary;
 mod up;
 
 use std::io::Read;
@@ -25,7 +29,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum OnMissArg {
+pub(crate) enum OnMissArg {
     Error,
     Passthrough,
 }
@@ -71,10 +75,28 @@ enum Command {
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
+    /// Run a command (a test suite) against Envoy with Understudy: SDKs pointed at it through the
+    /// environment, Envoy torn down after, a verdict and a summary at the end; exits with the command's status.
+    #[command(after_help = "Exit status: the command's; 128+N if it died of signal N; 122 with --fail-on-miss when \
+                            a request missed although the command passed; 125 if Understudy itself failed; \
+                            126 if the command is not executable; 127 if it was not found. See docs/ci.md.")]
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // A usage error of `run` must not look like the wrapped command's own status.
+            let run = std::env::args_os().nth(1).is_some_and(|a| a == "run");
+            return match (e.use_stderr(), run) {
+                (false, _) => ExitCode::SUCCESS,
+                (true, true) => ExitCode::from(run::EXIT_ERROR),
+                (true, false) => ExitCode::from(2),
+            };
+        }
+    };
     let res = match cli.command {
         Command::Key { file, path, method, normalization } => {
             key(&file, path.as_deref(), &method, normalization.as_deref())
@@ -84,6 +106,7 @@ fn main() -> ExitCode {
             plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
         }
         Command::Up(args) => up::run(args),
+        Command::Run(args) => return run::main(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

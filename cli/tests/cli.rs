@@ -164,3 +164,12 @@ fn symlinked_asset_directories_are_followed_and_a_symlink_loop_is_an_error() {
     assert!(!o.status.success());
     assert!(err.contains("loop"), "{err}");
 }
+
+#[test]
+fn run_without_a_command_is_a_usage_error_of_its_own() {
+    let o = understudy(&["run", "--fail-on-miss"]);
+    assert_eq!(o.status.code(), Some(125), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = understudy(&["run", "--", "understudy-no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("understudy-no-such-command: command not found"));
+}

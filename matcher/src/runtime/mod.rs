@@ -254,7 +254,8 @@ impl Runtime {
         }
         let op = route.operation;
         let mut message = format!("Understudy has no asset for this {op} request (key {key}).");
-        match self.store.closest(op, &request) {
+        let closest = self.store.closest(op, &request);
+        match &closest {
             Some(c) => {
                 message.push_str(&format!(" Closest asset: {} (key {}), first difference at {}.", c.label, c.key, c.at))
             }
@@ -267,6 +268,9 @@ impl Runtime {
         );
         let mut r = local_error(route, Outcome::Miss, 404, Some(&key), &message, "understudy_no_matching_asset");
         r.headers.push(("x-understudy-operation".into(), op.name().into()));
+        if let Some(c) = closest {
+            r.headers.push(("x-understudy-closest".into(), c.header_value()));
+        }
         Decision::Respond(r)
     }
 

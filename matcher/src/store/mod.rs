@@ -69,6 +69,23 @@ pub struct Closest {
     pub at: String,
 }
 
+impl Closest {
+    /// The `x-understudy-closest` header value, `<key> <label>`: the label percent-encoded outside
+    /// printable ASCII, at most 256 bytes of it. Asset metadata only, never request content.
+    pub fn header_value(&self) -> String {
+        let label: String = self
+            .label
+            .bytes()
+            .take(256)
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("{} {label}", self.key)
+    }
+}
+
 /// A set of assets indexed by key, with duplicate/conflict detection.
 #[derive(Debug, Default)]
 pub struct Store {
