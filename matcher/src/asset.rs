@@ -409,7 +409,7 @@ pub fn validate_asset(a: &Asset, label: &str) -> Result<(), ConfigError> {
         _ => {}
     }
     if let Some(l) = &a.latency {
-        if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
+        if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > crate::limits::MAX_DELAY_MS {
             return Err(err("latency: ttft_ms must be at most 600000 and per_token_ms a non-negative number".into()));
         }
     }

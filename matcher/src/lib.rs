@@ -17,9 +17,11 @@
 //! ```
 
 pub mod asset;
+pub mod budget;
 pub mod canonical;
 pub mod dialect;
 pub mod error;
+pub mod limits;
 pub mod normalize;
 pub mod render;
 mod runtime;
@@ -39,4 +41,18 @@ pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RequestError> {
         return Err(RequestError::Empty);
     }
     serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
+/// [`parse_body`] within a memory budget: a body whose parsed tree (and the work of deciding it) would cost
+/// more than `budget` bytes ([`budget::request_cost`]) is refused with [`RequestError::OverBudget`] before
+/// anything is allocated. What the filter calls.
+pub fn parse_body_within(
+    body: &[u8],
+    processing: budget::Processing,
+    budget: u64,
+) -> Result<serde_json::Value, RequestError> {
+    if let Err((cost, shape)) = budget::check_request(body, processing, budget) {
+        return Err(RequestError::OverBudget(budget::request_over_budget_message(body.len(), cost, &shape, budget)));
+    }
+    parse_body(body)
 }

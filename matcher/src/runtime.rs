@@ -12,8 +12,13 @@ use crate::asset::{
     from_str_strict, from_str_strict_borrowed, hash_mismatch, validate_asset, Asset, AssetResponse, Bundle,
     BundledAsset, ContentHasher, Latency, RawBundle, Sequence, BUNDLE_FORMAT,
 };
+use crate::budget::{answer_cost, Budgets, Processing};
 use crate::dialect::{classify, Operation, Route};
 use crate::error::{ConfigError, RequestError};
+use crate::limits::{
+    KEEP_CANONICAL, MAX_DELAY_MS, MEMO_BODY, MEMO_BYTES, MISS_DIFF_CAP, MISS_PARSE, MISS_PATH_CHARS, MISS_PREFIX_BYTES,
+    MISS_SCAN, MISS_SHORTLIST,
+};
 use crate::normalize::{difference_count, first_difference, NormalizationConfig, Normalizer};
 use crate::render::{
     convert_embeddings, embedding_encoding_of, error_body, error_json, is_dropped_header, EmbeddingEncoding,
@@ -68,6 +73,9 @@ pub enum Outcome {
     Synthesized,
     /// The body could not be parsed.
     BadRequest,
+    /// Reading the request or building its answer would take more memory than a budget allows
+    /// (`crate::limits`): answered with a typed error (forwarded under passthrough when it is the request).
+    OverBudget,
 }
 
 /// A reply Envoy sends locally, without the upstream.
@@ -271,9 +279,8 @@ impl Splice {
     }
 }
 
-/// Largest normalized request kept as canonical text: requests up to this size are matched by their text
-/// (a plain hash-map lookup, no SHA-256: SHA-256 is ~8x slower in a wasm VM than natively); bigger ones by key.
-const KEEP_CANONICAL: usize = 256 << 10;
+// KEEP_CANONICAL (crate::limits): requests up to that size are matched by their canonical text (a plain
+// hash-map lookup, no SHA-256: SHA-256 is ~8x slower in a wasm VM than natively); bigger ones by key.
 
 /// A compiled asset ready to be served.
 #[derive(Debug)]
@@ -792,9 +799,8 @@ struct Memo {
 /// What one body came to on one operation and deployment.
 type MemoEntry = (Operation, Option<String>, Remembered);
 
-/// Largest body remembered, and the memo's total size (per VM); when full it starts over.
-const MEMO_BODY: usize = 64 << 10;
-const MEMO_BYTES: usize = 8 << 20;
+// MEMO_BODY and MEMO_BYTES (crate::limits): the largest body remembered, and the memo's total size per VM;
+// when full it starts over.
 
 impl Memo {
     fn get(&self, route: &Route, body: &[u8]) -> Option<Remembered> {
@@ -857,6 +863,8 @@ pub struct Runtime {
     served: Cell<u64>,
     /// Exact request bodies seen before and what they came to.
     memo: Memo,
+    /// Memory budgets of one request and one answer (crate::budget).
+    budgets: Budgets,
 }
 
 impl Runtime {
@@ -987,7 +995,20 @@ impl Runtime {
     fn assemble(on_miss: OnMiss, normalizer: Normalizer, assets: AssetSet, synth: Synthesizer) -> Self {
         // std seeds RandomState from the OS (WASI random_get under Envoy): a per-VM salt.
         let salt = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        Runtime { on_miss, normalizer, assets, synth, salt, served: Cell::new(0), memo: Memo::default() }
+        let budgets = Budgets::default();
+        Runtime { on_miss, normalizer, assets, synth, salt, served: Cell::new(0), memo: Memo::default(), budgets }
+    }
+
+    /// Replaces the memory budgets (`crate::limits::REQUEST_BUDGET`, `ANSWER_BUDGET`); tests lower them to
+    /// exercise the checks with small bodies.
+    #[doc(hidden)]
+    pub fn set_budgets(&mut self, budgets: Budgets) {
+        self.budgets = budgets;
+    }
+
+    /// How this runtime processes a request, as far as its memory cost goes.
+    fn processing(&self) -> Processing {
+        Processing { plain: self.normalizer.is_plain(), synthesizes: !self.synth.is_empty() }
     }
 
     /// Turns the memo of exact repeated bodies on (the default) or off; benchmarks use it to measure the
@@ -1027,7 +1048,8 @@ impl Runtime {
             Some(Remembered::Forward) => return Decision::Forward(Outcome::Miss),
             None => {}
         }
-        let request = match crate::parse_body(body) {
+        // Priced before it is parsed: a body whose tree would not fit the request budget is a 413 (budget.rs).
+        let request = match crate::parse_body_within(body, self.processing(), self.budgets.request) {
             Ok(v) => v,
             Err(e) => return self.bad_request(route, &e),
         };
@@ -1069,8 +1091,9 @@ impl Runtime {
                 return Decision::Forward(Outcome::Miss);
             }
             let key = key.get();
-            // Only a strict miss needs the normalized tree (for the closest-asset hint).
-            let mut normalized = request.clone();
+            // Only a strict miss needs the normalized tree (for the closest-asset hint); the request is not
+            // needed after this, so it is normalized in place rather than copied.
+            let mut normalized = request;
             if let Err(e) = self.normalizer.normalize(route, &mut normalized) {
                 return self.bad_request(route, &e);
             }
@@ -1165,6 +1188,12 @@ impl Runtime {
                         convert_embeddings(&mut v, want);
                     }
                 }
+                // Priced before it is rendered: an asset's answer over the answer budget is a 500 naming the limit.
+                let cost = answer_cost(&v, stream.then_some(&facts.options));
+                if cost > self.budgets.answer {
+                    let label = Some(asset.label.as_str());
+                    return crate::budget::answer_over_budget(route, &key, label, Some(cost), self.budgets.answer);
+                }
                 if stream {
                     match render_sse(asset.operation, &v, &facts.options) {
                         Ok(text) => {
@@ -1205,9 +1234,18 @@ impl Runtime {
             return None;
         }
         let mut ids = self.fresh_ids(now_nanos);
-        let body = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids)?;
+        let Some(body) = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids) else {
+            // A rule matched but its answer is over a synthesis limit: a typed 413 naming it, not a miss.
+            let matched = self.synth.matches(route, request);
+            return matched.then(|| crate::budget::answer_over_budget(route, &key, None, None, self.budgets.answer));
+        };
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         let stream = wants_stream(request) && route.operation != Operation::Embeddings;
+        // Priced before it is rendered (n choices, streamed pieces, dimensions): over the answer budget, a 413.
+        let cost = answer_cost(&body, stream.then(|| StreamOptions::from_request(request)).as_ref());
+        if cost > self.budgets.answer {
+            return Some(crate::budget::answer_over_budget(route, &key, None, Some(cost), self.budgets.answer));
+        }
         let bytes = if stream {
             set_content_type(&mut headers, SSE_CONTENT_TYPE);
             headers.push(("cache-control".into(), "no-cache".into()));
@@ -1238,17 +1276,22 @@ impl Runtime {
     }
 
     fn bad_request(&self, route: &Route, e: &RequestError) -> Decision {
+        // A body over the request budget is told apart (413, its own outcome and stat) from a malformed one.
+        let (outcome, label) = match e {
+            RequestError::OverBudget(_) => (Outcome::OverBudget, "over-budget"),
+            _ => (Outcome::BadRequest, "bad-request"),
+        };
         if self.on_miss == OnMiss::Passthrough {
-            return Decision::Forward(Outcome::BadRequest);
+            return Decision::Forward(outcome);
         }
         let message = format!("Understudy could not read this {} request: {e}", route.operation);
-        let mut headers = local_headers("bad-request", "");
+        let mut headers = local_headers(label, "");
         headers.retain(|(k, _)| k != "x-understudy-key");
         Decision::Respond(LocalResponse {
-            outcome: Outcome::BadRequest,
-            status: 400,
+            outcome,
+            status: e.status(),
             headers,
-            body: error_body(route.operation.dialect(), 400, &message, "understudy_bad_request"),
+            body: error_body(route.operation.dialect(), e.status(), &message, e.code()),
             delay_ms: 0,
         })
     }
@@ -1256,35 +1299,38 @@ impl Runtime {
     /// The miss explanation: the key, the closest asset and where it differs, and how to record one.
     fn miss_message(&self, operation: Operation, key: &str, normalized: &Value) -> String {
         let mut msg = format!("Understudy has no asset for this {operation} request (key {key}).");
-        // Rank a bounded number of same-operation candidates so a miss stays cheap on huge stores.
-        const SCAN: usize = 20_000;
-        const PARSE: usize = 256;
-        const CAP: usize = 10_000;
+        // Rank a bounded number of same-operation candidates so a miss stays cheap on huge stores (the limits
+        // are in crate::limits and docs/limits.md).
         let candidates = self.assets.by_operation.get(&operation).map(Vec::as_slice).unwrap_or_default();
         let mut shortlist: Vec<&Compiled> = candidates
             .iter()
-            .take(SCAN)
+            .take(MISS_SCAN)
             .filter_map(|&i| self.assets.assets.get(i))
             .filter(|a| !a.normalized.is_empty())
             .collect();
-        if shortlist.len() > PARSE {
+        if shortlist.len() > MISS_PARSE {
             // Big store: keep the candidates sharing the longest start of the canonical text (keys are sorted,
-            // so that is mostly the conversation), and compare only those in full.
-            let text = crate::canonical::to_canonical(normalized);
+            // so that is mostly the conversation), and compare only those in full. Only the start is written.
+            let text = crate::normalize::canonical_prefix(normalized, MISS_PREFIX_BYTES);
             let common = |a: &Compiled| a.normalized.bytes().zip(text.bytes()).take_while(|(x, y)| x == y).count();
             shortlist.sort_by_cached_key(|a| std::cmp::Reverse(common(a)));
-            shortlist.truncate(32);
+            shortlist.truncate(MISS_SHORTLIST);
         }
         // The store keeps canonical text, not parsed trees (memory per VM): parse candidates here, on a miss.
         let best = shortlist
             .into_iter()
             .filter_map(|a| serde_json::from_str::<Value>(&a.normalized).ok().map(|v| (a, v)))
-            .map(|(a, v)| (difference_count(&v, normalized, CAP), a, v))
+            .map(|(a, v)| (difference_count(&v, normalized, MISS_DIFF_CAP), a, v))
             .min_by_key(|(d, _, _)| *d);
         match best {
             Some((_, a, v)) => {
                 let at = first_difference(&v, normalized).unwrap_or_default();
-                let at = if at.is_empty() { "/".to_string() } else { at };
+                let mut at = if at.is_empty() { "/".to_string() } else { at };
+                // A key can be as long as the body: quote the start of the pointer only.
+                if let Some((cut, _)) = at.char_indices().nth(MISS_PATH_CHARS) {
+                    at.truncate(cut);
+                    at.push('…');
+                }
                 msg.push_str(&format!(" Closest asset: {} (key {}), first difference at {at}.", a.label, a.key));
             }
             None => msg.push_str(&format!(" No asset for {operation} is loaded.")),
@@ -1298,11 +1344,11 @@ impl Runtime {
     }
 }
 
-/// Time to first token plus time per output token, in milliseconds.
+/// Time to first token plus time per output token, in milliseconds, at most `MAX_DELAY_MS` in all.
 fn delay(latency: Option<Latency>, output_tokens: u64) -> u64 {
     latency.map_or(0, |l| {
         let per_token = l.per_token_ms * output_tokens as f64;
-        l.ttft_ms.saturating_add(per_token.min(600_000.0) as u64)
+        l.ttft_ms.saturating_add(per_token.min(MAX_DELAY_MS as f64) as u64).min(MAX_DELAY_MS)
     })
 }
 

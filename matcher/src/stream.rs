@@ -118,6 +118,15 @@ pub enum StreamError {
         /// The missing event.
         event: &'static str,
     },
+    /// The rendered stream would be longer than an answer may be (a third of `limits::ANSWER_BUDGET`, so that
+    /// the text and the buffer it grows from fit the budget).
+    #[error("{op}: the rendered stream would be longer than {limit} bytes (ANSWER_BUDGET, see docs/limits.md)")]
+    TooLarge {
+        /// The operation.
+        op: Operation,
+        /// The cap in bytes.
+        limit: usize,
+    },
     /// The recorded stream itself carries an API error.
     #[error("{op}: the recorded stream reports an error: {message}")]
     Upstream {
@@ -257,10 +266,20 @@ fn write_json(out: &mut String, v: &Value) {
 struct Sse {
     out: String,
     seq: u64,
+    /// The stream went over `SSE_CAP` and stopped growing (`finish` reports it).
+    over: bool,
 }
+
+/// The longest rendered stream: a third of the answer budget (the text and the buffer it grows from).
+const SSE_CAP: usize = (crate::limits::ANSWER_BUDGET / 3) as usize;
 
 impl Sse {
     fn data(&mut self, v: &Value) {
+        // Past the cap nothing more is written: the renderer's result is an error (`finish`), never a trap.
+        if self.over || self.out.len() > SSE_CAP {
+            self.over = true;
+            return;
+        }
         self.out.push_str("data: ");
         write_json(&mut self.out, v);
         self.out.push_str("\n\n");
@@ -281,9 +300,16 @@ impl Sse {
         self.named(ty, &Value::Object(fields));
     }
 
-    fn done(mut self) -> String {
+    fn done(mut self, op: Operation) -> Result<String, StreamError> {
         self.out.push_str("data: [DONE]\n\n");
-        self.out
+        self.finish(op)
+    }
+
+    fn finish(self, op: Operation) -> Result<String, StreamError> {
+        if self.over {
+            return Err(StreamError::TooLarge { op, limit: SSE_CAP });
+        }
+        Ok(self.out)
     }
 }
 
@@ -440,7 +466,7 @@ fn render_chat(body: &Value, opts: &StreamOptions) -> Result<String, StreamError
         chunk.insert("usage".into(), b.get("usage").cloned().unwrap_or(Value::Null));
         sse.data(&Value::Object(chunk));
     }
-    Ok(sse.done())
+    sse.done(op)
 }
 
 /// The `choices[]` entries (one per chunk) that stream one choice.
@@ -639,7 +665,7 @@ fn render_completions(body: &Value, opts: &StreamOptions) -> Result<String, Stre
         chunk.insert("usage".into(), b.get("usage").cloned().unwrap_or(Value::Null));
         sse.data(&Value::Object(chunk));
     }
-    Ok(sse.done())
+    sse.done(op)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -744,7 +770,7 @@ fn render_responses(body: &Value, opts: &StreamOptions) -> Result<String, Stream
         _ => "response.completed",
     };
     s.sequenced(terminal, map([("response", body.clone())]));
-    Ok(s.out)
+    s.finish(op)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -940,7 +966,7 @@ fn render_messages(body: &Value, opts: &StreamOptions) -> Result<String, StreamE
         &obj([("type", "message_delta".into()), ("delta", Value::Object(delta)), ("usage", Value::Object(du))]),
     );
     s.named("message_stop", &obj([("type", "message_stop".into())]));
-    Ok(s.out)
+    s.finish(op)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@
 //!   written as the shortest decimal that reads back as the same f32.
 //!
 //! [`Synthesizer::synthesize`] returns `None` when no rule matches, and also when the answer would be
-//! unreasonably large (more than [`MAX_EMBEDDING_FLOATS`] embedding floats, [`MAX_CHOICES`] choices, or
-//! [`MAX_TEXT_BYTES`] of answer text over all choices): the caller then handles the request as an ordinary
-//! miss. `n` is clamped to 1..=128, the API's own range.
+//! unreasonably large (more than [`MAX_EMBEDDING_FLOATS`] embedding floats or an embeddings answer over the
+//! answer budget, [`MAX_CHOICES`] choices, or [`MAX_TEXT_BYTES`] of answer text over all choices): when a rule
+//! matched ([`Synthesizer::matches`]), the caller answers a 413 naming the limit. `n` is clamped to
+//! 1..=[`crate::limits::MAX_N`], the API's own range. The limits live in [`crate::limits`].
 //!
 //! # Token estimates
 //!
@@ -55,14 +56,7 @@ use crate::dialect::{Operation, Route};
 use crate::error::ConfigError;
 use crate::template::{fresh_id, Rng};
 
-/// Largest embedding dimension a rule or request may ask for.
-pub const MAX_DIMENSIONS: usize = 65_536;
-/// Most embedding floats one synthesized response may hold (inputs × dimension).
-pub const MAX_EMBEDDING_FLOATS: usize = 1 << 22;
-/// Most answer text (bytes, over all choices) one synthesized response may hold.
-pub const MAX_TEXT_BYTES: usize = 32 << 20;
-/// Most choices (`n` × prompts) one synthesized completions response may hold.
-pub const MAX_CHOICES: usize = 4_096;
+pub use crate::limits::{MAX_CHOICES, MAX_DIMENSIONS, MAX_EMBEDDING_FLOATS, MAX_TEXT_BYTES};
 /// The flat token price of an image, audio or file part.
 const MEDIA_TOKENS: u64 = 85;
 
@@ -185,7 +179,7 @@ impl Synthesizer {
                 }
             }
             if let Some(l) = &r.latency {
-                if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > 600_000 {
+                if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > crate::limits::MAX_DELAY_MS {
                     return Err(ConfigError::invalid(
                         field("latency"),
                         "ttft_ms must be at most 600000 and per_token_ms a non-negative number",
@@ -245,6 +239,12 @@ impl Synthesizer {
         self.rules.iter().find(|r| r.operation.is_none_or(|o| o == route.operation) && r.model.matches(&model))
     }
 
+    /// Does a rule answer this request? (When it does and [`Synthesizer::synthesize`] gives `None`, the answer
+    /// was over a limit.)
+    pub fn matches(&self, route: &Route, request: &Value) -> bool {
+        self.rule_for(route, request).is_some()
+    }
+
     /// The simulated latency of the rule that answers this request, if it sets one.
     pub fn latency(&self, route: &Route, request: &Value) -> Option<crate::asset::Latency> {
         self.rule_for(route, request).and_then(|r| r.latency)
@@ -295,9 +295,9 @@ impl Glob {
 // Text operations
 // ---------------------------------------------------------------------------------------------------------
 
-/// `n`, clamped to 1..=128 (the API's own limit).
+/// `n`, clamped to 1..=MAX_N (the API's own limit).
 fn choice_count(request: &Value) -> usize {
-    request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128) as usize
+    request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, crate::limits::MAX_N) as usize
 }
 
 fn chat_completion(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng) -> Option<Value> {
@@ -686,10 +686,12 @@ fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>) -> O
         .filter(|d| (1..=MAX_DIMENSIONS).contains(d));
     let dims = requested.or(rule_dimensions).unwrap_or_else(|| default_dimensions(model));
     let inputs = embed_inputs(request.get("input"));
-    if inputs.len().saturating_mul(dims) > MAX_EMBEDDING_FLOATS {
+    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    // Floats as JSON cost several times their base64 form: both are priced before any vector is built.
+    let floats = inputs.len().saturating_mul(dims);
+    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, base64) {
         return None;
     }
-    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let mut tokens = 0u64;
     let mut data = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
