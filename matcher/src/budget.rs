@@ -303,9 +303,15 @@ pub fn request_cost(body_len: usize, s: &Shape, p: Processing) -> u64 {
     (body_len as u64).saturating_add(tree).saturating_add(parse + key + synth).saturating_add(FIXED)
 }
 
-/// Bodies up to this length can't cost more than `budget` whatever they hold, so they need no scan: no body
-/// byte costs more than one internal map node (the worst, `{"":{"":…}}`, spends about a fifth of a node per
-/// byte, twice with a copy for normalization; a number's or string's transients are a few bytes per byte).
+/// The most a body of `len` bytes can cost, whatever it holds: no body byte costs more than one internal map
+/// node (the worst, `{"":{"":…}}`, spends about a fifth of a node per byte, twice with a copy for
+/// normalization; a number's or string's transients are a few bytes per byte).
+pub fn worst_case_cost(len: usize) -> u64 {
+    (len as u64).saturating_mul(chunk(INTERNAL)).saturating_add(FIXED)
+}
+
+/// Bodies up to this length can't cost more than `budget` whatever they hold ([`worst_case_cost`]), so they
+/// need no scan.
 pub fn scan_free_len(budget: u64) -> usize {
     usize::try_from(budget.saturating_sub(FIXED) / chunk(INTERNAL)).unwrap_or(usize::MAX)
 }
@@ -484,8 +490,8 @@ pub const fn embedding_float_cost(base64: bool) -> u64 {
 }
 
 /// Is an embeddings answer of `floats` floats over the answer budget?
-pub fn embeddings_over_budget(floats: usize, base64: bool) -> bool {
-    (floats as u64).saturating_mul(embedding_float_cost(base64)) > ANSWER_BUDGET
+pub fn embeddings_over_budget(floats: usize, base64: bool, budget: u64) -> bool {
+    (floats as u64).saturating_mul(embedding_float_cost(base64)) > budget
 }
 
 /// The answer for a request whose answer is over a limit: a 413 in the API's shape for a synthesized answer,

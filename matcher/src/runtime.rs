@@ -1004,6 +1004,7 @@ impl Runtime {
     #[doc(hidden)]
     pub fn set_budgets(&mut self, budgets: Budgets) {
         self.budgets = budgets;
+        self.synth.set_answer_budget(budgets.answer);
     }
 
     /// How this runtime processes a request, as far as its memory cost goes.

@@ -113,6 +113,8 @@ struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Synthesizer {
     rules: Vec<Rule>,
+    /// The answer budget embeddings are priced against (`None`: `limits::ANSWER_BUDGET`; tests lower it).
+    answer_budget: Option<u64>,
 }
 
 impl Synthesizer {
@@ -194,7 +196,7 @@ impl Synthesizer {
                 latency: r.latency,
             });
         }
-        Ok(Synthesizer { rules: out })
+        Ok(Synthesizer { rules: out, answer_budget: None })
     }
 
     /// True when there are no rules.
@@ -217,18 +219,21 @@ impl Synthesizer {
         match op {
             Operation::ChatCompletions => {
                 let text = answer(&|| last_user_text(request.get("messages")));
-                chat_completion(request, &model, text, now_secs, ids)
+                chat_completion(request, &model, text, now_secs, ids, self.text_cap())
             }
-            Operation::Completions => completion(request, &model, &rule.answer, now_secs, ids),
+            Operation::Completions => completion(request, &model, &rule.answer, now_secs, ids, self.text_cap()),
             Operation::Responses => {
                 let text = answer(&|| responses_echo(request.get("input")));
-                response(request, &model, text, now_secs, ids)
+                response(request, &model, text, now_secs, ids, self.text_cap())
             }
             Operation::Messages => {
                 let text = answer(&|| last_user_text(request.get("messages")));
-                anthropic_message(request, &model, text, ids)
+                anthropic_message(request, &model, text, ids, self.text_cap())
             }
-            Operation::Embeddings => embeddings(request, &model, rule.dimensions),
+            Operation::Embeddings => {
+                let budget = self.answer_budget.unwrap_or(crate::limits::ANSWER_BUDGET);
+                embeddings(request, &model, rule.dimensions, budget)
+            }
         }
     }
 }
@@ -237,6 +242,18 @@ impl Synthesizer {
     fn rule_for(&self, route: &Route, request: &Value) -> Option<&Rule> {
         let model = request_model(route, request);
         self.rules.iter().find(|r| r.operation.is_none_or(|o| o == route.operation) && r.model.matches(&model))
+    }
+
+    /// Prices embeddings answers against `budget` instead of `limits::ANSWER_BUDGET`.
+    pub fn set_answer_budget(&mut self, budget: u64) {
+        self.answer_budget = Some(budget);
+    }
+
+    /// Most answer text over all choices: [`MAX_TEXT_BYTES`], or less when the answer budget is lower (the
+    /// text is copied into the answer tree before the rendered answer is priced).
+    fn text_cap(&self) -> usize {
+        let budget = self.answer_budget.unwrap_or(crate::limits::ANSWER_BUDGET) / 4;
+        MAX_TEXT_BYTES.min(usize::try_from(budget).unwrap_or(usize::MAX))
     }
 
     /// Does a rule answer this request? (When it does and [`Synthesizer::synthesize`] gives `None`, the answer
@@ -300,9 +317,9 @@ fn choice_count(request: &Value) -> usize {
     request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, crate::limits::MAX_N) as usize
 }
 
-fn chat_completion(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng) -> Option<Value> {
+fn chat_completion(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng, cap: usize) -> Option<Value> {
     let n = choice_count(request);
-    if text.len().saturating_mul(n) > MAX_TEXT_BYTES {
+    if text.len().saturating_mul(n) > cap {
         return None;
     }
     let prompt = chat_prompt_tokens(request);
@@ -365,7 +382,7 @@ fn prompts(prompt: Option<&Value>) -> Vec<Prompt> {
     }
 }
 
-fn completion(request: &Value, model: &str, answer: &Answer, now: u64, ids: &mut Rng) -> Option<Value> {
+fn completion(request: &Value, model: &str, answer: &Answer, now: u64, ids: &mut Rng, cap: usize) -> Option<Value> {
     let n = choice_count(request);
     let prompts = prompts(request.get("prompt"));
     if prompts.len().saturating_mul(n) > MAX_CHOICES {
@@ -389,7 +406,7 @@ fn completion(request: &Value, model: &str, answer: &Answer, now: u64, ids: &mut
         let text = if echo_prompt { format!("{prompt_text}{generated}") } else { generated };
         for _ in 0..n {
             bytes = bytes.saturating_add(text.len());
-            if bytes > MAX_TEXT_BYTES {
+            if bytes > cap {
                 return None;
             }
             completion_tokens = completion_tokens.saturating_add(generated_tokens);
@@ -419,8 +436,8 @@ fn echoed(request: &Value, key: &str, default: Value) -> Value {
     }
 }
 
-fn response(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng) -> Option<Value> {
-    if text.len() > MAX_TEXT_BYTES {
+fn response(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng, cap: usize) -> Option<Value> {
+    if text.len() > cap {
         return None;
     }
     let input = responses_prompt_tokens(request);
@@ -473,8 +490,8 @@ fn response(request: &Value, model: &str, text: String, now: u64, ids: &mut Rng)
     }))
 }
 
-fn anthropic_message(request: &Value, model: &str, text: String, ids: &mut Rng) -> Option<Value> {
-    if text.len() > MAX_TEXT_BYTES {
+fn anthropic_message(request: &Value, model: &str, text: String, ids: &mut Rng, cap: usize) -> Option<Value> {
+    if text.len() > cap {
         return None;
     }
     let input = anthropic_prompt_tokens(request);
@@ -678,7 +695,7 @@ fn default_dimensions(model: &str) -> usize {
     }
 }
 
-fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>) -> Option<Value> {
+fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>, budget: u64) -> Option<Value> {
     let requested = request
         .get("dimensions")
         .and_then(Value::as_u64)
@@ -689,7 +706,7 @@ fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>) -> O
     let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     // Floats as JSON cost several times their base64 form: both are priced before any vector is built.
     let floats = inputs.len().saturating_mul(dims);
-    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, base64) {
+    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, base64, budget) {
         return None;
     }
     let mut tokens = 0u64;
