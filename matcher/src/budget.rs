@@ -111,15 +111,15 @@ pub struct Shape {
     pub members: u64,
     /// Numbers.
     pub numbers: u64,
-    /// Raw bytes of every string and key.
+    /// Bytes of every string and key (decoded, at most).
     pub string_bytes: u64,
     /// Heap bytes of the parsed tree, allocator overhead included.
     pub tree: u64,
     /// The largest array buffer, in bytes (its predecessor is live while it grows).
     pub largest_array: u64,
-    /// Raw length of the longest string or key holding an escape.
+    /// Length of the longest string or key holding an escape.
     pub longest_escaped: u64,
-    /// Raw length of the longest key.
+    /// Length of the longest key.
     pub longest_key: u64,
     /// Digits of the longest number.
     pub longest_number: u64,
@@ -249,8 +249,9 @@ pub fn scan(body: &[u8]) -> Shape {
     s
 }
 
-/// Skips a string's contents from `i` (just after the opening quote): its raw length, whether it holds an
-/// escape, and the index after its closing quote (or the end of the body).
+/// Skips a string's contents from `i` (just after the opening quote): at most how many bytes it decodes to
+/// (a `\uXXXX` escape to at most 3, another escape to 1), whether it holds an escape, and the index after its
+/// closing quote (or the end of the body).
 fn skip_string(body: &[u8], start: usize) -> (u64, bool, usize) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -260,6 +261,7 @@ fn skip_string(body: &[u8], start: usize) -> (u64, bool, usize) {
     };
     let mut i = start;
     let mut escaped = false;
+    let mut saved = 0u64;
     loop {
         // Eight bytes at a time while none is a quote or a backslash (long prompts are most of a body).
         while let Some(word) = body.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
@@ -270,10 +272,11 @@ fn skip_string(body: &[u8], start: usize) -> (u64, bool, usize) {
             i += 8;
         }
         match body.get(i) {
-            None => return ((i - start) as u64, escaped, i),
-            Some(b'"') => return ((i - start) as u64, escaped, i + 1),
+            None => return ((i - start) as u64 - saved, escaped, i),
+            Some(b'"') => return ((i - start) as u64 - saved, escaped, i + 1),
             Some(b'\\') => {
                 escaped = true;
+                saved += if body.get(i + 1) == Some(&b'u') { 3 } else { 1 };
                 i += 2;
             }
             Some(_) => i += 1,
@@ -461,12 +464,13 @@ const STREAM_TEXT_COPIES: u64 = 6;
 const STREAM_TREE_COPIES: u64 = 3;
 
 /// The predicted peak memory of rendering `body` as an answer: its tree plus, streamed (`Some(options)`),
-/// the events and intermediate trees, else its serialized bytes. Rendered text grows by doubling: 3×.
+/// the events and intermediate trees and the stream text (which grows by doubling: 3×), else its serialized
+/// bytes (written into a buffer of the exact size, [`to_vec_exact`]).
 pub fn answer_cost(body: &Value, stream: Option<&StreamOptions>) -> u64 {
     let tree = tree_cost(body);
     let len = json_len(body);
     match stream {
-        None => tree.saturating_add(len.saturating_mul(3)),
+        None => tree.saturating_add(len),
         Some(opts) => {
             let events = stream_events(body, None, 0, opts.chunk_chars).saturating_add(16);
             let per_event = EVENT_ENVELOPE + envelope_fields(body);
@@ -478,20 +482,27 @@ pub fn answer_cost(body: &Value, stream: Option<&StreamOptions>) -> u64 {
     }
 }
 
-/// Heap bytes per synthesized embedding float: a JSON float is a `Value` and its text (about 12 bytes) in
-/// the tree, and about 13 bytes rendered (3× while the output grows); base64 is 4 bytes, 16/3 encoded, the
-/// generator's `f64`s and the bytes before encoding.
+/// Heap bytes per synthesized embedding float: a JSON float is a `Value` and its text (up to 16 bytes) in
+/// the tree, and up to 14 bytes rendered; base64 is 16/3 bytes in the tree and as many rendered (the
+/// generator's `f64`s and bytes before encoding are one input's at a time, 16 bytes a dimension).
 pub const fn embedding_float_cost(base64: bool) -> u64 {
     if base64 {
-        8 + 4 + 6 + 3 * 6
+        6 + 6
     } else {
-        VALUE + 16 + 3 * 13 + 8
+        VALUE + chunk(16) + 14
     }
 }
 
-/// Is an embeddings answer of `floats` floats over the answer budget?
-pub fn embeddings_over_budget(floats: usize, base64: bool, budget: u64) -> bool {
-    (floats as u64).saturating_mul(embedding_float_cost(base64)) > budget
+/// `v` serialized into a buffer of exactly its length (serializing into a growing buffer can take 3× that).
+pub fn to_vec_exact(v: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(usize::try_from(json_len(v)).unwrap_or(0));
+    let _ = serde_json::to_writer(&mut out, v);
+    out
+}
+
+/// Is an embeddings answer of `floats` floats over the answer budget? (`dims`: one input's transients.)
+pub fn embeddings_over_budget(floats: usize, dims: usize, base64: bool, budget: u64) -> bool {
+    (floats as u64).saturating_mul(embedding_float_cost(base64)).saturating_add(16 * dims as u64) > budget
 }
 
 /// The answer for a request whose answer is over a limit: a 413 in the API's shape for a synthesized answer,
@@ -584,9 +595,9 @@ mod tests {
         assert_eq!(s.members, 5);
         assert_eq!(s.values, 11, "{s:?}");
         assert_eq!(s.numbers, 2);
-        assert_eq!(s.longest_escaped, 4);
+        assert_eq!(s.longest_escaped, 3);
         assert_eq!(s.longest_number, 5);
-        assert_eq!(s.string_bytes, 1 + 1 + 1 + 4 + 3 + 1);
+        assert_eq!(s.string_bytes, 1 + 1 + 1 + 3 + 2 + 1);
     }
 
     #[test]
@@ -607,9 +618,10 @@ mod tests {
     fn strings_are_skipped_with_escapes_honoured() {
         for (text, len, escaped) in [
             (r#""plain text that is longer than eight bytes""#, 42, false),
-            (r#""a\"b\\""#, 6, true),
-            (r#""\\""#, 2, true),
-            (r#""0123456\"89abcdef\\""#, 19, true),
+            (r#""a\"b\\""#, 4, true),
+            (r#""\\""#, 1, true),
+            (r#""0123456\"89abcdef\\""#, 17, true),
+            (r#""\u00e9\ud83d\ude00x""#, 3 + 3 + 3 + 1, true),
             (r#""unterminated"#, 12, false),
         ] {
             let (l, e, _) = skip_string(text.as_bytes(), 1);

@@ -1204,7 +1204,7 @@ impl Runtime {
                         Err(e) => return self.asset_error(asset, route, &key, format!("can't be streamed: {e}")),
                     }
                 } else {
-                    serde_json::to_vec(&v).unwrap_or_else(|_| resp.source().into_owned())
+                    crate::budget::to_vec_exact(&v)
                 }
             }
             _ => resp.source().into_owned(),
@@ -1252,7 +1252,7 @@ impl Runtime {
             headers.push(("cache-control".into(), "no-cache".into()));
             render_sse(route.operation, &body, &StreamOptions::from_request(request)).ok()?.into_bytes()
         } else {
-            serde_json::to_vec(&body).ok()?
+            crate::budget::to_vec_exact(&body)
         };
         headers.push(("x-understudy".into(), "synthesized".into()));
         headers.push(("x-understudy-key".into(), key));

@@ -706,7 +706,7 @@ fn embeddings(request: &Value, model: &str, rule_dimensions: Option<usize>, budg
     let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     // Floats as JSON cost several times their base64 form: both are priced before any vector is built.
     let floats = inputs.len().saturating_mul(dims);
-    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, base64, budget) {
+    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, dims, base64, budget) {
         return None;
     }
     let mut tokens = 0u64;
