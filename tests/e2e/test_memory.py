@@ -29,7 +29,7 @@ CAPITAL_ASSET = load_asset("openai/chat-capital.json")
 CAPITAL = CAPITAL_ASSET["request"]["body"]
 SYNTH_RULES = [
     {"operation": "openai.chat_completions", "model": "echo*", "echo": True},
-    {"operation": "openai.chat_completions", "model": "slow*", "echo": True, "latency": {"ttft_ms": 3000}},
+    {"operation": "openai.chat_completions", "model": "slow*", "echo": True, "latency": {"ttft_ms": 10000}},
     {"operation": "openai.embeddings", "model": "*"},
 ]
 
@@ -64,7 +64,7 @@ def long_string(escaped: bool) -> bytes:
 
 
 def nested() -> bytes:
-    chain = "[" * 126 + "0" + "]" * 126  # with the outer `stop` array: 127 levels, the most that is read
+    chain = "[" * 125 + "0" + "]" * 125  # with the body and the `stop` array: 127 levels, the most that is read
     return chat_with("stop", "[", chain, "]")
 
 
@@ -210,25 +210,27 @@ def test_memory_class(understudy_factory, upstream, assets, case):
 
 
 def test_many_delayed_answers_at_once(understudy_factory, upstream, assets):
-    """Answers waiting for their latency are bounded (DELAY_QUEUE_BYTES): 100 echoes of 1 MiB with a 3 s time to
-    first token, all at once: those that fit wait and arrive; the rest get a 503 in the API's shape at once, with
-    `retry-after`; afterwards a hit works on the same worker."""
+    """Answers waiting for their latency are bounded (DELAY_QUEUE_BYTES, 64 MiB): 40 echoes of 3 MiB with a 10 s
+    time to first token, all at once (sent well within the 10 s): about 21 fit, wait and arrive; the rest get a
+    503 in the API's shape at once, with `retry-after`; afterwards a hit works on the same worker."""
     d, rules = assets
     u = understudy_factory(d, name="memory-delayed", extra=["--synthesize", str(rules)])
     before = upstream.snapshot()
     hit(u)
     load = gauge(u.admin)
-    body = json.dumps({"model": "slow-1", "messages": [{"role": "user", "content": "x" * MIB}]}).encode()
+    body = json.dumps({"model": "slow-1", "messages": [{"role": "user", "content": "x" * (3 * MIB)}]}).encode()
     t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
-        futures = [pool.submit(lambda: (u.post(CHAT, body, timeout=120), time.monotonic() - t0)) for _ in range(100)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        futures = [pool.submit(lambda: (u.post(CHAT, body, timeout=120), time.monotonic() - t0)) for _ in range(40)]
         results = [f.result() for f in futures]
     seconds = time.monotonic() - t0
     ok = [(r, t) for r, t in results if r.status == 200]
     full = [(r, t) for r, t in results if r.status == 503]
-    assert len(ok) + len(full) == 100, [r.status for r, _ in results]
+    assert len(ok) + len(full) == 40, [r.status for r, _ in results]
     assert ok and full, f"{len(ok)} answered, {len(full)} refused: the queue should hold some and refuse others"
-    assert all(t >= 2.9 for _, t in ok), "a queued answer came before its latency"
+    assert len(ok) <= 64 // 3, f"{len(ok)} answers of 3 MiB waited at once in a 64 MiB queue"
+    assert all(t >= 9.9 for _, t in ok), "a queued answer came before its latency"
+    assert all(t < 9.9 for _, t in full), "a refused answer was not refused at once"
     for r, _ in full:
         assert r.header("retry-after") == "1" and r.header("x-understudy") == "over-budget", r.headers
         assert r.json()["error"]["code"] == "understudy_delay_queue_full", r.body[:300]
@@ -238,5 +240,5 @@ def test_many_delayed_answers_at_once(understudy_factory, upstream, assets):
     upstream.assert_untouched_since(before)
     s = u.stats()
     assert s["over_budget"] == len(full) and s["synthesized"] == len(ok), s
-    ROWS.append(f"| delayed: 100 × 1 MiB echoes with a 3 s latency at once | {CHAT} | {len(ok)} × 200 after ≥ 3 s, "
+    ROWS.append(f"| delayed: 40 × 3 MiB echoes with a 10 s latency at once | {CHAT} | {len(ok)} × 200 after ≥ 10 s, "
                 f"{len(full)} × 503 delay_queue_full | {seconds:.2f} | {load / MIB:.0f} → {peak / MIB:.0f} | {rss:.0f} |")
