@@ -84,7 +84,7 @@ fn cluster(name: &str, up: &Upstream) -> Value {
 }
 
 fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
-    let mut action = json!({"cluster": cluster, "timeout": "660s", "auto_host_rewrite": true});
+    let mut action = json!({"cluster": cluster, "timeout": reply_timeout(), "auto_host_rewrite": true});
     if !up.prefix.is_empty() {
         if let Some(m) = action.as_object_mut() {
             m.insert("prefix_rewrite".into(), json!(format!("{}{}", up.prefix, prefix)));
@@ -94,6 +94,11 @@ fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
 }
 
 /// The Understudy HTTP filters, in the order that is safe everywhere: (decompressor), wasm, buffer, router.
+/// A minute above the longest simulated latency (`limits::MAX_DELAY_MS`), so a delayed answer is never cut.
+fn reply_timeout() -> String {
+    format!("{}s", understudy_matcher::limits::MAX_DELAY_MS / 1000 + 60)
+}
+
 pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Value {
     json!([
         {
@@ -117,7 +122,10 @@ pub fn http_filters(wasm: &str, plugin_config: &str, max_body_bytes: u64) -> Val
                 "config": {
                     "name": "understudy",
                     "root_id": "understudy",
-                    "failure_policy": "FAIL_CLOSED",
+                    // A VM that traps (a bug: every request has a memory budget) fails closed (503, nothing
+                    // upstream) during a back-off, then Envoy recreates it: virtualization comes back by itself.
+                    "failure_policy": "FAIL_RELOAD",
+                    "reload_config": {"backoff": {"base_interval": "1s", "max_interval": "10s"}},
                     "vm_config": {
                         "vm_id": "understudy",
                         "runtime": "envoy.wasm.runtime.v8",
@@ -180,7 +188,7 @@ pub fn bootstrap(s: &Settings) -> Value {
         "normalize_path": true,
         "merge_slashes": true,
         // Simulated latency may hold a reply up to 600 s; Envoy's default idle timeout is 300 s.
-        "stream_idle_timeout": "660s",
+        "stream_idle_timeout": reply_timeout(),
         "codec_type": "AUTO",
         "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
         "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)

@@ -50,7 +50,7 @@ pub struct EnvoyArgs {
     #[arg(long)]
     pub synthesize: Option<PathBuf>,
     /// Largest request body buffered for matching; bigger ones get 413.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = understudy_matcher::limits::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
     /// Envoy worker threads.
     #[arg(long, default_value_t = 2)]

@@ -2,7 +2,8 @@
 
 use std::rc::Rc;
 
-use understudy_matcher::{classify, Decision, Outcome, Route, Runtime};
+use understudy_matcher::limits::{DELAY_QUEUE_BYTES, DELAY_QUEUE_ENTRIES};
+use understudy_matcher::{classify, error_answer, Decision, LocalResponse, Outcome, Route, Runtime};
 
 use crate::host::{Counter, Host};
 
@@ -33,14 +34,21 @@ enum State {
 
 /// One HTTP stream's state.
 pub struct Flow {
-    runtime: Rc<Runtime>,
+    /// `None` when the VM has no runtime (its configuration did not load): LLM calls then fail closed.
+    runtime: Option<Rc<Runtime>>,
     state: State,
 }
 
 impl Flow {
     /// A new stream using the shared runtime.
     pub fn new(runtime: Rc<Runtime>) -> Self {
-        Flow { runtime, state: State::Start }
+        Flow { runtime: Some(runtime), state: State::Start }
+    }
+
+    /// A stream in a VM without a runtime: LLM calls get a 503 in the API's shape (fail closed, nothing goes
+    /// upstream); other requests pass untouched.
+    pub fn unavailable() -> Self {
+        Flow { runtime: None, state: State::Start }
     }
 
     /// Request headers arrived.
@@ -51,6 +59,15 @@ impl Flow {
             self.state = State::Untouched;
             return Next::Continue;
         };
+        if self.runtime.is_none() {
+            let message = "Understudy has no asset store loaded in this Envoy worker (its plugin configuration \
+                           did not load; see Envoy's log), so it refuses LLM calls rather than let them reach the \
+                           live model";
+            let (headers, body) = error_answer(&route, "unavailable", "api_error", message, "understudy_unavailable");
+            host.send_response(503, &headers, &body);
+            self.state = State::Answered;
+            return Next::Pause;
+        }
         let encoding = host.request_header("content-encoding").unwrap_or_default();
         let encoding = encoding.trim();
         if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
@@ -124,19 +141,28 @@ impl Flow {
         let State::Compressed(route, encoding) = std::mem::replace(&mut self.state, State::Start) else {
             return Next::Continue;
         };
-        let decision = self.runtime.reject(&route, &understudy_matcher::RequestError::Compressed(encoding));
-        self.act(host, decision)
+        let Some(runtime) = &self.runtime else { return Next::Continue };
+        let decision = runtime.reject(&route, &understudy_matcher::RequestError::Compressed(encoding));
+        self.act(host, &route, decision)
     }
 
     fn finish(&mut self, host: &dyn Host, route: &Route, body: &[u8]) -> Next {
-        let decision = self.runtime.decide_at(route, body, host.now_nanos());
-        self.act(host, decision)
+        let Some(runtime) = &self.runtime else { return Next::Continue };
+        let decision = runtime.decide_at(route, body, host.now_nanos());
+        self.act(host, route, decision)
     }
 
-    fn act(&mut self, host: &dyn Host, decision: Decision) -> Next {
+    fn act(&mut self, host: &dyn Host, route: &Route, decision: Decision) -> Next {
         if host.upstream_started() {
             self.report_misconfigured(host);
         }
+        // The latency queue is bounded (limits::DELAY_QUEUE_*): past it, an answer that would wait is a 503.
+        let decision = match decision {
+            Decision::Respond(r) if r.delay_ms > 0 && !delay_queue_has_room(host, &r) => {
+                Decision::Respond(delay_queue_full(route))
+            }
+            other => other,
+        };
         host.increment(Counter::Requests);
         let outcome = match &decision {
             Decision::Respond(r) => r.outcome,
@@ -147,6 +173,7 @@ impl Flow {
             Outcome::Miss => Counter::Misses,
             Outcome::Synthesized => Counter::Synthesized,
             Outcome::BadRequest => Counter::BadRequests,
+            Outcome::OverBudget => Counter::OverBudget,
         });
         match decision {
             Decision::Respond(r) if r.delay_ms > 0 => {
@@ -168,6 +195,29 @@ impl Flow {
     }
 }
 
+/// Bytes an answer holds while it waits.
+fn held_bytes(r: &LocalResponse) -> usize {
+    r.body.len() + r.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>()
+}
+
+fn delay_queue_has_room(host: &dyn Host, r: &LocalResponse) -> bool {
+    let (entries, bytes) = host.delayed();
+    entries < DELAY_QUEUE_ENTRIES && bytes.saturating_add(held_bytes(r)) <= DELAY_QUEUE_BYTES
+}
+
+/// What an answer that can't wait gets: a 503 in the API's shape that asks the client to retry (the SDKs do).
+fn delay_queue_full(route: &Route) -> LocalResponse {
+    let message = format!(
+        "Understudy is holding back as many answers for their simulated latency as it may ({DELAY_QUEUE_ENTRIES} \
+         answers, {} MiB: DELAY_QUEUE_ENTRIES and DELAY_QUEUE_BYTES, see docs/limits.md); retry shortly",
+        DELAY_QUEUE_BYTES >> 20
+    );
+    let (mut headers, body) =
+        error_answer(route, "over-budget", "overloaded_error", &message, "understudy_delay_queue_full");
+    headers.push(("retry-after".into(), "1".into()));
+    LocalResponse { outcome: Outcome::OverBudget, status: 503, headers, body, delay_ms: 0, accounting: None }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
@@ -187,6 +237,7 @@ mod tests {
         counters: RefCell<Vec<Counter>>,
         errors: RefCell<Vec<String>>,
         delayed: std::cell::Cell<u64>,
+        queue: std::cell::Cell<(usize, usize)>,
     }
 
     impl Host for FakeHost {
@@ -198,6 +249,9 @@ mod tests {
         }
         fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
             *self.sent.borrow_mut() = Some((status, headers.to_vec(), body.to_vec()));
+        }
+        fn delayed(&self) -> (usize, usize) {
+            self.queue.get()
         }
         fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
             self.delayed.set(delay_ms);
@@ -363,6 +417,52 @@ mod tests {
         f.on_request_headers(&h, false);
         f.on_response_headers(&h);
         assert_eq!(*h.counters.borrow(), vec![Counter::Misconfigured]);
+    }
+
+    #[test]
+    fn without_a_runtime_llm_calls_fail_closed_in_the_api_shape_and_others_pass() {
+        for (path, dialect_key) in [("/v1/chat/completions", "\"param\""), ("/v1/messages", "\"type\":\"error\"")] {
+            let h = host(path, REQ);
+            let mut f = Flow::unavailable();
+            assert_eq!(f.on_request_headers(&h, false), Next::Pause);
+            let (status, headers, body) = h.sent.borrow().clone().unwrap();
+            assert_eq!(status, 503);
+            assert!(headers.contains(&("x-understudy".into(), "unavailable".into())));
+            let text = String::from_utf8(body).unwrap();
+            assert!(text.contains("no asset store loaded") && text.contains(dialect_key), "{text}");
+            // The body that follows is held too: nothing goes upstream.
+            assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        }
+        let h = host("/v1/models", "");
+        let mut f = Flow::unavailable();
+        assert_eq!(f.on_request_headers(&h, true), Next::Continue);
+        assert!(h.sent.borrow().is_none());
+    }
+
+    #[test]
+    fn a_full_latency_queue_answers_503_at_once_and_counts_it() {
+        use understudy_matcher::limits::{DELAY_QUEUE_BYTES, DELAY_QUEUE_ENTRIES};
+        for queue in [(DELAY_QUEUE_ENTRIES, 0), (1, DELAY_QUEUE_BYTES - 10)] {
+            let h = host("/v1/chat/completions", REQ);
+            h.queue.set(queue);
+            let mut f = Flow::new(runtime_with_latency(OnMiss::Error, 250));
+            f.on_request_headers(&h, false);
+            assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+            assert_eq!(h.delayed.get(), 0, "not queued");
+            let (status, headers, body) = h.sent.borrow().clone().unwrap();
+            assert_eq!(status, 503);
+            assert!(headers.contains(&("retry-after".into(), "1".into())));
+            assert!(String::from_utf8(body).unwrap().contains("understudy_delay_queue_full"));
+            assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::OverBudget]);
+        }
+        // Room left: queued as before.
+        let h = host("/v1/chat/completions", REQ);
+        h.queue.set((DELAY_QUEUE_ENTRIES - 1, 0));
+        let mut f = Flow::new(runtime_with_latency(OnMiss::Error, 250));
+        f.on_request_headers(&h, false);
+        f.on_request_body(&h, REQ.len(), true);
+        assert_eq!(h.delayed.get(), 250);
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Hits]);
     }
 
     #[test]

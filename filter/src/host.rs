@@ -17,11 +17,14 @@ pub enum Counter {
     Passthroughs,
     /// The router started before the decision: the buffer filter is missing.
     Misconfigured,
+    /// Refused by a memory budget (request, answer or latency queue; `understudy_matcher::limits`): answered
+    /// with a typed error, or forwarded under passthrough when the request body was over budget.
+    OverBudget,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Requests,
         Counter::Hits,
         Counter::Misses,
@@ -29,6 +32,7 @@ impl Counter {
         Counter::BadRequests,
         Counter::Passthroughs,
         Counter::Misconfigured,
+        Counter::OverBudget,
     ];
 
     /// Stat name as Envoy shows it.
@@ -41,6 +45,7 @@ impl Counter {
             Counter::BadRequests => "understudy.bad_requests",
             Counter::Passthroughs => "understudy.passthroughs",
             Counter::Misconfigured => "understudy.misconfigured",
+            Counter::OverBudget => "understudy.over_budget",
         }
     }
 }
@@ -53,6 +58,8 @@ pub trait Host {
     fn request_body(&self, len: usize) -> Option<Vec<u8>>;
     /// Sends a local reply; the request never reaches the router.
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]);
+    /// Answers waiting for their simulated latency in this VM: how many, and their bytes (bodies and headers).
+    fn delayed(&self) -> (usize, usize);
     /// Sends a local reply after `delay_ms` without blocking the worker (simulated latency).
     fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>);
     /// Unix time in nanoseconds, from the host's clock.

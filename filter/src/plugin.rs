@@ -17,7 +17,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(Root {
             runtime: None,
-            metrics: Rc::new([0; 7]),
+            metrics: Rc::new([0; 8]),
             memory_gauge: None,
             memory_seen: Rc::new(Cell::new(0)),
             delayed: Rc::new(RefCell::new(Vec::new())),
@@ -42,7 +42,7 @@ const TICK: Duration = Duration::from_millis(5);
 
 struct Root {
     runtime: Option<Rc<Runtime>>,
-    metrics: Rc<[u32; 7]>,
+    metrics: Rc<[u32; 8]>,
     /// `understudy.wasm_memory_bytes`: the largest linear memory of any of this plugin's VMs.
     memory_gauge: Option<u32>,
     /// Memory size last recorded by this VM.
@@ -80,7 +80,7 @@ fn record_memory(gauge: Option<u32>, seen: &Cell<u64>) {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let mut ids = [0u32; 7];
+        let mut ids = [0u32; 8];
         for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
             match hostcalls::define_metric(MetricType::Counter, c.stat_name()) {
                 Ok(id) => *slot = id,
@@ -122,6 +122,21 @@ impl RootContext for Root {
                     ),
                 );
                 record_memory(self.memory_gauge, &self.memory_seen);
+                // The budgets of requests, answers, the latency queue and the memo come on top of the store.
+                let need = wasm_memory_bytes().saturating_add(understudy_matcher::limits::PER_VM_BUDGET);
+                if need > understudy_matcher::limits::VM_MEMORY {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "understudy: the asset store leaves less room than the per-request budgets need \
+                             ({} MiB at load + {} MiB of budgets > the VM's {} MiB): a large request may trap this \
+                             VM; split the assets over several listeners (see docs/limits.md)",
+                            wasm_memory_bytes() >> 20,
+                            understudy_matcher::limits::PER_VM_BUDGET >> 20,
+                            understudy_matcher::limits::VM_MEMORY >> 20
+                        ),
+                    );
+                }
                 self.runtime = Some(Rc::new(rt));
                 true
             }
@@ -133,7 +148,12 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let runtime = self.runtime.clone()?;
+        // Always a context: `None` makes the proxy-wasm SDK panic (a trap). Without a runtime (the
+        // configuration did not load) the context fails closed: LLM calls get a 503 in the API's shape.
+        let flow = match self.runtime.clone() {
+            Some(runtime) => Flow::new(runtime),
+            None => Flow::unavailable(),
+        };
         let host = ProxyHost {
             metrics: self.metrics.clone(),
             memory_gauge: self.memory_gauge,
@@ -141,7 +161,7 @@ impl RootContext for Root {
             delayed: self.delayed.clone(),
             context_id,
         };
-        Some(Box::new(Http { flow: Flow::new(runtime), host }))
+        Some(Box::new(Http { flow, host }))
     }
 
     fn on_tick(&mut self) {
@@ -224,7 +244,7 @@ fn log(level: LogLevel, msg: &str) {
 }
 
 struct ProxyHost {
-    metrics: Rc<[u32; 7]>,
+    metrics: Rc<[u32; 8]>,
     memory_gauge: Option<u32>,
     memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
@@ -261,6 +281,13 @@ impl Host for ProxyHost {
 
     fn send_response(&self, status: u16, headers: &[(String, String)], body: &[u8]) {
         send_local_reply(status, headers, body);
+    }
+
+    fn delayed(&self) -> (usize, usize) {
+        let q = self.delayed.borrow();
+        let bytes =
+            q.iter().map(|d| d.body.len() + d.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>());
+        (q.len(), bytes.sum())
     }
 
     fn send_response_later(&self, delay_ms: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {

@@ -20,6 +20,28 @@ pub enum RequestError {
          envoy.filters.http.decompressor before it (`understudy up` does), or send the body uncompressed"
     )]
     Compressed(String),
+    /// Parsing the body would take more of the VM's memory than one request may
+    /// ([`crate::limits::REQUEST_BUDGET`]); the message names the limit and the predicted cost.
+    #[error("{0}")]
+    OverBudget(String),
+}
+
+impl RequestError {
+    /// The HTTP status it is answered with: 413 over the request budget, else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::OverBudget(_) => 413,
+            _ => 400,
+        }
+    }
+
+    /// The `code` of the error body (OpenAI's shape).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::OverBudget(_) => "understudy_request_over_budget",
+            _ => "understudy_bad_request",
+        }
+    }
 }
 
 /// A bad asset, bundle or plugin configuration. Always names where the problem is.

@@ -17,12 +17,14 @@
 //! ```
 
 pub mod asset;
+pub mod budget;
 pub mod canonical;
 pub mod cost;
 pub mod dialect;
 pub mod error;
 pub mod headers;
 pub mod key;
+pub mod limits;
 mod runtime;
 pub mod store;
 pub mod stream;
@@ -34,7 +36,9 @@ pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};
 pub use dialect::{classify, Api, Operation, Route, Usage};
 pub use error::{ConfigError, RequestError};
 pub use key::{NormalizationConfig, Normalizer, ScrubberConfig};
-pub use runtime::{Accounting, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime};
+pub use runtime::{
+    error_answer, Accounting, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime,
+};
 pub use store::Store;
 
 /// Parses a request body as a JSON value. Duplicate object keys: the last one wins (as in JavaScript).
@@ -43,4 +47,18 @@ pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RequestError> {
         return Err(RequestError::Empty);
     }
     serde_json::from_slice(body).map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
+/// [`parse_body`] within a memory budget: a body whose parsed tree (and the work of deciding it) would cost
+/// more than `budget` bytes ([`budget::request_cost`]) is refused with [`RequestError::OverBudget`] before
+/// anything is allocated. What the filter calls.
+pub fn parse_body_within(
+    body: &[u8],
+    processing: budget::Processing,
+    budget: u64,
+) -> Result<serde_json::Value, RequestError> {
+    if let Err((cost, shape)) = budget::check_request(body, processing, budget) {
+        return Err(RequestError::OverBudget(budget::request_over_budget_message(body.len(), cost, &shape, budget)));
+    }
+    parse_body(body)
 }

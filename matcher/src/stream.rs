@@ -117,6 +117,15 @@ pub enum StreamError {
         /// The missing event.
         event: &'static str,
     },
+    /// The rendered stream would be longer than an answer may be (a third of `limits::ANSWER_BUDGET`, so that
+    /// the text and the buffer it grows from fit the budget).
+    #[error("{op}: the rendered stream would be longer than {limit} bytes (ANSWER_BUDGET, see docs/limits.md)")]
+    TooLarge {
+        /// The operation.
+        op: Operation,
+        /// The cap in bytes.
+        limit: usize,
+    },
     /// The recorded stream itself carries an API error.
     #[error("{op}: the recorded stream reports an error: {message}")]
     Upstream {

@@ -14,9 +14,10 @@
 //!   dimension is the request's, else the rule's, else the model's default.
 //!
 //! [`Synthesizer::synthesize`] returns `None` when no rule matches, and also when the answer would be
-//! unreasonably large (more than [`MAX_EMBEDDING_FLOATS`] embedding floats, [`MAX_CHOICES`] choices, or
-//! [`MAX_TEXT_BYTES`] of answer text over all choices): the caller then handles the request as an ordinary
-//! miss. `n` is clamped to 1..=128, the API's own range.
+//! unreasonably large (more than [`MAX_EMBEDDING_FLOATS`] embedding floats or an embeddings answer over the
+//! answer budget, [`MAX_CHOICES`] choices, or [`MAX_TEXT_BYTES`] of answer text over all choices): when a rule
+//! matched ([`Synthesizer::matches`]), the caller answers a 413 naming the limit. `n` is clamped to
+//! 1..=[`crate::limits::MAX_N`], the API's own range. The limits live in [`crate::limits`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
@@ -27,14 +28,7 @@ use crate::dialect::{Operation, Route, SynthInput};
 use crate::error::ConfigError;
 use crate::template::Rng;
 
-/// Largest embedding dimension a rule or request may ask for.
-pub const MAX_DIMENSIONS: usize = 65_536;
-/// Most embedding floats one synthesized response may hold (inputs × dimension).
-pub const MAX_EMBEDDING_FLOATS: usize = 1 << 22;
-/// Most answer text (bytes, over all choices) one synthesized response may hold.
-pub const MAX_TEXT_BYTES: usize = 32 << 20;
-/// Most choices (`n` × prompts) one synthesized completions response may hold.
-pub const MAX_CHOICES: usize = 4_096;
+pub use crate::limits::{MAX_CHOICES, MAX_DIMENSIONS, MAX_EMBEDDING_FLOATS, MAX_TEXT_BYTES};
 
 fn any() -> String {
     "*".to_string()
@@ -101,6 +95,8 @@ struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Synthesizer {
     rules: Vec<Rule>,
+    /// The answer budget answers are priced against (`None`: `limits::ANSWER_BUDGET`; tests lower it).
+    answer_budget: Option<u64>,
 }
 
 impl Synthesizer {
@@ -167,7 +163,7 @@ impl Synthesizer {
                 latency: r.latency,
             });
         }
-        Ok(Synthesizer { rules: out })
+        Ok(Synthesizer { rules: out, answer_budget: None })
     }
 
     /// True when there are no rules.
@@ -186,6 +182,8 @@ impl Synthesizer {
             answer: &rule.answer,
             dimensions: rule.dimensions,
             now_secs,
+            text_cap: self.text_cap(),
+            answer_budget: self.answer_budget(),
         };
         route.operation.dialect().synthesize(route.operation, &input, ids)
     }
@@ -195,15 +193,36 @@ impl Synthesizer {
         self.rules.iter().find(|r| r.operation.is_none_or(|o| o == route.operation) && r.model.matches(model))
     }
 
+    /// Prices answers against `budget` instead of `limits::ANSWER_BUDGET`.
+    pub fn set_answer_budget(&mut self, budget: u64) {
+        self.answer_budget = Some(budget);
+    }
+
+    fn answer_budget(&self) -> u64 {
+        self.answer_budget.unwrap_or(crate::limits::ANSWER_BUDGET)
+    }
+
+    /// Most answer text over all choices: [`MAX_TEXT_BYTES`], or less when the answer budget is lower (the
+    /// text is copied into the answer tree before the rendered answer is priced).
+    fn text_cap(&self) -> usize {
+        MAX_TEXT_BYTES.min(usize::try_from(self.answer_budget() / 4).unwrap_or(usize::MAX))
+    }
+
+    /// Does a rule answer this request? (When it does and [`Synthesizer::synthesize`] gives `None`, the answer
+    /// was over a limit.)
+    pub fn matches(&self, route: &Route, request: &Value) -> bool {
+        self.rule_for(route, request).is_some()
+    }
+
     /// The simulated latency of the rule that answers this request, if it sets one.
     pub fn latency(&self, route: &Route, request: &Value) -> Option<crate::asset::Latency> {
         self.rule_for(route, request).and_then(|r| r.latency)
     }
 }
 
-/// `n`, clamped to 1..=128 (the OpenAI API's own limit).
+/// `n`, clamped to 1..=[`crate::limits::MAX_N`] (the OpenAI API's own limit).
 pub(crate) fn choice_count(request: &Value) -> usize {
-    request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128) as usize
+    request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, crate::limits::MAX_N) as usize
 }
 
 /// The bytes a synthetic embedding is seeded from: model, kind of input (`text` or `tokens`) and input.

@@ -1019,6 +1019,7 @@ fn mutated_bodies_never_panic_and_classify_consistently() {
                 Outcome::Miss => 1,
                 Outcome::BadRequest => 2,
                 Outcome::Synthesized => panic!("no synthesize rules are configured"),
+                Outcome::OverBudget => panic!("small bodies are never over the request budget"),
             }] += 1;
         }
     }

@@ -35,7 +35,17 @@ E2E_ASSETS = E2E_DIR / "assets"
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-COUNTERS = ("requests", "hits", "synthesized", "misses", "bad_requests", "passthroughs", "misconfigured")
+COUNTERS = ("requests", "hits", "synthesized", "misses", "bad_requests", "passthroughs", "misconfigured", "over_budget")
+# Measurements some tests write (gitignored; a copy of a run is committed under bench/results/).
+RESULTS_DIR = ROOT / "target" / "e2e-results"
+
+
+def write_result(name: str, text: str) -> Path:
+    """Writes a measurement report of this run to target/e2e-results/NAME."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(text)
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

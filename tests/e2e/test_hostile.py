@@ -657,7 +657,7 @@ def test_body_at_limit_is_decided(request, limited, upstream, capital_key):
 @pytest.mark.slow
 def test_hostile_batch_counters_add_up(understudy_factory, assets_dir, upstream, capital_key):
     u = understudy_factory(assets_dir, name="hostile-batch")
-    zero = dict(requests=0, hits=0, synthesized=0, misses=0, bad_requests=0, passthroughs=0, misconfigured=0)
+    zero = dict(requests=0, hits=0, synthesized=0, misses=0, bad_requests=0, passthroughs=0, misconfigured=0, over_budget=0)
     assert u.stats() == zero
     before = upstream.snapshot()
     seen: Counter[str] = Counter()
@@ -678,6 +678,6 @@ def test_hostile_batch_counters_add_up(understudy_factory, assets_dir, upstream,
     print(f"hostile batch: {dict(seen)} -> {s}")
     assert s == dict(zero, requests=sum(seen.values()), hits=seen["hit"], misses=seen["miss"],
                      bad_requests=seen["bad-request"])
-    assert s["requests"] == s["hits"] + s["synthesized"] + s["misses"] + s["bad_requests"]
+    assert s["requests"] == s["hits"] + s["synthesized"] + s["misses"] + s["bad_requests"] + s["over_budget"]
     assert u.prometheus() == s
     upstream.assert_untouched_since(before)

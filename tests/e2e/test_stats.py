@@ -9,7 +9,7 @@ from conftest import admin_get, load_asset
 CAPITAL = load_asset("openai/chat-capital.json")["request"]["body"]
 HAIKU = load_asset("anthropic/messages-haiku.json")["request"]["body"]
 FOX = load_asset("openai/embeddings-fox.json")["request"]["body"]
-ZERO = dict(requests=0, hits=0, synthesized=0, misses=0, bad_requests=0, passthroughs=0, misconfigured=0)
+ZERO = dict(requests=0, hits=0, synthesized=0, misses=0, bad_requests=0, passthroughs=0, misconfigured=0, over_budget=0)
 
 
 def test_stats_strict(understudy_factory, assets_dir, upstream):
@@ -29,7 +29,7 @@ def test_stats_strict(understudy_factory, assets_dir, upstream):
         u.post("/v1/files", b"{}").status,  # not an LLM call: not counted
     ]
     assert statuses == [200, 200, 200, 404, 404, 400, 400, 200, 200]
-    want = dict(requests=7, hits=3, synthesized=0, misses=2, bad_requests=2, passthroughs=0, misconfigured=0)
+    want = dict(requests=7, hits=3, synthesized=0, misses=2, bad_requests=2, passthroughs=0, misconfigured=0, over_budget=0)
     assert u.stats() == want
     assert u.prometheus() == want
 
@@ -51,7 +51,7 @@ def test_stats_passthrough(understudy_factory, assets_dir, upstream):
         u.request("GET", "/v1/models"),  # not counted
     ]
     assert [x.header("x-understudy") for x in r] == ["hit", "passthrough", "passthrough", "passthrough", None]
-    want = dict(requests=4, hits=1, synthesized=0, misses=2, bad_requests=1, passthroughs=3, misconfigured=0)
+    want = dict(requests=4, hits=1, synthesized=0, misses=2, bad_requests=1, passthroughs=3, misconfigured=0, over_budget=0)
     assert u.stats() == want
     assert u.prometheus() == want
     upstream.wait_for_requests(4)

@@ -97,13 +97,11 @@ fn none<T>() -> Option<T> {
     None
 }
 
-/// The most an asset or rule may delay its answer to the first token, in milliseconds.
-pub const MAX_TTFT_MS: u64 = 600_000;
-
 /// Checks latency bounds (assets and `synthesize` rules alike).
 pub(crate) fn check_latency(l: &Latency) -> Result<(), String> {
-    if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > MAX_TTFT_MS {
-        return Err(format!("ttft_ms must be at most {MAX_TTFT_MS} and per_token_ms a non-negative number"));
+    let max = crate::limits::MAX_DELAY_MS;
+    if !(l.per_token_ms.is_finite() && l.per_token_ms >= 0.0) || l.ttft_ms > max {
+        return Err(format!("ttft_ms must be at most {max} and per_token_ms a non-negative number"));
     }
     Ok(())
 }

@@ -14,7 +14,6 @@ use super::shape::{append, as_object, bad, copy_keys, last_user_text, map, obj, 
 use super::sse::{event_error, json_events, parse_sse, upstream, Sse};
 use super::{Dialect, Operation, PathView, Route, SynthInput, Usage};
 use crate::stream::{StreamError, StreamOptions};
-use crate::synth::MAX_TEXT_BYTES;
 use crate::template::Rng;
 use crate::tokens::{estimate_tokens, messages_tokens, value_tokens};
 
@@ -87,7 +86,7 @@ impl Dialect for Anthropic {
     fn synthesize(&self, _op: Operation, input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value> {
         let request = input.request;
         let text = input.answer.text(|| last_user_text(request.get("messages")));
-        if text.len() > MAX_TEXT_BYTES {
+        if text.len() > input.text_cap {
             return None;
         }
         let tokens_in = prompt_tokens(request);
@@ -241,7 +240,7 @@ pub(crate) fn render(body: &Value, opts: &StreamOptions) -> Result<String, Strea
         &obj([("type", "message_delta".into()), ("delta", Value::Object(delta)), ("usage", Value::Object(du))]),
     );
     s.named("message_stop", &obj([("type", "message_stop".into())]));
-    Ok(s.out)
+    s.finish(op)
 }
 
 struct BlockAcc {

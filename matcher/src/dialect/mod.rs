@@ -286,6 +286,10 @@ pub(crate) struct SynthInput<'a> {
     pub dimensions: Option<usize>,
     /// Unix seconds.
     pub now_secs: u64,
+    /// Most answer text over all choices ([`crate::limits::MAX_TEXT_BYTES`] or less); over it: `None`.
+    pub text_cap: usize,
+    /// The answer budget vectors are priced against before they are built ([`crate::budget`]).
+    pub answer_budget: u64,
 }
 
 /// Everything the core needs of one API. Methods taking an [`Operation`] are called on the operation's
@@ -401,11 +405,10 @@ pub(crate) trait Dialect: Sync {
     }
 }
 
-/// The error type a local error answer with this HTTP status has.
-pub(crate) fn error_kind(status: u16) -> &'static str {
+/// The error type a local error answer with this HTTP status has (each API renders it in its own shape).
+pub fn error_kind(status: u16) -> &'static str {
     match status {
         404 => "not_found_error",
-        413 => "request_too_large",
         500 => "api_error",
         _ => "invalid_request_error",
     }

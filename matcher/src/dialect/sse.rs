@@ -87,16 +87,26 @@ pub(crate) fn write_json(out: &mut String, v: &Value) {
     }
 }
 
-/// An SSE stream being written.
+/// An SSE stream being written. It stops growing at [`STREAM_CAP`]; [`Sse::finish`] then reports
+/// [`StreamError::TooLarge`] instead of a stream, never a trap.
 #[derive(Default)]
 pub(crate) struct Sse {
-    pub(crate) out: String,
+    out: String,
     seq: u64,
+    /// The stream went over the cap and stopped growing.
+    over: bool,
 }
+
+/// The longest rendered stream: a third of the answer budget (the text and the buffer it grows from).
+pub(crate) const STREAM_CAP: usize = (crate::limits::ANSWER_BUDGET / 3) as usize;
 
 impl Sse {
     /// A `data:` event.
     pub(crate) fn data(&mut self, v: &Value) {
+        if self.over || self.out.len() > STREAM_CAP {
+            self.over = true;
+            return;
+        }
         self.out.push_str("data: ");
         write_json(&mut self.out, v);
         self.out.push_str("\n\n");
@@ -119,9 +129,17 @@ impl Sse {
     }
 
     /// Ends an OpenAI chunk stream with `data: [DONE]`.
-    pub(crate) fn done(mut self) -> String {
+    pub(crate) fn done(mut self, op: Operation) -> Result<String, StreamError> {
         self.out.push_str("data: [DONE]\n\n");
-        self.out
+        self.finish(op)
+    }
+
+    /// The stream, or [`StreamError::TooLarge`] when it went over the cap.
+    pub(crate) fn finish(self, op: Operation) -> Result<String, StreamError> {
+        if self.over {
+            return Err(StreamError::TooLarge { op, limit: STREAM_CAP });
+        }
+        Ok(self.out)
     }
 }
 

@@ -211,6 +211,14 @@ impl Normalizer {
     }
 }
 
+/// The start of the canonical text of `v`: at most `cap` bytes, never the whole of a big body (miss
+/// diagnostics rank candidates by their common start).
+pub fn canonical_prefix(v: &Value, cap: usize) -> String {
+    let mut out = CappedString { text: String::new(), cap, over: false };
+    write_canonical(v, &mut out);
+    out.text
+}
+
 /// Canonical text into the hash and, up to its cap, into a string.
 struct Tee {
     hash: HashSink,

@@ -8,10 +8,7 @@ use std::collections::HashMap;
 use super::Facts;
 use crate::dialect::Route;
 
-/// Largest body remembered.
-pub const MEMO_BODY: usize = 64 << 10;
-/// The memo's total size per VM; when full it starts over.
-pub const MEMO_BYTES: usize = 8 << 20;
+pub(crate) use crate::limits::{MEMO_BODY, MEMO_BYTES};
 
 /// What an exact request body came to the last time.
 #[derive(Debug, Clone, Copy)]

@@ -13,6 +13,7 @@ use serde_json::Value;
 pub use config::{OnMiss, PluginConfig, PluginConfigOf};
 
 use crate::asset::{Latency, Sequence};
+use crate::budget::{answer_cost, to_vec_exact, Budgets, Processing};
 use crate::cost::Prices;
 use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route, Usage};
 use crate::error::{ConfigError, RequestError};
@@ -35,6 +36,9 @@ pub enum Outcome {
     Synthesized,
     /// The body could not be parsed.
     BadRequest,
+    /// Reading the request or building its answer would take more memory than a budget allows
+    /// (`crate::limits`): answered with a typed error (forwarded under passthrough when it is the request).
+    OverBudget,
 }
 
 /// A reply Envoy sends locally, without the upstream.
@@ -132,6 +136,8 @@ pub struct Runtime {
     served: Cell<u64>,
     /// Exact request bodies seen before and what they came to.
     memo: Memo,
+    /// Memory budgets of one request and one answer (crate::budget).
+    budgets: Budgets,
 }
 
 impl Runtime {
@@ -165,7 +171,21 @@ impl Runtime {
             salt,
             served: Cell::new(0),
             memo: Memo::default(),
+            budgets: Budgets::default(),
         }
+    }
+
+    /// Replaces the memory budgets (`crate::limits::REQUEST_BUDGET`, `ANSWER_BUDGET`); tests lower them to
+    /// exercise the checks with small bodies.
+    #[doc(hidden)]
+    pub fn set_budgets(&mut self, budgets: Budgets) {
+        self.budgets = budgets;
+        self.synth.set_answer_budget(budgets.answer);
+    }
+
+    /// How this runtime processes a request, as far as its memory cost goes.
+    fn processing(&self) -> Processing {
+        Processing { plain: self.normalizer.is_plain(), synthesizes: !self.synth.is_empty() }
     }
 
     /// Turns the memo of exact repeated bodies on (the default) or off; benchmarks use it to measure the
@@ -202,7 +222,8 @@ impl Runtime {
             Some(Remembered::Forward) => return Decision::Forward(Outcome::Miss),
             None => {}
         }
-        let request = match crate::parse_body(body) {
+        // Priced before it is parsed: a body whose tree would not fit the request budget is a 413 (budget.rs).
+        let request = match crate::parse_body_within(body, self.processing(), self.budgets.request) {
             Ok(v) => v,
             Err(e) => return self.bad_request(route, &e),
         };
@@ -335,6 +356,11 @@ impl Runtime {
                 if resp.embeddings.is_some() && converting {
                     op.dialect().convert_embeddings(op, &mut v, facts.encoding);
                 }
+                // Priced before it is rendered: an asset's answer over the answer budget is a 500 naming the limit.
+                let cost = answer_cost(&v, stream.then_some(&facts.options));
+                if cost > self.budgets.answer {
+                    return self.over_budget(route, &key, Some(&asset.label), Some(cost));
+                }
                 if stream {
                     match route.dialect().render_stream(route, &v, &facts.options) {
                         Ok(bytes) => {
@@ -344,7 +370,7 @@ impl Runtime {
                         Err(e) => return self.asset_error(asset, route, &key, format!("can't be streamed: {e}")),
                     }
                 } else {
-                    serde_json::to_vec(&v).unwrap_or_else(|_| resp.source().into_owned())
+                    to_vec_exact(&v)
                 }
             }
             _ => resp.source().into_owned(),
@@ -382,16 +408,26 @@ impl Runtime {
             return None;
         }
         let mut ids = self.fresh_ids(now_nanos);
-        let body = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids)?;
+        let Some(body) = self.synth.synthesize(route, request, now_nanos / 1_000_000_000, &mut ids) else {
+            // A rule matched but its answer is over a synthesis limit: a typed 413 naming it, not a miss.
+            let matched = self.synth.matches(route, request);
+            return matched.then(|| self.over_budget(route, &key.get(), None, None));
+        };
         let api = route.dialect();
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         let stream = api.wants_stream(route, request) && route.operation.streams();
+        // Priced before it is rendered (n choices, streamed pieces, dimensions): over the answer budget, a 413.
+        let options = api.stream_options(route, request);
+        let cost = answer_cost(&body, stream.then_some(&options));
+        if cost > self.budgets.answer {
+            return Some(self.over_budget(route, &key.get(), None, Some(cost)));
+        }
         let bytes = if stream {
             set_content_type(&mut headers, api.stream_content_type(route));
             headers.push(("cache-control".into(), "no-cache".into()));
-            api.render_stream(route, &body, &api.stream_options(route, request)).ok()?
+            api.render_stream(route, &body, &options).ok()?
         } else {
-            serde_json::to_vec(&body).ok()?
+            to_vec_exact(&body)
         };
         headers.push(("x-understudy".into(), "synthesized".into()));
         headers.push(("x-understudy-key".into(), key.get()));
@@ -418,6 +454,13 @@ impl Runtime {
         }
     }
 
+    /// An answer over a limit: a 413 for a synthesized answer, a 500 naming the asset for an asset's.
+    fn over_budget(&self, route: &Route, key: &str, asset: Option<&str>, cost: Option<u64>) -> LocalResponse {
+        let (status, message) = crate::budget::answer_over_budget(asset, cost, self.budgets.answer);
+        let key = Some(key).filter(|k| !k.is_empty());
+        local_error(route, Outcome::OverBudget, status, key, &message, "understudy_answer_over_budget")
+    }
+
     /// An asset that matched but can't produce this answer: a 500 that says why, never a panic.
     fn asset_error(&self, asset: &Compiled, route: &Route, key: &str, why: String) -> LocalResponse {
         let message = format!("Understudy matched asset {} but it {why}", asset.label);
@@ -431,11 +474,16 @@ impl Runtime {
     }
 
     fn bad_request(&self, route: &Route, e: &RequestError) -> Decision {
+        // A body over the request budget is told apart (413, its own outcome and stat) from a malformed one.
+        let outcome = match e {
+            RequestError::OverBudget(_) => Outcome::OverBudget,
+            _ => Outcome::BadRequest,
+        };
         if self.on_miss == OnMiss::Passthrough {
-            return Decision::Forward(Outcome::BadRequest);
+            return Decision::Forward(outcome);
         }
         let message = format!("Understudy could not read this {} request: {e}", route.operation);
-        Decision::Respond(local_error(route, Outcome::BadRequest, 400, None, &message, "understudy_bad_request"))
+        Decision::Respond(local_error(route, outcome, e.status(), None, &message, e.code()))
     }
 }
 
@@ -454,24 +502,37 @@ fn local_error(
         Outcome::Miss => "miss",
         Outcome::Synthesized => "synthesized",
         Outcome::BadRequest => "bad-request",
+        Outcome::OverBudget => "over-budget",
     };
-    let kind = error_kind(status);
-    let mut headers =
-        vec![("content-type".to_string(), "application/json".to_string()), ("x-understudy".into(), tag.into())];
+    let (mut headers, body) = error_answer(route, tag, error_kind(status), message, code);
     if let Some(k) = key {
-        headers.push(("x-understudy-key".into(), k.into()));
+        headers.insert(2, ("x-understudy-key".into(), k.into()));
     }
-    headers.extend(route.dialect().error_headers(route, kind));
-    let body = route.dialect().error_body(route, kind, message, Some(code));
-    let body = serde_json::to_vec(&body).unwrap_or_default();
     LocalResponse { outcome, status, headers, body, delay_ms: 0, accounting: None }
 }
 
-/// Time to first token plus time per output token, in milliseconds.
+/// The headers and body of an error answer of type `kind` in `route`'s API shape, tagged `x-understudy: tag`
+/// (also for answers the filter makes itself: no runtime loaded, latency queue full).
+pub fn error_answer(
+    route: &Route,
+    tag: &str,
+    kind: &str,
+    message: &str,
+    code: &str,
+) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut headers =
+        vec![("content-type".to_string(), "application/json".to_string()), ("x-understudy".into(), tag.into())];
+    headers.extend(route.dialect().error_headers(route, kind));
+    let body = route.dialect().error_body(route, kind, message, Some(code));
+    (headers, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Time to first token plus time per output token, in milliseconds, at most `MAX_DELAY_MS` in all.
 fn delay(latency: Option<Latency>, output_tokens: u64) -> u64 {
+    use crate::limits::MAX_DELAY_MS;
     latency.map_or(0, |l| {
         let per_token = l.per_token_ms * output_tokens as f64;
-        l.ttft_ms.saturating_add(per_token.min(600_000.0) as u64)
+        l.ttft_ms.saturating_add(per_token.min(MAX_DELAY_MS as f64) as u64).min(MAX_DELAY_MS)
     })
 }
 

@@ -15,9 +15,10 @@ use crate::error::ConfigError;
 use crate::key::{difference_count, first_difference, Normalizer};
 use answer::{Answers, Response};
 
-/// Largest normalized request kept as canonical text: requests up to this size are matched by their text
-/// (a plain hash-map lookup, no SHA-256: SHA-256 is ~8x slower in a wasm VM than natively); bigger ones by key.
-pub(crate) const KEEP_CANONICAL: usize = 256 << 10;
+// KEEP_CANONICAL (crate::limits): requests up to that size are matched by their canonical text (a plain
+// hash-map lookup, no SHA-256: SHA-256 is ~8x slower in a wasm VM than natively); bigger ones by key.
+pub(crate) use crate::limits::KEEP_CANONICAL;
+use crate::limits::{MISS_DIFF_CAP, MISS_PARSE, MISS_PATH_CHARS, MISS_PREFIX_BYTES, MISS_SCAN, MISS_SHORTLIST};
 
 /// A compiled asset ready to be served.
 #[derive(Debug)]
@@ -256,11 +257,10 @@ impl Store {
     }
 
     /// The same-operation asset closest to a normalized request, for a miss's explanation. Bounded work on
-    /// huge stores: at most [`MISS_SCAN`] candidates are considered, and past [`MISS_PARSE`] of them only the
-    /// 32 sharing the longest start of the canonical text (at most [`MISS_PREFIX`] bytes of it) are compared
-    /// in full.
+    /// huge stores (the limits are in [`crate::limits`] and docs/limits.md): at most `MISS_SCAN` candidates
+    /// are considered, and past `MISS_PARSE` of them only the `MISS_SHORTLIST` sharing the longest start of
+    /// the canonical text (at most `MISS_PREFIX_BYTES` of it) are compared in full.
     pub fn closest(&self, op: Operation, normalized: &Value) -> Option<Closest> {
-        const CAP: usize = 10_000;
         let candidates = self.by_operation.get(&op).map(Vec::as_slice).unwrap_or_default();
         let mut shortlist: Vec<&Compiled> = candidates
             .iter()
@@ -271,28 +271,26 @@ impl Store {
         if shortlist.len() > MISS_PARSE {
             // Big store: keep the candidates sharing the longest start of the canonical text (keys are sorted,
             // so that is mostly the conversation), and compare only those in full.
-            let text = Normalizer::canonical_prefix(normalized, MISS_PREFIX);
+            let text = Normalizer::canonical_prefix(normalized, MISS_PREFIX_BYTES);
             let common = |a: &Compiled| a.normalized.bytes().zip(text.bytes()).take_while(|(x, y)| x == y).count();
             shortlist.sort_by_cached_key(|a| std::cmp::Reverse(common(a)));
-            shortlist.truncate(32);
+            shortlist.truncate(MISS_SHORTLIST);
         }
         // The store keeps canonical text, not parsed trees (memory per VM): parse candidates here, on a miss.
         let (_, a, v) = shortlist
             .into_iter()
             .filter_map(|a| serde_json::from_str::<Value>(&a.normalized).ok().map(|v| (a, v)))
-            .map(|(a, v)| (difference_count(&v, normalized, CAP), a, v))
+            .map(|(a, v)| (difference_count(&v, normalized, MISS_DIFF_CAP), a, v))
             .min_by_key(|(d, _, _)| *d)?;
-        let at = first_difference(&v, normalized).filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string());
+        let mut at = first_difference(&v, normalized).filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string());
+        // A key can be as long as the body: quote the start of the pointer only.
+        if let Some((cut, _)) = at.char_indices().nth(MISS_PATH_CHARS) {
+            at.truncate(cut);
+            at.push('…');
+        }
         Some(Closest { label: a.label.clone(), key: a.key.clone(), at })
     }
 }
-
-/// Most same-operation candidates a miss's explanation considers.
-pub const MISS_SCAN: usize = 20_000;
-/// Candidates a miss's explanation compares in full before shortlisting by shared prefix.
-pub const MISS_PARSE: usize = 256;
-/// Bytes of a missed request's canonical text used to shortlist candidates.
-pub const MISS_PREFIX: usize = 64 << 10;
 
 #[cfg(test)]
 impl Store {

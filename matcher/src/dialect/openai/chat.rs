@@ -14,7 +14,7 @@ use crate::dialect::shape::{
 use crate::dialect::sse::Sse;
 use crate::dialect::{Operation, SynthInput};
 use crate::stream::{StreamError, StreamOptions};
-use crate::synth::{choice_count, MAX_TEXT_BYTES};
+use crate::synth::choice_count;
 use crate::template::Rng;
 use crate::tokens::{estimate_tokens, messages_tokens, value_tokens};
 
@@ -46,7 +46,7 @@ pub(super) fn render(body: &Value, opts: &StreamOptions) -> Result<String, Strea
         chunk.insert("usage".into(), b.get("usage").cloned().unwrap_or(Value::Null));
         sse.data(&Value::Object(chunk));
     }
-    Ok(sse.done())
+    sse.done(op)
 }
 
 /// The `choices[]` entries (one per chunk) that stream one choice.
@@ -244,7 +244,7 @@ pub(super) fn synthesize(input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value>
     let request = input.request;
     let text = input.answer.text(|| crate::dialect::shape::last_user_text(request.get("messages")));
     let n = choice_count(request);
-    if text.len().saturating_mul(n) > MAX_TEXT_BYTES {
+    if text.len().saturating_mul(n) > input.text_cap {
         return None;
     }
     let prompt = prompt_tokens(request);

@@ -12,7 +12,7 @@ use crate::dialect::shape::{
 use crate::dialect::sse::Sse;
 use crate::dialect::{Operation, SynthInput};
 use crate::stream::{StreamError, StreamOptions};
-use crate::synth::{choice_count, Answer, MAX_CHOICES, MAX_TEXT_BYTES};
+use crate::synth::{choice_count, Answer, MAX_CHOICES};
 use crate::template::Rng;
 use crate::tokens::estimate_tokens;
 
@@ -57,7 +57,7 @@ pub(super) fn render(body: &Value, opts: &StreamOptions) -> Result<String, Strea
         chunk.insert("usage".into(), b.get("usage").cloned().unwrap_or(Value::Null));
         sse.data(&Value::Object(chunk));
     }
-    Ok(sse.done())
+    sse.done(op)
 }
 
 /// Assembles a recorded chunk stream into the `text_completion` body.
@@ -136,7 +136,7 @@ pub(super) fn synthesize(input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value>
         let text = if echo_prompt { format!("{prompt_text}{generated}") } else { generated };
         for _ in 0..n {
             bytes = bytes.saturating_add(text.len());
-            if bytes > MAX_TEXT_BYTES {
+            if bytes > input.text_cap {
                 return None;
             }
             completion_tokens = completion_tokens.saturating_add(generated_tokens);

@@ -142,10 +142,13 @@ pub(super) fn synthesize(input: &SynthInput<'_>) -> Option<Value> {
         .filter(|d| (1..=MAX_DIMENSIONS).contains(d));
     let dims = requested_dims.or(input.dimensions).unwrap_or_else(|| default_dimensions(model));
     let inputs = inputs(request.get("input"));
-    if inputs.len().saturating_mul(dims) > MAX_EMBEDDING_FLOATS {
+    let base64 = requested(request) == EmbeddingEncoding::Base64;
+    // Floats as JSON cost several times their base64 form: both are priced before any vector is built.
+    let floats = inputs.len().saturating_mul(dims);
+    if floats > MAX_EMBEDDING_FLOATS || crate::budget::embeddings_over_budget(floats, dims, base64, input.answer_budget)
+    {
         return None;
     }
-    let base64 = requested(request) == EmbeddingEncoding::Base64;
     let mut tokens = 0u64;
     let mut data = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {

@@ -13,7 +13,6 @@ use crate::dialect::shape::{
 use crate::dialect::sse::{event_error, json_events, parse_sse, upstream, Sse};
 use crate::dialect::{Operation, SynthInput};
 use crate::stream::{StreamError, StreamOptions};
-use crate::synth::MAX_TEXT_BYTES;
 use crate::template::Rng;
 use crate::tokens::{estimate_tokens, messages_tokens, value_tokens};
 
@@ -117,7 +116,7 @@ pub(super) fn render(body: &Value, opts: &StreamOptions) -> Result<String, Strea
         _ => "response.completed",
     };
     s.sequenced(terminal, map([("response", body.clone())]));
-    Ok(s.out)
+    s.finish(op)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +253,7 @@ pub(super) fn prompt_tokens(request: &Value) -> u64 {
 pub(super) fn synthesize(input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value> {
     let request = input.request;
     let text = input.answer.text(|| echo_text(request));
-    if text.len() > MAX_TEXT_BYTES {
+    if text.len() > input.text_cap {
         return None;
     }
     let (now, model) = (input.now_secs, input.model);

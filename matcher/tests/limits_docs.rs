@@ -1,0 +1,139 @@
+//! Docs and code agree: every limit `docs/limits.md`, the README and SECURITY.md state is the constant
+//! `understudy_matcher::limits` holds. The docs are compiled in (`include_str!`), so this runs under wasm too.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use regex::Regex;
+use understudy_matcher::limits::*;
+
+const LIMITS_MD: &str = include_str!("../../docs/limits.md");
+const README: &str = include_str!("../../README.md");
+const SECURITY: &str = include_str!("../../SECURITY.md");
+
+/// `20000` → `20,000`, as the docs write numbers.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes as the docs write them: `1 GiB`, `384 MiB`, `64 KiB`.
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{} KiB", n >> 10),
+    }
+}
+
+/// The text with line breaks and indentation folded into single spaces (prose wraps anywhere).
+fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_limit_table_states_every_constant() {
+    let rows: &[(&str, String)] = &[
+        ("VM_MEMORY", size(VM_MEMORY)),
+        ("DEFAULT_MAX_BODY_BYTES", size(DEFAULT_MAX_BODY_BYTES)),
+        ("MAX_DEPTH", format!("{MAX_DEPTH} levels")),
+        ("REQUEST_BUDGET", size(REQUEST_BUDGET)),
+        ("ANSWER_BUDGET", size(ANSWER_BUDGET)),
+        ("MAX_TEXT_BYTES", size(MAX_TEXT_BYTES as u64)),
+        ("MAX_CHOICES", thousands(MAX_CHOICES as u64)),
+        ("MAX_N", MAX_N.to_string()),
+        ("MAX_EMBEDDING_FLOATS", thousands(MAX_EMBEDDING_FLOATS as u64)),
+        ("MAX_DIMENSIONS", thousands(MAX_DIMENSIONS as u64)),
+        ("MAX_DELAY_MS", format!("{} s", MAX_DELAY_MS / 1000)),
+        ("DELAY_QUEUE_ENTRIES", format!("{} answers", thousands(DELAY_QUEUE_ENTRIES as u64))),
+        ("DELAY_QUEUE_BYTES", size(DELAY_QUEUE_BYTES as u64)),
+        ("MEMO_BODY", size(MEMO_BODY as u64)),
+        ("MEMO_BYTES", size(MEMO_BYTES as u64)),
+        ("KEEP_CANONICAL", size(KEEP_CANONICAL as u64)),
+        ("MISS_SCAN", format!("{} assets", thousands(MISS_SCAN as u64))),
+        ("MISS_PARSE", format!("{MISS_PARSE} candidates")),
+        ("MISS_PREFIX_BYTES", size(MISS_PREFIX_BYTES as u64)),
+        ("MISS_DIFF_CAP", format!("{} leaves", thousands(MISS_DIFF_CAP as u64))),
+        ("MISS_PATH_CHARS", format!("{MISS_PATH_CHARS} chars")),
+    ];
+    for (name, value) in rows {
+        let row = format!("| `{name}` | {value} |");
+        assert!(LIMITS_MD.contains(&row), "docs/limits.md has no row {row:?}");
+    }
+    // Every constant row of the table is one of those (a constant added to the docs must be checked here).
+    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
+    for c in documented.captures_iter(LIMITS_MD) {
+        assert!(rows.iter().any(|(name, _)| *name == &c[1]), "docs/limits.md documents {} unchecked", &c[1]);
+    }
+    // The budget table and the prose.
+    let text = flat(LIMITS_MD);
+    for stated in [
+        format!("`REQUEST_BUDGET` = {}", size(REQUEST_BUDGET)),
+        format!("`ANSWER_BUDGET` = {}", size(ANSWER_BUDGET)),
+        format!(
+            "`DELAY_QUEUE_BYTES` = {}, at most `DELAY_QUEUE_ENTRIES` = {} answers",
+            size(DELAY_QUEUE_BYTES as u64),
+            thousands(DELAY_QUEUE_ENTRIES as u64)
+        ),
+        format!("`MEMO_BYTES` = {} (bodies up to `MEMO_BODY` = {})", size(MEMO_BYTES as u64), size(MEMO_BODY as u64)),
+        format!("`PER_VM_BUDGET` = {} besides the store", size(PER_VM_BUDGET)),
+        format!("`MISS_SHORTLIST` = {MISS_SHORTLIST}"),
+    ] {
+        assert!(text.contains(&stated), "docs/limits.md does not say {stated:?}");
+    }
+}
+
+/// Every match of `pattern` in `doc` (at least one) must capture exactly `want`.
+fn states(doc: &str, name: &str, pattern: &str, want: &[String]) {
+    let text = flat(doc);
+    let re = Regex::new(pattern).unwrap();
+    let found: Vec<Vec<String>> =
+        re.captures_iter(&text).map(|c| c.iter().skip(1).map(|m| m.unwrap().as_str().to_string()).collect()).collect();
+    assert!(!found.is_empty(), "{name} no longer says /{pattern}/: update this test with the docs");
+    for got in found {
+        assert_eq!(got, want, "{name} states /{pattern}/ as {got:?}; the code says {want:?}");
+    }
+}
+
+#[test]
+fn readme_and_security_state_the_constants() {
+    let s = |n: u64| n.to_string();
+    states(SECURITY, "SECURITY.md", r"nested (\d+) levels", &[s(MAX_DEPTH as u64)]);
+    states(SECURITY, "SECURITY.md", r"ranks at most ([\d,]+) same-operation", &[thousands(MISS_SCAN as u64)]);
+    states(
+        SECURITY,
+        "SECURITY.md",
+        r"capped \(([\d,]+) embedding floats, ([\d,]+) choices, (\d+ MiB) of text\)",
+        &[thousands(MAX_EMBEDDING_FLOATS as u64), thousands(MAX_CHOICES as u64), size(MAX_TEXT_BYTES as u64)],
+    );
+    states(SECURITY, "SECURITY.md", r"latency at (\d+) s", &[s(MAX_DELAY_MS / 1000)]);
+    states(SECURITY, "SECURITY.md", r"request budget of (\d+ MiB)", &[size(REQUEST_BUDGET)]);
+    states(SECURITY, "SECURITY.md", r"\(budget (\d+ MiB): 413", &[size(ANSWER_BUDGET)]);
+    states(
+        SECURITY,
+        "SECURITY.md",
+        r"at most ([\d,]+) answers and (\d+ MiB)",
+        &[thousands(DELAY_QUEUE_ENTRIES as u64), size(DELAY_QUEUE_BYTES as u64)],
+    );
+    states(SECURITY, "SECURITY.md", r"the memo (\d+ MiB)", &[size(MEMO_BYTES as u64)]);
+    states(SECURITY, "SECURITY.md", r"budget per VM \((\d+ MiB) plus", &[size(PER_VM_BUDGET)]);
+    states(SECURITY, "SECURITY.md", r"(\d+ MiB) in `understudy up`", &[size(DEFAULT_MAX_BODY_BYTES)]);
+
+    states(README, "README.md", r"nested (\d+) levels", &[s(MAX_DEPTH as u64)]);
+    states(README, "README.md", r"capped at (\d+) s", &[s(MAX_DELAY_MS / 1000)]);
+    states(README, "README.md", r"`stream_idle_timeout` to (\d+) s", &[s(MAX_DELAY_MS / 1000 + 60)]);
+    states(
+        README,
+        "README.md",
+        r"at most ([\d,]+) answers and (\d+ MiB) per VM",
+        &[thousands(DELAY_QUEUE_ENTRIES as u64), size(DELAY_QUEUE_BYTES as u64)],
+    );
+    states(README, "README.md", r"naming `REQUEST_BUDGET` \((\d+ MiB)\)", &[size(REQUEST_BUDGET)]);
+    states(README, "README.md", r"the (\d+ MiB) latency queue", &[size(DELAY_QUEUE_BYTES as u64)]);
+}
