@@ -3,6 +3,8 @@
 
 mod bundle;
 mod envoy;
+mod package;
+mod registry;
 mod up;
 
 use std::io::Read;
@@ -71,6 +73,8 @@ enum Command {
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
+    /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
         }
         Command::Up(args) => up::run(args),
+        Command::Package(args) => package::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

