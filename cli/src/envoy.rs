@@ -52,7 +52,7 @@ pub struct Settings<'a> {
     pub max_body_bytes: u64,
 }
 
-fn cluster(name: &str, up: &Upstream) -> Value {
+pub fn cluster(name: &str, up: &Upstream) -> Value {
     let mut c = json!({
         "name": name,
         "type": "STRICT_DNS",

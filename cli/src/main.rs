@@ -3,6 +3,7 @@
 
 mod bundle;
 mod envoy;
+mod manifests;
 mod package;
 mod registry;
 mod up;
@@ -75,6 +76,8 @@ enum Command {
     Up(up::UpArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
+    /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
+    Manifests(manifests::ManifestsArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         }
         Command::Up(args) => up::run(args),
         Command::Package(args) => package::run(args),
+        Command::Manifests(args) => manifests::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

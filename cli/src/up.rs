@@ -74,6 +74,12 @@ fn installed_file(name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())
 }
 
+/// The checkout's examples/assets, else the examples a pip install carries.
+pub fn default_assets() -> PathBuf {
+    let checkout = project_root().join("examples/assets");
+    Some(checkout.clone()).filter(|p| p.is_dir()).or_else(|| installed_file("examples/assets")).unwrap_or(checkout)
+}
+
 /// The filter: --wasm, $UNDERSTUDY_WASM, the installed copy (pip), then this checkout's release build.
 pub fn find_wasm(explicit: Option<PathBuf>) -> Result<PathBuf> {
     let wasm = explicit
@@ -105,14 +111,7 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
-    let root = project_root();
-    let checkout_examples = root.join("examples/assets");
-    let assets = a.assets.clone().unwrap_or_else(|| {
-        Some(checkout_examples.clone())
-            .filter(|p| p.is_dir())
-            .or_else(|| installed_file("examples/assets"))
-            .unwrap_or(checkout_examples)
-    });
+    let assets = a.assets.clone().unwrap_or_else(default_assets);
     let wasm = find_wasm(a.wasm.clone())?;
     let upstream = a.upstream.as_deref().map(Upstream::parse).transpose()?;
     let plugin_config = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref(), a.synthesize.as_deref())?;
