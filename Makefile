@@ -36,6 +36,7 @@ test-streams: ## Rendered SSE streams parsed by the official OpenAI and Anthropi
 	  && $(PY) matcher/tests/stream_sdk/check.py $$d; rc=$$?; rm -rf "$$d"; exit $$rc
 
 test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
+	bash scripts/install-deploy-tools.sh
 	$(PY) -m pytest tests/e2e
 
 test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact stats, flat memory (SOAK_REQUESTS=N)

@@ -418,6 +418,10 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         upstream: upstream.as_ref(),
         max_body_bytes: a.max_body_bytes,
     });
+    // File-based xDS subscriptions need a node identity.
+    if let Some(m) = boot.as_object_mut() {
+        m.insert("node".into(), json!({"id": c.name, "cluster": "understudy"}));
+    }
     let listener = boot.pointer_mut("/static_resources/listeners/0").ok_or_else(|| anyhow!("no listener"))?;
     if let Some(addr) = listener.pointer_mut("/address/socket_address/address") {
         *addr = json!(a.listen);
