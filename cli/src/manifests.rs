@@ -392,7 +392,7 @@ fn ecds_resource(c: &Common, a: &ManifestsArgs) -> Result<Value> {
             "timeout": "60s"
         },
         "sha256": c.module_sha256,
-        "retry_policy": {"num_retries": 5}
+        "retry_policy": {"num_retries": 3}
     }});
     let vm = filter.pointer_mut("/config/vm_config").and_then(Value::as_object_mut);
     vm.ok_or_else(|| anyhow!("the understudy filter has no vm_config"))?.insert("code".into(), code);
