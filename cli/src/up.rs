@@ -16,7 +16,7 @@ use crate::OnMissArg;
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Assets directory [default: the project's examples/assets, or the installed examples].
+    /// Assets directory [default: the installed examples (pip), else the project's examples/assets].
     #[arg(long)]
     assets: Option<PathBuf>,
     /// Listener port (0 picks a free one).
@@ -74,10 +74,9 @@ fn installed_file(name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())
 }
 
-/// The checkout's examples/assets, else the examples a pip install carries.
+/// The examples a pip install carries, else the checkout's examples/assets.
 pub fn default_assets() -> PathBuf {
-    let checkout = project_root().join("examples/assets");
-    Some(checkout.clone()).filter(|p| p.is_dir()).or_else(|| installed_file("examples/assets")).unwrap_or(checkout)
+    installed_file("examples/assets").unwrap_or_else(|| project_root().join("examples/assets"))
 }
 
 /// The filter: --wasm, $UNDERSTUDY_WASM, the installed copy (pip), then this checkout's release build.
