@@ -71,7 +71,8 @@ fn project_root() -> PathBuf {
 fn installed_file(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())
+    let found = [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())?;
+    Some(found.canonicalize().unwrap_or(found))
 }
 
 /// The examples a pip install carries, else the checkout's examples/assets.
