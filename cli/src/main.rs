@@ -5,6 +5,9 @@ mod bundle;
 mod clientenv;
 mod envoy;
 mod launcher;
+mod manifests;
+mod package;
+mod registry;
 mod run;
 mod summary;
 mod up;
@@ -81,6 +84,10 @@ enum Command {
                             a request missed although the command passed; 125 if Understudy itself failed; \
                             126 if the command is not executable; 127 if it was not found. See docs/ci.md.")]
     Run(run::RunArgs),
+    /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
+    Package(package::PackageArgs),
+    /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
+    Manifests(manifests::ManifestsArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,8 @@ fn main() -> ExitCode {
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
+        Command::Package(args) => package::run(args),
+        Command::Manifests(args) => manifests::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

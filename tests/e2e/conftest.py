@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -694,3 +695,61 @@ def assert_served_body(served: dict, recorded: dict) -> None:
     for f in ("created", "created_at"):
         if isinstance(recorded.get(f), int):
             assert abs(served[f] - time.time()) < 120, (f, served[f])
+
+
+# --------------------------------------------------------------------------------------------------
+# A real OCI registry on loopback (Debian's docker-registry; scripts/install-deploy-tools.sh installs it)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalRegistry:
+    host: str  # 127.0.0.1:PORT
+    proc: subprocess.Popen
+    log_path: Path
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}{path}"
+
+    def get(self, path: str, accept: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.url(path), headers={"accept": accept} if accept else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def _registry_binary() -> str:
+    path = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    assert os.path.exists(path), "docker-registry is missing: run `bash scripts/install-deploy-tools.sh`"
+    return path
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[LocalRegistry]:
+    """A docker-registry (distribution 2.x) on a random loopback port with filesystem storage."""
+    d = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    (d / "config.yml").write_text(
+        "version: 0.1\nlog: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {d / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f'http: {{addr: "127.0.0.1:{port}"}}\n'
+    )
+    log_path = d / "registry.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([_registry_binary(), "serve", str(d / "config.yml")], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    reg = LocalRegistry(f"127.0.0.1:{port}", proc, log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if reg.get("/v2/")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None, f"docker-registry exited:\n{tail(log_path)}"
+        assert time.monotonic() < deadline, f"docker-registry not ready:\n{tail(log_path)}"
+        time.sleep(0.1)
+    yield reg
+    stop_process(proc)

@@ -143,14 +143,13 @@ def describe(r) -> str:
 
 
 def later_requests(post: Callable, request: Callable) -> list[tuple[str, Callable[[], object]]]:
-    """Every kind of request, LLM call or not, as sent after a crash."""
+    """Every kind of request on an LLM route, as sent after a crash. (Non-LLM routes don't run the filter at
+    all, so a crash doesn't concern them: `test_vm_crash_fails_closed_then_recovers_by_itself` checks that.)"""
     return [
         ("hit", lambda: post(CHAT, CAPITAL)),
         ("miss", lambda: post(CHAT, CAPITAL_MISS)),
         ("anthropic hit", lambda: post("/v1/messages", HAIKU)),
         ("bad request", lambda: post(CHAT, b"{oops")),
-        ("non-LLM GET", lambda: request("GET", "/v1/models")),
-        ("non-LLM POST", lambda: post("/v1/files", b"{}")),
         ("PUT on an LLM path", lambda: request("PUT", CHAT, CAPITAL)),
     ]
 
@@ -205,6 +204,12 @@ def test_vm_crash_fails_closed_then_recovers_by_itself(understudy_factory, asset
     for _ in range(2):
         rounds.append(crash_and_recover(u.post, u.request))
     upstream.assert_untouched_since(before, settle=0.5)
+
+    # Non-LLM routes never run the filter (route scoping): a trapped VM doesn't take them down.
+    assert_closed(u.post(CHAT, CAPITAL, headers=PANIC), "the trapping request")
+    for method, path in (("GET", "/v1/models"), ("POST", "/v1/files")):
+        r = u.request(method, path, b"{}" if method == "POST" else None)
+        assert r.status == 200 and r.header("x-fake-upstream") == "1", f"{method} {path}: {describe(r)}"
 
     log = u.log_path.read_text(errors="replace")
     assert "panicked at" in log and "fault injected by x-understudy-fault" in log, tail(u.log_path)
