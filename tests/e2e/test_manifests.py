@@ -143,7 +143,7 @@ def test_plain_envoy_bootstrap_and_its_ecds_resource_validate(generated, tmp_pat
     code = res["typed_config"]["config"]["vm_config"]["code"]["remote"]
     assert code["sha256"] == __import__("hashlib").sha256(WASM.read_bytes()).hexdigest()
     assert code["http_uri"]["uri"].endswith(f"/v2/platform/understudy/blobs/sha256:{code['sha256']}")
-    assert res["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED"
+    assert res["typed_config"]["config"]["failure_policy"] == "FAIL_RELOAD"
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     [f] = [f for f in hcm["http_filters"] if f["name"] == "understudy"]
     del f["config_discovery"]
