@@ -291,8 +291,10 @@ pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Rout
     let err = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
     let Some(route) = classify(&a.request.method, &a.request.path) else {
         return Err(err(format!(
-            "request: {} {} is not an LLM operation Understudy virtualizes (POST .../chat/completions, .../completions, .../embeddings, .../responses, .../v1/messages)",
-            a.request.method, a.request.path
+            "request: {} {} is not an LLM operation Understudy virtualizes (POST {})",
+            a.request.method,
+            a.request.path,
+            crate::dialect::known_paths()
         )));
     };
     if !a.request.body.is_object() {

@@ -40,6 +40,10 @@ impl Dialect for Anthropic {
         "anthropic"
     }
 
+    fn paths(&self) -> &'static [&'static str] {
+        &[".../v1/messages"]
+    }
+
     fn ignored(&self, _op: Operation, field: &str) -> bool {
         // `anthropic_version` is in the body only where the header can't carry it (Anthropic on Vertex AI):
         // the API version, not a request for another answer.

@@ -271,6 +271,11 @@ pub fn classify(method: &str, path: &str) -> Option<Route> {
     Api::ALL.iter().find_map(|api| api.dialect().classify(&view))
 }
 
+/// The path forms every API serves, for messages that say what Understudy recognizes.
+pub fn known_paths() -> String {
+    Api::ALL.iter().flat_map(|a| a.dialect().paths().iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
 /// Tokens a call used or would use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -328,6 +333,11 @@ pub(crate) trait Dialect: Sync {
 
     /// OpenTelemetry `gen_ai.provider.name` of this API's own service.
     fn provider(&self) -> &'static str;
+
+    /// The path forms this API serves, as a user would recognize them (`.../chat/completions`).
+    fn paths(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     // --- keys ---
 

@@ -57,6 +57,14 @@ impl Dialect for Gemini {
         GEMINI
     }
 
+    fn paths(&self) -> &'static [&'static str] {
+        &[
+            ".../models/{model}:generateContent (also :streamGenerateContent, :embedContent, :batchEmbedContents, \
+             :countTokens; Vertex AI's .../publishers/google/models/{model}:...)",
+            ".../publishers/anthropic/models/{model}:rawPredict (and :streamRawPredict)",
+        ]
+    }
+
     fn ignored(&self, _op: Operation, field: &str) -> bool {
         IGNORED.contains(&field)
     }
