@@ -405,3 +405,6 @@ mod tests {
         assert!(!Gemini.wants_stream(&plain, &json!({"stream": true})));
     }
 }
+
+#[cfg(test)]
+mod serve_tests;
