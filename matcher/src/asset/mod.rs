@@ -297,6 +297,12 @@ pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Rout
             crate::dialect::known_paths()
         )));
     };
+    if let Some(param) = crate::headers::secret_query_param(&a.request.path) {
+        return Err(err(format!(
+            "request.path: the query parameter `{param}` carries a credential, which never belongs in an asset; \
+             remove it (query strings never count in a key)"
+        )));
+    }
     if !a.request.body.is_object() {
         return Err(err("request.body: must be a JSON object".into()));
     }

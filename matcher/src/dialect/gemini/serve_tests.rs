@@ -233,3 +233,12 @@ fn synthesized_text_embeddings_and_token_counts() {
     // No rule for this model: a miss.
     assert_eq!(send(&rt, "/v1beta/models/other:countTokens", &question("x")).status, 404);
 }
+
+#[test]
+fn an_api_key_in_an_asset_path_is_refused() {
+    let text = include_str!("../../../../examples/assets/gemini/generate-capital.json")
+        .replace(":generateContent", ":generateContent?key=AIzaSyLeakedKey");
+    let err = parse_asset_file(&text, "leak.json").unwrap_err().to_string();
+    assert!(err.contains("leak.json#0") && err.contains("`key` carries a credential"), "{err}");
+    assert!(!err.contains("AIzaSyLeakedKey"), "{err}");
+}
