@@ -542,6 +542,14 @@ mod tests {
     }
 
     #[test]
+    fn unknown_paths_are_explained_with_every_apis_paths() {
+        let known = known_paths();
+        for p in [".../chat/completions", ".../v1/messages", ":generateContent", ":rawPredict"] {
+            assert!(known.contains(p), "{known}");
+        }
+    }
+
+    #[test]
     fn every_operation_belongs_to_a_registered_api_that_names_it() {
         for op in Operation::ALL {
             assert!(Api::ALL.contains(&op.api()), "{op}");
