@@ -23,8 +23,16 @@ use crate::tokens::{estimate_tokens, value_tokens, MEDIA_TOKENS};
 
 const OP: Operation = Operation::GenerateContent;
 
-/// Top-level fields that are not repeated on every chunk.
-const NOT_REPEATED: &[&str] = &["candidates", "usageMetadata", "promptFeedback"];
+/// Top-level fields every chunk repeats (when short); the others are sent once, so a chunk costs the same
+/// whatever else a body holds.
+const REPEATED: &[&str] = &["modelVersion", "responseId", "createTime"];
+
+/// Longest value a chunk repeats; a longer one is sent once, with the last chunk.
+const MAX_REPEATED_CHARS: usize = 256;
+
+fn repeated(k: &str, v: &Value) -> bool {
+    REPEATED.contains(&k) && v.as_str().is_some_and(|s| s.len() <= MAX_REPEATED_CHARS)
+}
 
 /// The stream of a `GenerateContentResponse` in `framing`.
 pub(super) fn render(body: &Value, framing: Framing, opts: &StreamOptions) -> Result<Vec<u8>, StreamError> {
@@ -34,27 +42,33 @@ pub(super) fn render(body: &Value, framing: Framing, opts: &StreamOptions) -> Re
 /// Writes chunks as Server-Sent Events (`data: {...}` and a blank line, CRLF as Google writes them) or as
 /// one JSON array.
 fn frame<'a>(chunks: impl Iterator<Item = &'a Map<String, Value>>, framing: Framing) -> Vec<u8> {
-    let mut out = String::new();
+    let mut out = Vec::new();
+    let json = |out: &mut Vec<u8>, c: &Map<String, Value>| {
+        // Serializing a map of JSON values can't fail; an empty object stands in if it ever did.
+        if serde_json::to_writer(&mut *out, c).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+    };
     match framing {
         Framing::JsonArray => {
-            out.push('[');
+            out.push(b'[');
             for (i, c) in chunks.enumerate() {
                 if i > 0 {
-                    out.push_str(",\r\n");
+                    out.extend_from_slice(b",\r\n");
                 }
-                out.push_str(&Value::Object(c.clone()).to_string());
+                json(&mut out, c);
             }
-            out.push(']');
+            out.push(b']');
         }
         _ => {
             for c in chunks {
-                out.push_str("data: ");
-                out.push_str(&Value::Object(c.clone()).to_string());
-                out.push_str("\r\n\r\n");
+                out.extend_from_slice(b"data: ");
+                json(&mut out, c);
+                out.extend_from_slice(b"\r\n\r\n");
             }
         }
     }
-    out.into_bytes()
+    out
 }
 
 /// The chunks of a plain answer.
@@ -62,7 +76,7 @@ fn chunks(body: &Value, opts: &StreamOptions) -> Result<Vec<Map<String, Value>>,
     let b = as_object(OP, body, "")?;
     let candidates = opt_array(OP, b, "candidates", "")?;
     let base: Map<String, Value> =
-        b.iter().filter(|(k, _)| !NOT_REPEATED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        b.iter().filter(|(k, v)| repeated(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let many = candidates.len() > 1;
     let per_candidate = candidates
         .iter()
@@ -88,8 +102,12 @@ fn chunks(body: &Value, opts: &StreamOptions) -> Result<Vec<Map<String, Value>>,
     if let (Some(pf), Some(first)) = (b.get("promptFeedback"), out.first_mut()) {
         first.insert("promptFeedback".into(), pf.clone());
     }
-    if let (Some(u), Some(last)) = (b.get("usageMetadata"), out.last_mut()) {
-        last.insert("usageMetadata".into(), u.clone());
+    if let Some(last) = out.last_mut() {
+        for (k, v) in
+            b.iter().filter(|(k, v)| !repeated(k, v) && !matches!(k.as_str(), "candidates" | "promptFeedback"))
+        {
+            last.insert(k.clone(), v.clone());
+        }
     }
     Ok(out)
 }
@@ -121,17 +139,23 @@ fn candidate_entries(pos: usize, c: &Value, many: bool, opts: &StreamOptions) ->
             let c_at = path_of(&at, "content");
             let content = as_object(OP, content, &c_at)?;
             let parts = opt_array(OP, content, "parts", &c_at)?;
-            let rest: Map<String, Value> =
-                content.iter().filter(|(k, _)| *k != "parts").map(|(k, v)| (k.clone(), v.clone())).collect();
+            // Every piece names the role; the content's other fields come once, with the last piece.
+            let role: Map<String, Value> =
+                content.iter().filter(|(k, _)| *k == "role").map(|(k, v)| (k.clone(), v.clone())).collect();
             for (j, part) in parts.iter().enumerate() {
                 for piece in part_pieces(part, &format!("{c_at}.parts[{j}]"), opts)? {
-                    let mut c = rest.clone();
+                    let mut c = role.clone();
                     c.insert("parts".into(), Value::Array(vec![piece]));
                     entries.push(entry(Some(Value::Object(c))));
                 }
             }
-            if entries.is_empty() {
-                entries.push(entry(Some(Value::Object(content.clone()))));
+            match entries.last_mut().and_then(|e| e.get_mut("content")).and_then(Value::as_object_mut) {
+                Some(last) => {
+                    for (k, v) in content.iter().filter(|(k, _)| *k != "parts" && *k != "role") {
+                        last.insert(k.clone(), v.clone());
+                    }
+                }
+                None => entries.push(entry(Some(Value::Object(content.clone())))),
             }
         }
     }
@@ -605,6 +629,19 @@ mod tests {
         assert!(array.starts_with("[{") && array.ends_with("}]") && array.contains("},\r\n{"));
         let parsed: Vec<Value> = serde_json::from_str(&array).unwrap();
         assert_eq!(parsed, chunks);
+    }
+
+    #[test]
+    fn big_fields_are_sent_once_whatever_the_number_of_chunks() {
+        let big = "x".repeat(10_000);
+        let mut b = body(json!([{"content": {"parts": [{"text": "word ".repeat(200)}], "role": "model", "extra": big},
+            "finishReason": "STOP", "groundingMetadata": {"webSearchQueries": [big]}}]));
+        b["serverSideField"] = json!(big);
+        b["modelVersion"] = json!(big);
+        let sse = render(&b, Framing::Sse, &opts(8)).unwrap();
+        assert!(chunks_of(&sse).len() > 100);
+        assert_eq!(String::from_utf8(sse.clone()).unwrap().matches(&big).count(), 4);
+        assert_eq!(assemble(&sse).unwrap(), b);
     }
 
     #[test]
