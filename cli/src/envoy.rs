@@ -88,7 +88,8 @@ pub fn cluster(name: &str, up: &Upstream) -> Value {
 /// decodes `%XX` (any `%` matches here), drops `;params`, control characters, dot and empty segments and
 /// lower-cases, none of which can create these words, and each operation ends in one of them.
 /// `llm_path_regex_covers_every_operation` (below) fails to compile when an operation is added.
-pub const LLM_PATH_REGEX: &str = "(?i).*(%|completions|embeddings|responses|messages).*";
+pub const LLM_PATH_REGEX: &str =
+    "(?i).*(%|completions|embed|responses|messages|generate|counttokens|rawpredict|converse|invoke|chat).*";
 
 /// The filters that only LLM routes run; every other route disables them (`FilterConfig{disabled}`), so Envoy
 /// does not even create them for non-LLM requests: those cost what plain proxying costs.
@@ -286,6 +287,10 @@ mod tests {
             Embeddings => "/openai/deployments/e/embeddings?api-version=1",
             Responses => "/v1/responses",
             Messages => "/v1/messages",
+            GenerateContent => "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            EmbedContent => "/v1/projects/p/locations/l/publishers/google/models/gemini-embedding-001:embedContent",
+            BatchEmbedContents => "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            CountTokens => "/v1beta/models/gemini-2.5-flash:countTokens",
         }
     }
 

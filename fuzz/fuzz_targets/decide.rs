@@ -1,15 +1,15 @@
 //! `Runtime::decide_at` on arbitrary request paths and bodies, against fixed small runtimes built from
-//! `examples/assets/**` through the public API (parse, key, bundle, compile), plus one templated asset with
-//! several responses and `synthesize` rules, in both miss modes.
+//! `examples/assets/**` and the e2e recorded Gemini streams through the public API (parse, key, bundle,
+//! compile), plus one templated asset with several responses and `synthesize` rules, in both miss modes.
 //!
 //! Input: the first line is the request path (if it is not an LLM path, a route is picked from its length),
-//! the rest is the body. Properties: never panics; a streamed 2xx answer assembles back into a body; a JSON
-//! 2xx answer is valid JSON.
+//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE, or a JSON array) assembles back
+//! into a body; a JSON 2xx answer is valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use understudy_matcher::stream::assemble_sse;
+use understudy_matcher::stream::{assemble_sse, assemble_stream};
 use understudy_matcher::synth::SynthRule;
 use understudy_matcher::{
     classify, parse_asset_file, Asset, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer, OnMiss,
@@ -21,6 +21,13 @@ const ASSET_FILES: &[(&str, &str)] = &[
     ("openai/chat-capital.json", include_str!("../../examples/assets/openai/chat-capital.json")),
     ("openai/chat-weather-tool.json", include_str!("../../examples/assets/openai/chat-weather-tool.json")),
     ("openai/embeddings-fox.json", include_str!("../../examples/assets/openai/embeddings-fox.json")),
+    ("gemini/generate-capital.json", include_str!("../../examples/assets/gemini/generate-capital.json")),
+    ("gemini/generate-weather-tool.json", include_str!("../../examples/assets/gemini/generate-weather-tool.json")),
+    ("gemini/embed-fox.json", include_str!("../../examples/assets/gemini/embed-fox.json")),
+    ("gemini/count-tokens.json", include_str!("../../examples/assets/gemini/count-tokens.json")),
+    ("gemini/vertex-haiku.json", include_str!("../../examples/assets/gemini/vertex-haiku.json")),
+    ("gemini/recorded-streams.json", include_str!("../../tests/e2e/assets/gemini/recorded-streams.json")),
+    ("vertex-anthropic/messages-oslo.json", include_str!("../../examples/assets/vertex-anthropic/messages-oslo.json")),
 ];
 
 const FALLBACK_PATHS: &[&str] = &[
@@ -30,6 +37,13 @@ const FALLBACK_PATHS: &[&str] = &[
     "/v1/responses",
     "/v1/messages",
     "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+    "/v1beta/models/gemini-2.0-flash:generateContent",
+    "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+    "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+    "/v1beta/models/text-embedding-004:batchEmbedContents",
+    "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-embedding-001:embedContent",
+    "/v1beta/models/gemini-2.0-flash:countTokens",
+    "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict",
 ];
 
 const NOW_NANOS: u64 = 1_764_403_200_123_456_789;
@@ -82,7 +96,11 @@ fn rules() -> Vec<SynthRule> {
         {"operation": "openai.chat_completions", "model": "echo*", "echo": true},
         {"operation": "openai.embeddings", "model": "*", "dimensions": 16},
         {"model": "gpt-*", "text": "Synthesized answer, streamed in pieces.", "latency": {"ttft_ms": 1}},
-        {"operation": "anthropic.messages", "echo": true}
+        {"operation": "anthropic.messages", "echo": true},
+        {"operation": "gemini.generate_content", "echo": true},
+        {"operation": "gemini.embed_content", "dimensions": 8},
+        {"operation": "gemini.batch_embed_contents"},
+        {"operation": "gemini.count_tokens"}
     ]))
     .expect("rules parse")
 }
@@ -119,6 +137,12 @@ fuzz_target!(|data: &[u8]| {
             } else if ct.starts_with("application/json") {
                 if let Err(e) = serde_json::from_slice::<serde_json::Value>(&r.body) {
                     panic!("served JSON does not parse: {e}");
+                }
+                // A JSON-array stream (Gemini without `alt=sse`).
+                if route.stream.is_some() && route.operation.streams() {
+                    if let Err(e) = assemble_stream(route.operation, &r.body) {
+                        panic!("served JSON-array stream does not assemble: {e}");
+                    }
                 }
             }
         }

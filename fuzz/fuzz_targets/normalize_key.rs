@@ -1,5 +1,5 @@
-//! Arbitrary bytes as the request body of every operation (via `classify` routes, Azure included), keyed
-//! with the default normalizer and with a configured one (wildcard pointers and scrubbers).
+//! Arbitrary bytes as the request body of every operation (via `classify` routes, Azure, Gemini and Vertex AI
+//! included), keyed with the default normalizer and with a configured one (wildcard pointers and scrubbers).
 //!
 //! Properties: `Normalizer::key` never panics; when it succeeds, keying the re-serialized normalized body
 //! (compact and pretty) gives the same key (normalization is idempotent, as `understudy key FILE` relies on),
@@ -18,6 +18,11 @@ const PATHS: &[&str] = &[
     "/v1/responses",
     "/v1/messages",
     "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    "/v1beta/models/gemini-2.0-flash:generateContent",
+    "/v1/projects/p/locations/l/publishers/google/models/gemini-embedding-001:embedContent",
+    "/v1beta/models/text-embedding-004:batchEmbedContents",
+    "/v1beta/models/gemini-2.0-flash:countTokens",
+    "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-haiku-4-5@20251001:rawPredict",
 ];
 
 struct Setup {

@@ -1,4 +1,5 @@
-//! Which HTTP headers an asset may carry and which Understudy drops when it replays one.
+//! Which HTTP headers an asset may carry and which Understudy drops when it replays one, and which query
+//! parameters carry credentials.
 
 /// Headers that carry credentials: never stored in an asset, logged or hashed.
 pub const SECRET_HEADERS: &[&str] = &[
@@ -11,6 +12,20 @@ pub const SECRET_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
 ];
+
+/// Query parameters that carry credentials (the Gemini API's `?key=`, OAuth's `access_token`): never stored
+/// in an asset.
+pub const SECRET_QUERY_PARAMS: &[&str] = &["key", "api-key", "api_key", "access_token"];
+
+/// The first credential-bearing query parameter of `path`, if any.
+pub fn secret_query_param(path: &str) -> Option<&'static str> {
+    let query = path.split_once('?')?.1.split('#').next().unwrap_or_default();
+    query.split('&').find_map(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        SECRET_QUERY_PARAMS.iter().find(|s| s.eq_ignore_ascii_case(name.trim())).copied()
+    })
+}
 
 /// Headers Envoy computes itself; copying them from an asset would corrupt the reply.
 const HOP_BY_HOP: &[&str] =
@@ -46,5 +61,15 @@ mod tests {
         assert!(is_dropped_header("X-Goog-Api-Key"));
         assert!(is_dropped_header("Content-Length"));
         assert!(!is_dropped_header("x-request-id"));
+    }
+
+    #[test]
+    fn credentials_in_query_strings_are_found() {
+        assert_eq!(secret_query_param("/v1beta/models/m:generateContent?key=AIzaSy"), Some("key"));
+        assert_eq!(secret_query_param("/v1/models/m:streamGenerateContent?alt=sse&%6Bey=x"), Some("key"));
+        assert_eq!(secret_query_param("/x?ACCESS_TOKEN=ya29"), Some("access_token"));
+        assert_eq!(secret_query_param("/openai/deployments/d/chat/completions?api-version=2024-10-21"), None);
+        assert_eq!(secret_query_param("/v1/chat/completions#key=x"), None);
+        assert_eq!(secret_query_param("/v1/keys?monkey=1"), None);
     }
 }

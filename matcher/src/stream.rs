@@ -18,7 +18,10 @@
 //! - Anthropic messages: `message_start`, `ping`, `content_block_start` / `_delta` / `_stop` per block,
 //!   `message_delta` (stop reason, cumulative usage), `message_stop`.
 //!
-//! Embeddings have no streaming form: [`StreamError::NotStreamable`].
+//! - Gemini API and Vertex AI `streamGenerateContent`: every chunk a whole `GenerateContentResponse` (text
+//!   in pieces, other parts whole), as `data:` events with `?alt=sse`, else as one JSON array.
+//!
+//! Embeddings and token counts have no streaming form: [`StreamError::NotStreamable`].
 //!
 //! ```
 //! use serde_json::json;
@@ -797,9 +800,14 @@ mod tests {
                 let Some(body) = asset["response"].get("body") else {
                     continue;
                 };
-                if route.operation == Operation::Embeddings {
+                if !route.operation.streams() {
                     assert!(render_sse(route.operation, body, &StreamOptions::default()).is_err());
                     continue;
+                }
+                // The path's model (Vertex AI, Gemini) as the body's, so the SDK check can name it.
+                let mut request = asset["request"]["body"].clone();
+                if let (Some(m), Some(o)) = (&route.model, request.as_object_mut()) {
+                    o.entry("model").or_insert_with(|| Value::String(m.clone()));
                 }
                 for (variant, o) in
                     [("plain", opts(false, DEFAULT_CHUNK_CHARS)), ("usage-1", opts(true, 1)), ("whole", opts(true, 0))]
@@ -816,7 +824,7 @@ mod tests {
                         "include_usage": o.include_usage,
                         "chunk_chars": o.chunk_chars,
                         "sse": format!("{name}.sse"),
-                        "request": asset["request"]["body"],
+                        "request": request,
                         "expected": body,
                         "assembled": back,
                     }));

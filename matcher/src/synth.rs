@@ -119,22 +119,26 @@ impl Synthesizer {
             if r.model.is_empty() {
                 return Err(ConfigError::invalid(field("model"), "empty model pattern (use \"*\" for any model)"));
             }
-            let embeddings_only = operation.filter(|o| o.embeds());
-            let vectors = |op: Operation| format!("has no effect on {op} (embeddings answers are vectors)");
-            let answer = match (&r.text, r.echo, embeddings_only) {
+            let textless = operation.filter(|o| !o.answers_text());
+            let no_text = |op: Operation| {
+                let what = if op.embeds() { "embeddings answers are vectors" } else { "its answers carry no text" };
+                format!("has no effect on {op} ({what})")
+            };
+            let answer = match (&r.text, r.echo, textless) {
                 (Some(_), true, _) => {
                     return Err(ConfigError::invalid(
                         field("echo"),
                         "`text` and `echo` are both set; a rule answers with one of them",
                     ))
                 }
-                (Some(_), false, Some(op)) => return Err(ConfigError::invalid(field("text"), vectors(op))),
-                (None, true, Some(op)) => return Err(ConfigError::invalid(field("echo"), vectors(op))),
+                (Some(_), false, Some(op)) => return Err(ConfigError::invalid(field("text"), no_text(op))),
+                (None, true, Some(op)) => return Err(ConfigError::invalid(field("echo"), no_text(op))),
                 (Some(t), false, None) => Answer::Text(t.clone()),
                 (None, true, None) => Answer::Echo,
                 (None, false, Some(_)) => Answer::Nothing,
                 (None, false, None) => {
-                    let what = operation.map_or("every operation but the embeddings ones", Operation::name);
+                    let what =
+                        operation.map_or("every operation but the embeddings and token-count ones", Operation::name);
                     return Err(ConfigError::invalid(
                         field("text"),
                         format!("missing: set `text` (a fixed answer) or `echo: true` for {what}"),

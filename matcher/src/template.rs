@@ -215,9 +215,19 @@ fn eval(e: &Expr, ctx: &mut Context) -> Value {
     }
 }
 
-/// Same shape as `old` (prefix up to the first `-`/`_`, same length), fresh random characters.
+/// Same shape as `old` (prefix up to the first `-`/`_` and any lower-case word marker after it, as in
+/// `msg_vrtx_01…` of Anthropic on Vertex AI; same length), fresh random characters.
 pub fn refresh_id(old: &str, rng: &mut Rng) -> String {
-    let cut = old.find(['-', '_']).map(|i| i + 1).unwrap_or(0);
+    let mut cut = old.find(['-', '_']).map(|i| i + 1).unwrap_or(0);
+    while cut > 0 {
+        let rest = old.get(cut..).unwrap_or_default();
+        match rest.find(['-', '_']) {
+            Some(i) if i > 0 && rest.get(..i).is_some_and(|w| w.bytes().all(|b| b.is_ascii_lowercase())) => {
+                cut += i + 1;
+            }
+            _ => break,
+        }
+    }
     let (prefix, body) = old.split_at(cut);
     // Keep Anthropic's "01" version marker after "msg_"/"toolu_".
     let (prefix, body) = match body.strip_prefix("01") {
@@ -356,6 +366,10 @@ mod tests {
         assert!(a.starts_with("chatcmpl-") && a.len() == 38 && a != "chatcmpl-BVx2M9rJ7tZ1kq0aLw3yF8eHn4cUd");
         let m = refresh_id("msg_01XFDUDYJgAACzvnptvVoYEL", &mut r);
         assert!(m.starts_with("msg_01") && m.len() == 28, "{m}");
+        let v = refresh_id("msg_vrtx_01Pq3sVx8TkWm2bNc5rLd7Gh", &mut r);
+        assert!(v.starts_with("msg_vrtx_01") && v.len() == 33 && v != "msg_vrtx_01Pq3sVx8TkWm2bNc5rLd7Gh", "{v}");
+        let g = refresh_id("Gx7WaJ2uDdKrnvgP8OHs2Qs", &mut r);
+        assert!(g.len() == 23 && g.bytes().all(|b| b.is_ascii_alphanumeric()) && g != "Gx7WaJ2uDdKrnvgP8OHs2Qs", "{g}");
         let h = refresh_id("resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b", &mut r);
         assert!(h.starts_with("resp_") && h[5..].bytes().all(|b| b.is_ascii_hexdigit()));
     }

@@ -194,6 +194,15 @@ fn differs_from_relations_hold() {
     assert!(n >= 10 && s >= 10, "too few relations: {s} same_as, {n} differs_from");
 }
 
+/// The path an asset of a case is written with: an asset may not carry a credential (`?key=`), which never
+/// counts anyway; the request is still sent with it.
+fn asset_path(path: &str) -> &str {
+    match path.split_once('?') {
+        Some((p, q)) if q.split('&').any(|kv| kv.starts_with("key=")) => p,
+        _ => path,
+    }
+}
+
 /// The filter path: each case loaded as a bundle asset (its body spliced in verbatim, so the asset's body
 /// is parsed as a JSON value inside the plugin configuration) must load with the key computed from the raw
 /// bytes as its stored key (no `KeyMismatch`), and the raw request must hit it with that key.
@@ -208,7 +217,7 @@ fn golden_cases_load_as_bundles_and_hit() {
             key = serde_json::to_string(&key).unwrap(),
             name = serde_json::to_string(&c.name).unwrap(),
             method = serde_json::to_string(&c.method).unwrap(),
-            path = serde_json::to_string(&c.path).unwrap(),
+            path = serde_json::to_string(asset_path(&c.path)).unwrap(),
             body = c.body,
         );
         let rt = Runtime::from_json(&config).unwrap_or_else(|e| panic!("{}: bundle does not load: {e}", c.name));

@@ -289,10 +289,18 @@ pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Rout
     let err = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
     let Some(route) = classify(&a.request.method, &a.request.path) else {
         return Err(err(format!(
-            "request: {} {} is not an LLM operation Understudy virtualizes (POST .../chat/completions, .../completions, .../embeddings, .../responses, .../v1/messages)",
-            a.request.method, a.request.path
+            "request: {} {} is not an LLM operation Understudy virtualizes (POST {})",
+            a.request.method,
+            a.request.path,
+            crate::dialect::known_paths()
         )));
     };
+    if let Some(param) = crate::headers::secret_query_param(&a.request.path) {
+        return Err(err(format!(
+            "request.path: the query parameter `{param}` carries a credential, which never belongs in an asset; \
+             remove it (query strings never count in a key)"
+        )));
+    }
     if !a.request.body.is_object() {
         return Err(err("request.body: must be a JSON object".into()));
     }

@@ -1,4 +1,6 @@
-//! Anthropic's Messages API (`.../v1/messages`).
+//! Anthropic's Messages API (`.../v1/messages`, and on Vertex AI `.../publishers/anthropic/models/{m}:rawPredict`
+//! and `:streamRawPredict`, whose paths the Gemini module recognizes: the model is the path's and the body
+//! carries `anthropic_version`, which never counts).
 //!
 //! The stream is `message_start`, `ping`, `content_block_start` / `_delta` / `_stop` per block,
 //! `message_delta` (stop reason, cumulative usage), `message_stop`. Errors are
@@ -37,8 +39,14 @@ impl Dialect for Anthropic {
         "anthropic"
     }
 
+    fn paths(&self) -> &'static [&'static str] {
+        &[".../v1/messages"]
+    }
+
     fn ignored(&self, _op: Operation, field: &str) -> bool {
-        super::openai::ALWAYS_IGNORED.contains(&field)
+        // `anthropic_version` is in the body only where the header can't carry it (Anthropic on Vertex AI):
+        // the API version, not a request for another answer.
+        super::openai::ALWAYS_IGNORED.contains(&field) || field == "anthropic_version"
     }
 
     fn otel_operation(&self, _op: Operation) -> &'static str {

@@ -13,6 +13,7 @@
 //! asset serves OpenAI and Azure OpenAI alike.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 pub(crate) mod shape;
 pub(crate) mod sse;
@@ -34,18 +35,21 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google's Gemini API and Vertex AI (Anthropic models on Vertex AI speak [`Api::Anthropic`]).
+    Gemini,
 }
 
 impl Api {
     /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
     /// rules (`.../chat/completions` under any prefix) last.
-    pub const ALL: [Api; 2] = [Api::Anthropic, Api::OpenAi];
+    pub const ALL: [Api; 3] = [Api::Gemini, Api::Anthropic, Api::OpenAi];
 
     /// The module that implements this API (the one registration per API).
     pub(crate) fn dialect(self) -> &'static dyn Dialect {
         match self {
             Api::OpenAi => &openai::OpenAi,
             Api::Anthropic => &anthropic::Anthropic,
+            Api::Gemini => &gemini::Gemini,
         }
     }
 }
@@ -61,18 +65,30 @@ pub enum Operation {
     Embeddings,
     /// OpenAI `POST .../responses`
     Responses,
-    /// Anthropic `POST .../v1/messages`
+    /// Anthropic `POST .../v1/messages` (and Vertex AI's `.../publishers/anthropic/models/{m}:rawPredict`)
     Messages,
+    /// Gemini API / Vertex AI `POST .../models/{m}:generateContent` and `:streamGenerateContent`
+    GenerateContent,
+    /// Gemini API / Vertex AI `POST .../models/{m}:embedContent`
+    EmbedContent,
+    /// Gemini API / Vertex AI `POST .../models/{m}:batchEmbedContents`
+    BatchEmbedContents,
+    /// Gemini API / Vertex AI `POST .../models/{m}:countTokens`
+    CountTokens,
 }
 
 impl Operation {
     /// Every operation, for docs, diagnostics and rule validation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 9] = [
         Operation::ChatCompletions,
         Operation::Completions,
         Operation::Embeddings,
         Operation::Responses,
         Operation::Messages,
+        Operation::GenerateContent,
+        Operation::EmbedContent,
+        Operation::BatchEmbedContents,
+        Operation::CountTokens,
     ];
 
     /// Stable name, part of the key's preimage: never change an existing one.
@@ -83,6 +99,10 @@ impl Operation {
             Operation::Embeddings => "openai.embeddings",
             Operation::Responses => "openai.responses",
             Operation::Messages => "anthropic.messages",
+            Operation::GenerateContent => "gemini.generate_content",
+            Operation::EmbedContent => "gemini.embed_content",
+            Operation::BatchEmbedContents => "gemini.batch_embed_contents",
+            Operation::CountTokens => "gemini.count_tokens",
         }
     }
 
@@ -93,6 +113,10 @@ impl Operation {
                 Api::OpenAi
             }
             Operation::Messages => Api::Anthropic,
+            Operation::GenerateContent
+            | Operation::EmbedContent
+            | Operation::BatchEmbedContents
+            | Operation::CountTokens => Api::Gemini,
         }
     }
 
@@ -114,6 +138,11 @@ impl Operation {
     /// Is this an embeddings operation (answers are vectors, not text)?
     pub fn embeds(self) -> bool {
         self.dialect().embeds(self)
+    }
+
+    /// Does a synthesized answer of this operation carry text (a `synthesize` rule's `text` or `echo`)?
+    pub fn answers_text(self) -> bool {
+        self.dialect().answers_text(self)
     }
 
     /// The operation named `name` (as in [`Operation::name`]).
@@ -242,6 +271,11 @@ pub fn classify(method: &str, path: &str) -> Option<Route> {
     Api::ALL.iter().find_map(|api| api.dialect().classify(&view))
 }
 
+/// The path forms every API serves, for messages that say what Understudy recognizes.
+pub fn known_paths() -> String {
+    Api::ALL.iter().flat_map(|a| a.dialect().paths().iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
 /// Tokens a call used or would use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -304,6 +338,11 @@ pub(crate) trait Dialect: Sync {
     /// OpenTelemetry `gen_ai.provider.name` of this API's own service.
     fn provider(&self) -> &'static str;
 
+    /// The path forms this API serves, as a user would recognize them (`.../chat/completions`).
+    fn paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     // --- keys ---
 
     /// Does the top-level body field `field` never count in `op`'s key?
@@ -338,6 +377,12 @@ pub(crate) trait Dialect: Sync {
     /// Is `op` an embeddings operation (answers are vectors, not text)?
     fn embeds(&self, _op: Operation) -> bool {
         false
+    }
+
+    /// Does a synthesized answer of `op` carry text? By default every operation but the embeddings ones;
+    /// a token count has none either.
+    fn answers_text(&self, op: Operation) -> bool {
+        !self.embeds(op)
     }
 
     /// Renders `body`, a plain answer of `route.operation`, as the stream this API sends.
@@ -501,6 +546,14 @@ mod tests {
             ("POST", "/"),
         ] {
             assert!(classify(m, p).is_none(), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_explained_with_every_apis_paths() {
+        let known = known_paths();
+        for p in [".../chat/completions", ".../v1/messages", ":generateContent", ":rawPredict"] {
+            assert!(known.contains(p), "{known}");
         }
     }
 

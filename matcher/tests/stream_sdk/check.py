@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Feeds SSE streams rendered by `understudy_matcher::stream::render_sse` to the official OpenAI and Anthropic
-Python SDKs' streaming helpers, without any network, and checks they reassemble exactly the asset's text and
-tool calls.
+"""Feeds SSE streams rendered by `understudy_matcher::stream::render_sse` to the official OpenAI, Anthropic and
+Google GenAI Python SDKs' streaming helpers, without any network, and checks they reassemble exactly the asset's
+text and tool calls.
 
     UNDERSTUDY_SSE_OUT=/tmp/x cargo test -p understudy-matcher stream
     .venv/bin/python matcher/tests/stream_sdk/check.py /tmp/x
@@ -17,7 +17,9 @@ split lines and UTF-8 characters, to:
   `create(stream=True)` chunks;
 - OpenAI legacy completions: `client.completions.create(stream=True)` chunks;
 - OpenAI responses: `client.responses.stream(...)`: the SDK's per-delta snapshots and `get_final_response()`;
-- Anthropic: `client.messages.stream(...)` -> `get_final_message()` (built from the deltas by the SDK).
+- Anthropic: `client.messages.stream(...)` -> `get_final_message()` (built from the deltas by the SDK);
+- Gemini (google-genai): `client.models.generate_content_stream(...)` chunks, each validated against
+  `GenerateContentResponse` (unknown fields are errors), their text, thoughts, function calls and usage.
 
 Exit status 0 when every check passes.
 """
@@ -36,6 +38,8 @@ from typing import Any, Callable, Iterator
 import anthropic
 import openai
 import openai._base_client
+from google import genai
+from google.genai import types as genai_types
 
 # The SDKs in this venv import `httpx2` (a fork of httpx); use whatever module they use.
 httpx = getattr(openai._base_client, "httpx2", None) or getattr(openai._base_client, "httpx")
@@ -145,6 +149,11 @@ def validate_events(op: str, sse: bytes) -> int:
             n += 1
         equal(events[0].json()["type"], "response.created", "first event")
         expect(events[-1].json()["type"].startswith("response."), "terminal event")
+    elif op == "gemini.generate_content":
+        for e in events:
+            expect(e.event is None, "Gemini streams have no `event:` lines")
+            genai_types.GenerateContentResponse.model_validate(e.json())
+            n += 1
     elif op == "anthropic.messages":
         models = models_by_type(anthropic.types.RawMessageStreamEvent)
         for e in events:
@@ -351,11 +360,50 @@ def check_messages(case: dict, sse: bytes, split: int | None) -> None:
     equal(strip_none(case["assembled"]), strip_none(want), "Rust assemble_sse == asset body")
 
 
+def check_gemini(case: dict, sse: bytes, split: int | None) -> None:
+    req, want = case["request"], case["expected"]
+    requests: list[dict] = []
+    http = mock_client(sse, split, requests)
+    client = genai.Client(
+        api_key="understudy-test", http_options=genai_types.HttpOptions(base_url=BASE, httpx_client=http)
+    )
+    chunks = list(client.models.generate_content_stream(model=req["model"], contents="streamed"))
+    equal(requests[0]["path"], f"/v1/models/{req['model']}:streamGenerateContent", "request path")
+    expect(len(chunks) > 0, "the SDK yielded chunks")
+
+    def parts_of(cands: list, index: int) -> list:
+        return [p for c in cands if (c.get("index") or 0) == index for p in (c.get("content") or {}).get("parts") or []]
+
+    got_cands = [strip_none(c.model_dump(mode="json", by_alias=True)) for ch in chunks for c in ch.candidates or []]
+    for pos, wc in enumerate(want.get("candidates") or []):
+        index = wc.get("index", pos)
+        wparts = (wc.get("content") or {}).get("parts") or []
+        gparts = parts_of(got_cands, index)
+        for thought in (False, True):
+            want_text = "".join(p["text"] for p in wparts if "text" in p and bool(p.get("thought")) == thought)
+            got_text = "".join(p["text"] for p in gparts if "text" in p and bool(p.get("thought")) == thought)
+            equal(got_text, want_text, f"candidate {index} {'thought' if thought else 'answer'} text")
+        calls = [p["functionCall"] for p in gparts if "functionCall" in p]
+        equal(calls, [p["functionCall"] for p in wparts if "functionCall" in p], "function calls")
+        sigs = [p["thoughtSignature"] for p in gparts if "thoughtSignature" in p]
+        equal(sigs, [p["thoughtSignature"] for p in wparts if "thoughtSignature" in p], "thought signatures")
+        finish = [c.get("finishReason") for c in got_cands if (c.get("index") or 0) == index and c.get("finishReason")]
+        equal(finish[-1:], [wc["finishReason"]] if "finishReason" in wc else [], "finish reason")
+    if "usageMetadata" in want:
+        last = strip_none(chunks[-1].usage_metadata.model_dump(mode="json", by_alias=True))
+        equal(last, want["usageMetadata"], "usage of the last chunk")
+    for ch in chunks:
+        equal(ch.response_id, want.get("responseId"), "every chunk's responseId")
+        equal(ch.model_version, want.get("modelVersion"), "every chunk's modelVersion")
+    equal(strip_none(case["assembled"]), strip_none(want), "Rust assemble == asset body")
+
+
 CHECKS: dict[str, Callable[[dict, bytes, int | None], None]] = {
     "openai.chat_completions": check_chat,
     "openai.completions": check_completions,
     "openai.responses": check_responses,
     "anthropic.messages": check_messages,
+    "gemini.generate_content": check_gemini,
 }
 
 
@@ -365,7 +413,10 @@ def main(argv: list[str]) -> int:
         return 2
     out = Path(argv[1])
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    print(f"openai {openai.__version__}, anthropic {anthropic.__version__}, {httpx.__name__} {httpx.__version__}")
+    print(
+        f"openai {openai.__version__}, anthropic {anthropic.__version__}, google-genai {genai.__version__}, "
+        f"{httpx.__name__} {httpx.__version__}"
+    )
     failures = 0
     seen_ops: set[str] = set()
     for case in manifest:

@@ -57,6 +57,10 @@ impl Dialect for OpenAi {
         "openai"
     }
 
+    fn paths(&self) -> &'static [&'static str] {
+        &[".../chat/completions", ".../completions", ".../embeddings", ".../responses"]
+    }
+
     fn ignored(&self, op: Operation, field: &str) -> bool {
         ALWAYS_IGNORED.contains(&field) || (op == Operation::Embeddings && EMBEDDINGS_IGNORED.contains(&field))
     }
