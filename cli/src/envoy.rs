@@ -1,6 +1,7 @@
 //! The Envoy bootstrap `understudy up` runs: listener → understudy wasm → buffer → router → upstream(s).
 
 use anyhow::{bail, Result};
+
 use serde_json::{json, Value};
 
 /// Where misses go in passthrough mode.
@@ -16,28 +17,65 @@ pub struct Upstream {
 impl Upstream {
     /// Parses `http://host[:port][/prefix]` or `https://...`.
     pub fn parse(url: &str) -> Result<Self> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            bail!("--upstream {url:?}: must start with http:// or https://");
+        let u = url::Url::parse(url).map_err(|e| anyhow::anyhow!("upstream {url:?}: {e}"))?;
+        let tls = match u.scheme() {
+            "https" => true,
+            "http" => false,
+            other => bail!("upstream {url:?}: must start with http:// or https://, not {other}://"),
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                let port: u16 = p.parse().map_err(|_| anyhow::anyhow!("--upstream {url:?}: bad port {p:?}"))?;
-                (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
-            }
-            _ => (authority.trim_start_matches('[').trim_end_matches(']').to_string(), if tls { 443 } else { 80 }),
+        let host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => bail!("upstream {url:?}: no host"),
         };
         if host.is_empty() {
-            bail!("--upstream {url:?}: no host");
+            bail!("upstream {url:?}: no host");
         }
-        Ok(Upstream { tls, host, port, prefix: path.trim_end_matches('/').to_string() })
+        if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+            bail!("upstream {url:?}: only a scheme, host, port and path prefix are allowed");
+        }
+        let port = u.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Upstream { tls, host, port, prefix: u.path().trim_end_matches('/').to_string() })
+    }
+}
+
+/// The services whose passthrough traffic can go to an upstream of its own: OpenTelemetry
+/// `gen_ai.provider.name` (what the filter names in `x-understudy-upstream` when it forwards an LLM call), the
+/// `understudy up` flag, and where it goes when neither that flag nor `--upstream` is given.
+pub const PROVIDERS: &[(&str, &str, Option<&str>)] = &[
+    ("openai", "--upstream-openai", Some("https://api.openai.com")),
+    ("azure.ai.openai", "--upstream-azure", None),
+    ("anthropic", "--upstream-anthropic", Some("https://api.anthropic.com")),
+    ("gcp.gemini", "--upstream-gemini", Some("https://generativelanguage.googleapis.com")),
+    ("gcp.vertex_ai", "--upstream-vertex", Some("https://aiplatform.googleapis.com")),
+    ("aws.bedrock", "--upstream-bedrock", Some("https://bedrock-runtime.us-east-1.amazonaws.com")),
+    ("ollama", "--upstream-ollama", Some("http://127.0.0.1:11434")),
+];
+
+/// The request header the filter sets on an LLM call it forwards, naming its provider, so routing picks that
+/// provider's upstream. Removed before the request leaves Envoy.
+pub const UPSTREAM_HEADER: &str = "x-understudy-upstream";
+
+/// Where passthrough traffic goes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Upstreams {
+    /// `--upstream`: every call whose provider has no upstream of its own, and every non-LLM request.
+    pub default: Option<Upstream>,
+    /// `--upstream-<provider>` flags given, by provider name.
+    pub providers: Vec<(&'static str, Upstream)>,
+}
+
+impl Upstreams {
+    /// Each provider's upstream: its own flag, else (without `--upstream`) its public endpoint.
+    fn resolved(&self) -> Vec<(&'static str, Upstream)> {
+        PROVIDERS
+            .iter()
+            .filter_map(|(name, _, public)| {
+                let own = self.providers.iter().find(|(p, _)| p == name).map(|(_, u)| u.clone());
+                let public = || public.filter(|_| self.default.is_none()).and_then(|u| Upstream::parse(u).ok());
+                own.or_else(public).map(|u| (*name, u))
+            })
+            .collect()
     }
 }
 
@@ -47,8 +85,8 @@ pub struct Settings<'a> {
     pub admin_port: u16,
     pub wasm: &'a str,
     pub plugin_config: &'a str,
-    /// `None`: OpenAI paths → api.openai.com, Anthropic → api.anthropic.com.
-    pub upstream: Option<&'a Upstream>,
+    /// Where passthrough traffic goes (see [`Upstreams`]).
+    pub upstreams: &'a Upstreams,
     pub max_body_bytes: u64,
     /// A JSON-lines access log file: each request's outcome and key headers, path without query.
     pub access_log: Option<&'a str>,
@@ -106,18 +144,40 @@ pub fn llm_match(prefix: &str) -> Value {
     json!({"prefix": prefix, "headers": [{"name": ":path", "string_match": {"safe_regex": {"regex": LLM_PATH_REGEX}}}]})
 }
 
-/// Two routes for `prefix`: LLM paths through the Understudy filters, everything else without them.
-fn route(prefix: &str, cluster: &str, up: &Upstream) -> [Value; 2] {
+/// The route action to `cluster` for paths under `prefix`.
+fn action(prefix: &str, cluster: &str, up: &Upstream) -> Value {
     let mut action = json!({"cluster": cluster, "timeout": reply_timeout(), "auto_host_rewrite": true});
     if !up.prefix.is_empty() {
         if let Some(m) = action.as_object_mut() {
             m.insert("prefix_rewrite".into(), json!(format!("{}{}", up.prefix, prefix)));
         }
     }
+    action
+}
+
+/// Two routes for `prefix`: LLM paths through the Understudy filters, everything else without them.
+fn route(prefix: &str, cluster: &str, up: &Upstream) -> [Value; 2] {
+    let action = action(prefix, cluster, up);
     [
-        json!({"match": llm_match(prefix), "route": action}),
-        json!({"match": {"prefix": prefix}, "route": action, "typed_per_filter_config": filters_disabled()}),
+        json!({"match": llm_match(prefix), "route": action, "request_headers_to_remove": [UPSTREAM_HEADER]}),
+        json!({"match": {"prefix": prefix}, "route": action, "typed_per_filter_config": filters_disabled(),
+               "request_headers_to_remove": [UPSTREAM_HEADER]}),
     ]
+}
+
+/// The route an LLM call forwarded for `provider` takes once the filter has named it (`x-understudy-upstream`):
+/// Envoy picks the route again after a filter changes request headers.
+fn provider_route(provider: &str, cluster: &str, up: &Upstream) -> Value {
+    json!({
+        "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": provider}}]},
+        "route": action("/", cluster, up),
+        "request_headers_to_remove": [UPSTREAM_HEADER]
+    })
+}
+
+/// Cluster names: the provider name with `.` replaced.
+fn cluster_name(provider: &str) -> String {
+    format!("upstream-{}", provider.replace('.', "-"))
 }
 
 /// The Understudy HTTP filters, in the order that is safe everywhere: (decompressor), wasm, buffer, router.
@@ -194,19 +254,41 @@ pub fn access_log(path: &str) -> Value {
     }])
 }
 
+/// Routes and clusters for the upstreams: a forwarded LLM call goes to its provider's upstream (named by the
+/// filter), Anthropic's other paths (`/v1/messages/...`) to Anthropic's, everything else to the default: the
+/// `--upstream` URL, else api.openai.com. A provider with no upstream (Azure without `--upstream-azure` and
+/// no `--upstream`) gets a 502 that says which flag is missing, never another provider's endpoint.
+fn routes_and_clusters(ups: &Upstreams) -> (Vec<Value>, Vec<Value>) {
+    let openai = || Upstream { tls: true, host: "api.openai.com".into(), port: 443, prefix: String::new() };
+    let default = ups.default.clone().unwrap_or_else(openai);
+    let resolved = ups.resolved();
+    let mut routes = Vec::new();
+    let mut clusters = vec![cluster("upstream", &default)];
+    for (provider, flag, _) in PROVIDERS {
+        match resolved.iter().find(|(p, _)| p == provider) {
+            Some((_, up)) => {
+                let name = cluster_name(provider);
+                routes.push(provider_route(provider, &name, up));
+                clusters.push(cluster(&name, up));
+            }
+            None if ups.default.is_none() => routes.push(json!({
+                "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": provider}}]},
+                "direct_response": {"status": 502, "body": {"inline_string": format!(
+                    "understudy: no upstream for {provider} calls: pass {flag} URL (or --upstream URL)\n")}}
+            })),
+            None => {}
+        }
+    }
+    if let Some((_, anthropic)) = resolved.iter().find(|(p, _)| *p == "anthropic") {
+        routes.extend(route("/v1/messages", &cluster_name("anthropic"), anthropic));
+    }
+    routes.extend(route("/", "upstream", &default));
+    (routes, clusters)
+}
+
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
-    let (routes, clusters) = match s.upstream {
-        Some(up) => (route("/", "upstream", up).to_vec(), vec![cluster("upstream", up)]),
-        None => {
-            let openai = Upstream { tls: true, host: "api.openai.com".into(), port: 443, prefix: String::new() };
-            let anthropic = Upstream { tls: true, host: "api.anthropic.com".into(), port: 443, prefix: String::new() };
-            (
-                [route("/v1/messages", "anthropic", &anthropic), route("/", "openai", &openai)].concat(),
-                vec![cluster("openai", &openai), cluster("anthropic", &anthropic)],
-            )
-        }
-    };
+    let (routes, clusters) = routes_and_clusters(s.upstreams);
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "understudy",
@@ -393,5 +475,48 @@ mod tests {
         let c = cluster("upstream", &up);
         assert_eq!(c["transport_socket"]["typed_config"]["sni"], "llm.example.com");
         assert!(cluster("u", &Upstream::parse("http://h").unwrap()).get("transport_socket").is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod upstream_tests {
+    use super::*;
+
+    fn provider_routes(ups: &Upstreams) -> Vec<(String, Value)> {
+        let (routes, _) = routes_and_clusters(ups);
+        routes
+            .into_iter()
+            .filter_map(|r| {
+                let h = r.pointer("/match/headers/0")?.clone();
+                (h["name"] == UPSTREAM_HEADER).then(|| (h["string_match"]["exact"].as_str().unwrap().to_string(), r))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_provider_routes_to_its_own_upstream_or_says_which_flag_is_missing() {
+        let public = provider_routes(&Upstreams::default());
+        assert_eq!(public.len(), PROVIDERS.len());
+        let azure = &public.iter().find(|(p, _)| p == "azure.ai.openai").unwrap().1;
+        assert_eq!(azure["direct_response"]["status"], 502);
+        assert!(azure["direct_response"]["body"]["inline_string"].as_str().unwrap().contains("--upstream-azure"));
+        let bedrock = &public.iter().find(|(p, _)| p == "aws.bedrock").unwrap().1;
+        assert_eq!(bedrock["route"]["cluster"], "upstream-aws-bedrock");
+        // With --upstream, only the providers given their own flag get a route; the rest take the default.
+        let ups = Upstreams {
+            default: Some(Upstream::parse("http://127.0.0.1:9").unwrap()),
+            providers: vec![("anthropic", Upstream::parse("https://a.example/gw").unwrap())],
+        };
+        let own = provider_routes(&ups);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].1["route"]["prefix_rewrite"], "/gw/");
+    }
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        for bad in ["api.openai.com", "ftp://x", "http://", "https://u:p@h", "http://h/p?q=1"] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
     }
 }

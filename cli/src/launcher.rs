@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::envoy::{bootstrap, Settings, Upstream};
+use crate::envoy::{bootstrap, Settings, Upstream, Upstreams};
 use crate::OnMissArg;
 
 /// The options of `understudy up`, which `understudy run` takes too.
@@ -30,10 +30,34 @@ pub struct EnvoyArgs {
     /// Envoy admin port (0 picks a free one) [default: 9901 for up, a free one for run].
     #[arg(long)]
     pub admin_port: Option<u16>,
-    /// Live upstream for passthrough misses (http:// or https://) [default: api.openai.com, and
-    /// api.anthropic.com for /v1/messages].
+    /// Live upstream for passthrough traffic (http:// or https://, optionally with a path prefix): every API
+    /// without an upstream flag of its own, and non-LLM requests [default: each API's public endpoint;
+    /// non-LLM requests to api.openai.com].
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Upstream for OpenAI calls [default: --upstream, else https://api.openai.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream_openai: Option<String>,
+    /// Upstream for Azure OpenAI calls, e.g. https://RESOURCE.openai.azure.com [default: --upstream].
+    #[arg(long, value_name = "URL")]
+    pub upstream_azure: Option<String>,
+    /// Upstream for Anthropic calls [default: --upstream, else https://api.anthropic.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream_anthropic: Option<String>,
+    /// Upstream for Gemini API calls [default: --upstream, else https://generativelanguage.googleapis.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream_gemini: Option<String>,
+    /// Upstream for Vertex AI calls, e.g. https://us-central1-aiplatform.googleapis.com [default:
+    /// --upstream, else https://aiplatform.googleapis.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream_vertex: Option<String>,
+    /// Upstream for AWS Bedrock Runtime calls [default: --upstream, else
+    /// https://bedrock-runtime.us-east-1.amazonaws.com].
+    #[arg(long, value_name = "URL")]
+    pub upstream_bedrock: Option<String>,
+    /// Upstream for Ollama calls [default: --upstream, else http://127.0.0.1:11434].
+    #[arg(long, value_name = "URL")]
+    pub upstream_ollama: Option<String>,
     /// What a request no asset matches gets.
     #[arg(long, value_enum, default_value = "error")]
     pub on_miss: OnMissArg,
@@ -147,11 +171,32 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 impl EnvoyArgs {
+    /// `--upstream` and the per-provider flags, parsed.
+    pub fn upstreams(&self) -> Result<Upstreams> {
+        let parse = |flag: &str, url: &str| Upstream::parse(url).map_err(|e| anyhow::anyhow!("{flag}: {e}"));
+        let mut providers = Vec::new();
+        for (provider, flag, url) in [
+            ("openai", "--upstream-openai", &self.upstream_openai),
+            ("azure.ai.openai", "--upstream-azure", &self.upstream_azure),
+            ("anthropic", "--upstream-anthropic", &self.upstream_anthropic),
+            ("gcp.gemini", "--upstream-gemini", &self.upstream_gemini),
+            ("gcp.vertex_ai", "--upstream-vertex", &self.upstream_vertex),
+            ("aws.bedrock", "--upstream-bedrock", &self.upstream_bedrock),
+            ("ollama", "--upstream-ollama", &self.upstream_ollama),
+        ] {
+            if let Some(u) = url {
+                providers.push((provider, parse(flag, u)?));
+            }
+        }
+        let default = self.upstream.as_deref().map(|u| parse("--upstream", u)).transpose()?;
+        Ok(Upstreams { default, providers })
+    }
+
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
         let assets = self.assets.clone().unwrap_or_else(default_assets);
         let wasm = find_wasm(self.wasm.clone())?;
-        let upstream = self.upstream.as_deref().map(Upstream::parse).transpose()?;
+        let upstreams = self.upstreams()?;
         let plugin_config =
             crate::plugin_config(&assets, self.on_miss, self.normalization.as_deref(), self.synthesize.as_deref())?;
         let access_log = d.access_log.map(|p| p.display().to_string());
@@ -160,7 +205,7 @@ impl EnvoyArgs {
             admin_port: self.admin_port.unwrap_or(d.admin_port),
             wasm: &wasm.display().to_string(),
             plugin_config: &plugin_config,
-            upstream: upstream.as_ref(),
+            upstreams: &upstreams,
             max_body_bytes: self.max_body_bytes,
             access_log: access_log.as_deref(),
         });

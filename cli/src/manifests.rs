@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::envoy::{bootstrap, http_filters, Settings, Upstream};
+use crate::envoy::{bootstrap, http_filters, Settings, Upstream, Upstreams};
 use crate::package::{compat_image, sha256_hex, wasm_artifact};
 use crate::registry::ImageRef;
 use crate::OnMissArg;
@@ -409,13 +409,14 @@ fn ecds_resource(c: &Common, a: &ManifestsArgs) -> Result<Value> {
 
 /// A plain Envoy bootstrap: `understudy up`'s routes and filters, the Understudy filter over ECDS from a file.
 fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
-    let upstream = a.upstream.as_deref().map(Upstream::parse).transpose()?;
+    let upstreams =
+        Upstreams { default: a.upstream.as_deref().map(Upstream::parse).transpose()?, providers: Vec::new() };
     let mut boot = bootstrap(&Settings {
         port: a.port,
         admin_port: 9901,
         wasm: "",
         plugin_config: "",
-        upstream: upstream.as_ref(),
+        upstreams: &upstreams,
         max_body_bytes: a.max_body_bytes,
         access_log: None,
     });

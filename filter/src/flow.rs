@@ -59,6 +59,10 @@ impl Flow {
             self.state = State::Untouched;
             return Next::Continue;
         };
+        // Names the provider for routing, so a call that ends up forwarded goes to its own API's upstream
+        // (Envoy picks the route again when a filter changes request headers; request headers can only be
+        // changed here, not once the body arrives). Removed before the request leaves Envoy.
+        host.set_request_header(UPSTREAM_HEADER, route.provider);
         if self.runtime.is_none() {
             let message = "Understudy has no asset store loaded in this Envoy worker (its plugin configuration \
                            did not load; see Envoy's log), so it refuses LLM calls rather than let them reach the \
@@ -195,6 +199,9 @@ impl Flow {
     }
 }
 
+/// The request header naming a forwarded LLM call's provider (`gen_ai.provider.name`) for routing.
+pub const UPSTREAM_HEADER: &str = "x-understudy-upstream";
+
 /// Bytes an answer holds while it waits.
 fn held_bytes(r: &LocalResponse) -> usize {
     r.body.len() + r.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>()
@@ -234,6 +241,7 @@ mod tests {
         upstream_started: bool,
         sent: RefCell<Option<Sent>>,
         response_headers: RefCell<Vec<(String, String)>>,
+        request_headers: RefCell<Vec<(String, String)>>,
         counters: RefCell<Vec<Counter>>,
         errors: RefCell<Vec<String>>,
         delayed: std::cell::Cell<u64>,
@@ -262,6 +270,9 @@ mod tests {
         }
         fn set_response_header(&self, name: &str, value: &str) {
             self.response_headers.borrow_mut().push((name.into(), value.into()));
+        }
+        fn set_request_header(&self, name: &str, value: &str) {
+            self.request_headers.borrow_mut().push((name.into(), value.into()));
         }
         fn upstream_started(&self) -> bool {
             self.upstream_started
@@ -354,6 +365,7 @@ mod tests {
         f.on_request_headers(&h, false);
         assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
         assert!(h.sent.borrow().is_none());
+        assert_eq!(*h.request_headers.borrow(), vec![(UPSTREAM_HEADER.to_string(), "openai".to_string())]);
         f.on_response_headers(&h);
         assert_eq!(*h.response_headers.borrow(), vec![("x-understudy".to_string(), "passthrough".to_string())]);
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);

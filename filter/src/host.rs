@@ -66,6 +66,8 @@ pub trait Host {
     fn now_nanos(&self) -> u64;
     /// Sets a header on the upstream's response.
     fn set_response_header(&self, name: &str, value: &str);
+    /// Sets a header on the request (before it is forwarded).
+    fn set_request_header(&self, name: &str, value: &str);
     /// Has the router already picked an upstream host for this stream?
     fn upstream_started(&self) -> bool;
     /// Adds one to a counter.

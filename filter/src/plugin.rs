@@ -310,6 +310,10 @@ impl Host for ProxyHost {
         let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, name, Some(value));
     }
 
+    fn set_request_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, Some(value));
+    }
+
     fn upstream_started(&self) -> bool {
         matches!(hostcalls::get_property(vec!["upstream", "address"]), Ok(Some(ref v)) if !v.is_empty())
     }

@@ -49,8 +49,10 @@ def http_filter_names(boot: dict) -> list[str]:
 @pytest.mark.parametrize(
     "extra",
     [[], ["--upstream", "https://llm-gateway.example.com:8443/openai-proxy"], ["--upstream", "http://127.0.0.1:9"],
-     ["--on-miss", "passthrough", "--max-body-bytes", "1048576"]],
-    ids=["default-upstreams", "https-upstream", "http-upstream", "passthrough"],
+     ["--on-miss", "passthrough", "--max-body-bytes", "1048576"],
+     ["--upstream", "http://127.0.0.1:9", "--upstream-anthropic", "https://anthropic.internal", "--upstream-azure",
+      "https://res.openai.azure.com"]],
+    ids=["default-upstreams", "https-upstream", "http-upstream", "passthrough", "per-provider"],
 )
 def test_print_config_bootstrap_validates(tmp_path, assets_dir, extra):
     out = tmp_path / "bootstrap.json"
@@ -60,11 +62,15 @@ def test_print_config_bootstrap_validates(tmp_path, assets_dir, extra):
     ]
     clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
     upstream = extra[extra.index("--upstream") + 1] if "--upstream" in extra else None
+    own = {"upstream-" + p.replace(".", "-") for p, f in (("anthropic", "--upstream-anthropic"),
+                                                          ("azure.ai.openai", "--upstream-azure")) if f in extra}
     if upstream is None:
-        assert set(clusters) == {"openai", "anthropic"}
-        assert all("transport_socket" in c for c in clusters.values())
+        # Every API's public endpoint (Azure has none: its calls get a 502 naming --upstream-azure).
+        assert set(clusters) == {"upstream", "upstream-openai", "upstream-anthropic", "upstream-gcp-gemini",
+                                 "upstream-gcp-vertex_ai", "upstream-aws-bedrock", "upstream-ollama"}
+        assert all("transport_socket" in c for n, c in clusters.items() if n != "upstream-ollama")
     else:
-        assert set(clusters) == {"upstream"}
+        assert set(clusters) == {"upstream"} | own
         assert ("transport_socket" in clusters["upstream"]) == upstream.startswith("https://")
     r = validate(out)
     assert r.returncode == 0, f"envoy --mode validate failed for {extra}:\n{r.stdout}\n{r.stderr}"

@@ -63,3 +63,35 @@ def test_hit_in_passthrough_mode_sends_nothing_upstream(passthrough, upstream):
     assert r.header("x-understudy") == "hit"
     assert_served_body(r.json(), HAIKU["response"]["body"])
     upstream.assert_untouched_since(before)
+
+
+def test_each_api_forwards_to_its_own_upstream(understudy_factory, assets_dir, upstream):
+    """`--upstream` is the default; `--upstream-anthropic` takes Anthropic's calls, whatever gateway prefix
+    their path has (the filter names the provider, routing follows it), and the routing header never leaves
+    Envoy. An Azure call with no upstream of its own goes to the default."""
+    from conftest import FakeUpstream
+
+    anthropic = FakeUpstream()
+    try:
+        u = understudy_factory(assets_dir, on_miss="passthrough", extra=["--upstream-anthropic", anthropic.url])
+        body = {**HAIKU["request"]["body"], "max_tokens": 9}
+        for path in ("/v1/messages", "/anthropic/v1/messages", "/gw/x/v1/messages?beta=true"):
+            r = u.post(path, body)
+            assert (r.status, r.header("x-understudy")) == (200, "passthrough"), (path, r.body)
+        anthropic.wait_for_requests(3)
+        assert [q.path for q in anthropic.requests] == ["/v1/messages", "/anthropic/v1/messages", "/gw/x/v1/messages?beta=true"]
+        assert all("x-understudy-upstream" not in q.headers for q in anthropic.requests)
+        # Anthropic's non-LLM paths go there too; OpenAI and Azure calls and other paths to the default.
+        assert u.post("/v1/messages/count_tokens", body).status == 200
+        chat = {**CAPITAL["request"]["body"], "temperature": 1.9}
+        assert u.post("/v1/chat/completions", chat).header("x-understudy") == "passthrough"
+        assert u.post("/openai/deployments/gpt4o/chat/completions?api-version=1", chat).status == 200
+        assert u.request("GET", "/v1/models").status == 200
+        anthropic.wait_for_requests(4)
+        upstream.wait_for_requests(3)
+        assert [q.path for q in anthropic.requests][3:] == ["/v1/messages/count_tokens"]
+        assert [q.path for q in upstream.requests] == [
+            "/v1/chat/completions", "/openai/deployments/gpt4o/chat/completions?api-version=1", "/v1/models"]
+        assert all("x-understudy-upstream" not in q.headers for q in upstream.requests)
+    finally:
+        anthropic.close()
