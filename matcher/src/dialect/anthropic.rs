@@ -38,8 +38,9 @@ impl Dialect for Anthropic {
         "anthropic"
     }
 
+    /// `anthropic_version` (Bedrock's and Vertex AI's body spelling of the version header) never counts.
     fn ignored(&self, _op: Operation, field: &str) -> bool {
-        super::openai::ALWAYS_IGNORED.contains(&field)
+        super::openai::ALWAYS_IGNORED.contains(&field) || field == "anthropic_version"
     }
 
     fn otel_operation(&self, _op: Operation) -> &'static str {

@@ -13,6 +13,8 @@
 //! asset serves OpenAI and Azure OpenAI alike.
 
 pub mod anthropic;
+pub mod bedrock;
+pub(crate) mod eventstream;
 pub mod openai;
 pub(crate) mod shape;
 pub(crate) mod sse;
@@ -34,18 +36,21 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// AWS Bedrock Runtime (Converse, InvokeModel).
+    Bedrock,
 }
 
 impl Api {
     /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
     /// rules (`.../chat/completions` under any prefix) last.
-    pub const ALL: [Api; 2] = [Api::Anthropic, Api::OpenAi];
+    pub const ALL: [Api; 3] = [Api::Anthropic, Api::Bedrock, Api::OpenAi];
 
     /// The module that implements this API (the one registration per API).
     pub(crate) fn dialect(self) -> &'static dyn Dialect {
         match self {
             Api::OpenAi => &openai::OpenAi,
             Api::Anthropic => &anthropic::Anthropic,
+            Api::Bedrock => &bedrock::Bedrock,
         }
     }
 }
@@ -63,16 +68,25 @@ pub enum Operation {
     Responses,
     /// Anthropic `POST .../v1/messages`
     Messages,
+    /// Bedrock `POST .../model/{modelId}/converse` and `/converse-stream`
+    BedrockConverse,
+    /// Bedrock `POST .../model/{modelId}/invoke` of a Titan embeddings model
+    BedrockTitanEmbeddings,
+    /// Bedrock `POST .../model/{modelId}/invoke` (`-with-response-stream`) of another model family: opaque JSON
+    BedrockInvokeModel,
 }
 
 impl Operation {
     /// Every operation, for docs, diagnostics and rule validation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 8] = [
         Operation::ChatCompletions,
         Operation::Completions,
         Operation::Embeddings,
         Operation::Responses,
         Operation::Messages,
+        Operation::BedrockConverse,
+        Operation::BedrockTitanEmbeddings,
+        Operation::BedrockInvokeModel,
     ];
 
     /// Stable name, part of the key's preimage: never change an existing one.
@@ -83,6 +97,9 @@ impl Operation {
             Operation::Embeddings => "openai.embeddings",
             Operation::Responses => "openai.responses",
             Operation::Messages => "anthropic.messages",
+            Operation::BedrockConverse => "bedrock.converse",
+            Operation::BedrockTitanEmbeddings => "bedrock.titan_embeddings",
+            Operation::BedrockInvokeModel => "bedrock.invoke_model",
         }
     }
 
@@ -93,6 +110,9 @@ impl Operation {
                 Api::OpenAi
             }
             Operation::Messages => Api::Anthropic,
+            Operation::BedrockConverse | Operation::BedrockTitanEmbeddings | Operation::BedrockInvokeModel => {
+                Api::Bedrock
+            }
         }
     }
 
@@ -356,6 +376,13 @@ pub(crate) trait Dialect: Sync {
     /// recording's (then re-framed).
     fn recorded_stream(&self, _route: &Route, recorded: &[u8]) -> Vec<u8> {
         recorded.to_vec()
+    }
+
+    /// A stream recorded on `route`, of another API's operation, in this API's own framing (Bedrock's event
+    /// stream around Anthropic's events), unwrapped into the operation's own framing so the operation's
+    /// module can assemble it. `None` when `recorded` is not in such a framing (the default).
+    fn unwrap_recorded(&self, _route: &Route, _recorded: &[u8]) -> Option<Result<Vec<u8>, StreamError>> {
+        None
     }
 
     /// Token usage an answer of `op` reports, if it does.
