@@ -17,7 +17,7 @@ use super::super::shape::{accumulate, value_text};
 use super::super::sse::{is_sse, parse_sse};
 use super::{json_messages, Operation, SynthInput, Usage};
 use crate::stream::{StreamError, StreamOptions};
-use crate::synth::{embedding_seed, embedding_vector, f32_value, MAX_DIMENSIONS, MAX_EMBEDDING_FLOATS};
+use crate::synth::{embedding_seed, embedding_vector, f32_value, requested_dimensions, MAX_EMBEDDING_FLOATS};
 use crate::tokens::estimate_tokens;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -180,13 +180,8 @@ fn titan_dimensions(model: &str) -> usize {
 /// are unit length whatever `normalize` says; `embeddingTypes: ["binary"]` adds the sign bits.
 pub(super) fn synthesize_titan(input: &SynthInput<'_>) -> Option<Value> {
     let (request, model) = (input.request, input.model);
-    let asked = request
-        .get("dimensions")
-        .or_else(|| request.get("embeddingConfig").and_then(|c| c.get("outputEmbeddingLength")))
-        .and_then(Value::as_u64)
-        .and_then(|d| usize::try_from(d).ok())
-        .filter(|d| (1..=MAX_DIMENSIONS).contains(d));
-    let dims = asked.or(input.dimensions).unwrap_or_else(|| titan_dimensions(model));
+    let asked = request.get("dimensions").or_else(|| request.get("embeddingConfig")?.get("outputEmbeddingLength"));
+    let dims = requested_dimensions(asked).or(input.dimensions).unwrap_or_else(|| titan_dimensions(model));
     if dims > MAX_EMBEDDING_FLOATS {
         return None;
     }
