@@ -156,7 +156,9 @@ pub(super) fn assemble(recorded: &[u8]) -> Result<Value, StreamError> {
     let mut role: Option<Value> = None;
     let mut blocks: BTreeMap<u64, Block> = BTreeMap::new();
     let mut out = Map::new();
-    for (index, (m, data)) in json_messages(OP, recorded)?.into_iter().enumerate() {
+    let messages = json_messages(OP, recorded)?;
+    let count = messages.len();
+    for (index, (m, data)) in messages.into_iter().enumerate() {
         let name = m.name();
         let fail = |reason: &str| StreamError::BadFrame {
             op: OP,
@@ -164,7 +166,7 @@ pub(super) fn assemble(recorded: &[u8]) -> Result<Value, StreamError> {
             offset: m.offset,
             reason: format!("{name}: {reason}"),
         };
-        if name != "messageStart" && role.is_none() && matches!(name, "contentBlockStart" | "contentBlockDelta") {
+        if role.is_none() && matches!(name, "contentBlockStart" | "contentBlockDelta") {
             return Err(fail("comes before messageStart"));
         }
         let block_index = || {
@@ -201,9 +203,10 @@ pub(super) fn assemble(recorded: &[u8]) -> Result<Value, StreamError> {
     };
     let mut content = Vec::with_capacity(blocks.len());
     for (i, mut b) in blocks {
+        // A block the stream never stopped: reported against the end of the stream.
         b.finish().map_err(|reason| StreamError::BadFrame {
             op: OP,
-            index: 0,
+            index: count,
             offset: recorded.len(),
             reason: format!("content block {i} never stopped and {reason}"),
         })?;
@@ -373,6 +376,9 @@ mod tests {
         write_event(&mut bad_json, "contentBlockStop", br#"{"contentBlockIndex":0}"#);
         let e = assemble(&bad_json).unwrap_err().to_string();
         assert!(e.contains("not valid JSON") && e.contains("#3"), "{e}");
+        let unstopped = &bad_json[..decode(&bad_json).unwrap()[3].offset];
+        let e = assemble(unstopped).unwrap_err().to_string();
+        assert!(e.contains("content block 0 never stopped") && e.contains("#3"), "{e}");
         let mut early = Vec::new();
         write_event(&mut early, "contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"x"}}"#);
         assert!(assemble(&early).unwrap_err().to_string().contains("before messageStart"));
