@@ -45,16 +45,16 @@ enum Call {
 
 impl Dialect for Bedrock {
     fn classify(&self, path: &PathView<'_>) -> Option<Route> {
-        let segs = path.segs();
-        let (last, init) = segs.split_last()?;
-        let (call, stream) = match *last {
+        // The lower-cased segments as they are: no per-request list, as this runs before OpenAI's rules.
+        let (last, init) = path.lower.split_last()?;
+        let (call, stream) = match last.as_str() {
             "converse" => (Call::Converse, None),
             "converse-stream" => (Call::Converse, Some(Framing::EventStream)),
             "invoke" => (Call::Invoke, None),
             "invoke-with-response-stream" => (Call::Invoke, Some(Framing::EventStream)),
             _ => return None,
         };
-        let at = init.iter().position(|s| *s == "model")?;
+        let at = init.iter().position(|s| s == "model")?;
         let ids = path.raw.get(at + 1..init.len()).filter(|ids| !ids.is_empty())?;
         let model = ids.join("/");
         let operation = match call {
