@@ -373,6 +373,9 @@ mod tests {
             EmbedContent => "/v1/projects/p/locations/l/publishers/google/models/gemini-embedding-001:embedContent",
             BatchEmbedContents => "/v1beta/models/gemini-embedding-001:batchEmbedContents",
             CountTokens => "/v1beta/models/gemini-2.5-flash:countTokens",
+            BedrockConverse => "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+            BedrockTitanEmbeddings => "/model/amazon.titan-embed-text-v2:0/invoke",
+            BedrockInvokeModel => "/model/meta.llama3-8b-instruct-v1:0/invoke-with-response-stream",
         }
     }
 

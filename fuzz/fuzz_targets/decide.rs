@@ -3,13 +3,13 @@
 //! compile), plus one templated asset with several responses and `synthesize` rules, in both miss modes.
 //!
 //! Input: the first line is the request path (if it is not an LLM path, a route is picked from its length),
-//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE, or a JSON array) assembles back
-//! into a body; a JSON 2xx answer is valid JSON.
+//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE, a JSON array or an AWS event
+//! stream) assembles back into a body; a JSON 2xx answer is valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use understudy_matcher::stream::{assemble_sse, assemble_stream};
+use understudy_matcher::stream::assemble_recorded;
 use understudy_matcher::synth::SynthRule;
 use understudy_matcher::{
     classify, parse_asset_file, Asset, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer, OnMiss,
@@ -28,6 +28,13 @@ const ASSET_FILES: &[(&str, &str)] = &[
     ("gemini/vertex-haiku.json", include_str!("../../examples/assets/gemini/vertex-haiku.json")),
     ("gemini/recorded-streams.json", include_str!("../../tests/e2e/assets/gemini/recorded-streams.json")),
     ("vertex-anthropic/messages-oslo.json", include_str!("../../examples/assets/vertex-anthropic/messages-oslo.json")),
+    ("bedrock/converse.json", include_str!("../../examples/assets/bedrock/converse.json")),
+    (
+        "bedrock/converse-stream-recorded.json",
+        include_str!("../../examples/assets/bedrock/converse-stream-recorded.json"),
+    ),
+    ("bedrock/invoke-claude.json", include_str!("../../examples/assets/bedrock/invoke-claude.json")),
+    ("bedrock/titan-embed.json", include_str!("../../examples/assets/bedrock/titan-embed.json")),
 ];
 
 const FALLBACK_PATHS: &[&str] = &[
@@ -44,6 +51,11 @@ const FALLBACK_PATHS: &[&str] = &[
     "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-embedding-001:embedContent",
     "/v1beta/models/gemini-2.0-flash:countTokens",
     "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
+    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream",
+    "/model/amazon.titan-embed-text-v2%3A0/invoke",
+    "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream",
 ];
 
 const NOW_NANOS: u64 = 1_764_403_200_123_456_789;
@@ -100,7 +112,9 @@ fn rules() -> Vec<SynthRule> {
         {"operation": "gemini.generate_content", "echo": true},
         {"operation": "gemini.embed_content", "dimensions": 8},
         {"operation": "gemini.batch_embed_contents"},
-        {"operation": "gemini.count_tokens"}
+        {"operation": "gemini.count_tokens"},
+        {"operation": "bedrock.converse", "echo": true},
+        {"operation": "bedrock.titan_embeddings", "dimensions": 8}
     ]))
     .expect("rules parse")
 }
@@ -129,10 +143,9 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             let ct = r.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("");
-            if ct.starts_with("text/event-stream") {
-                let text = std::str::from_utf8(&r.body).expect("a stream is UTF-8");
-                if let Err(e) = assemble_sse(route.operation, text) {
-                    panic!("served stream does not assemble: {e}\n{text}");
+            if ct.starts_with("text/event-stream") || ct == "application/vnd.amazon.eventstream" {
+                if let Err(e) = assemble_recorded(&route, &r.body) {
+                    panic!("served stream does not assemble: {e}\n{}", String::from_utf8_lossy(&r.body));
                 }
             } else if ct.starts_with("application/json") {
                 if let Err(e) = serde_json::from_slice::<serde_json::Value>(&r.body) {
@@ -140,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 // A JSON-array stream (Gemini without `alt=sse`).
                 if route.stream.is_some() && route.operation.streams() {
-                    if let Err(e) = assemble_stream(route.operation, &r.body) {
+                    if let Err(e) = assemble_recorded(&route, &r.body) {
                         panic!("served JSON-array stream does not assemble: {e}");
                     }
                 }

@@ -1,7 +1,9 @@
 //! Which HTTP headers an asset may carry and which Understudy drops when it replays one, and which query
 //! parameters carry credentials.
 
-/// Headers that carry credentials: never stored in an asset, logged or hashed.
+/// Headers that carry credentials or AWS request-signing material (SigV4's `x-amz-date` and
+/// `x-amz-content-sha256` sign a request together with `authorization`): never stored in an asset, logged or
+/// hashed.
 pub const SECRET_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -9,6 +11,8 @@ pub const SECRET_HEADERS: &[&str] = &[
     "x-api-key",
     "x-goog-api-key",
     "x-amz-security-token",
+    "x-amz-date",
+    "x-amz-content-sha256",
     "cookie",
     "set-cookie",
 ];
@@ -59,6 +63,10 @@ mod tests {
         assert!(is_dropped_header("X-Understudy"));
         assert!(is_dropped_header("x-understudy-key"));
         assert!(is_dropped_header("X-Goog-Api-Key"));
+        for sigv4 in ["Authorization", "X-Amz-Security-Token", "X-Amz-Date", "x-amz-content-sha256"] {
+            assert!(is_secret_header(sigv4), "{sigv4}");
+        }
+        assert!(!is_secret_header("x-amzn-requestid"));
         assert!(is_dropped_header("Content-Length"));
         assert!(!is_dropped_header("x-request-id"));
     }

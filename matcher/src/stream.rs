@@ -36,6 +36,8 @@
 //! assert_eq!(back["choices"][0]["message"]["content"], "Paris.");
 //! ```
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use thiserror::Error;
 
@@ -129,6 +131,18 @@ pub enum StreamError {
         /// The cap in bytes.
         limit: usize,
     },
+    /// A message of a binary stream framing (AWS's event stream) can't be used.
+    #[error("{op}: stream message #{index} (at byte {offset}): {reason}")]
+    BadFrame {
+        /// The operation.
+        op: Operation,
+        /// 0-based position of the message in the stream.
+        index: usize,
+        /// Byte offset of the message.
+        offset: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The recorded stream itself carries an API error.
     #[error("{op}: the recorded stream reports an error: {message}")]
     Upstream {
@@ -147,6 +161,21 @@ pub fn render_stream(route: &Route, body: &Value, opts: &StreamOptions) -> Resul
 /// Assembles a recorded stream of `op` (any of its API's framings) into the plain body.
 pub fn assemble_stream(op: Operation, recorded: &[u8]) -> Result<Value, StreamError> {
     op.dialect().assemble_stream(op, recorded)
+}
+
+/// A stream recorded on `route`, in the framing its operation's module reads: unwrapped from the route's
+/// API's framing when that API wraps another API's events (Bedrock's `chunk` events around Anthropic's),
+/// else as recorded.
+pub(crate) fn readable<'a>(route: &Route, recorded: &'a [u8]) -> Result<Cow<'a, [u8]>, StreamError> {
+    match route.dialect().unwrap_recorded(route, recorded) {
+        Some(unwrapped) => unwrapped.map(Cow::Owned),
+        None => Ok(Cow::Borrowed(recorded)),
+    }
+}
+
+/// Assembles a stream recorded on `route` (in any framing the route's API sends) into the plain body.
+pub fn assemble_recorded(route: &Route, recorded: &[u8]) -> Result<Value, StreamError> {
+    assemble_stream(route.operation, &readable(route, recorded)?)
 }
 
 /// [`render_stream`] for an operation whose API streams Server-Sent Events, on its own API's route.

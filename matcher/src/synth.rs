@@ -229,6 +229,11 @@ pub(crate) fn choice_count(request: &Value) -> usize {
     request.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, crate::limits::MAX_N) as usize
 }
 
+/// A dimension a request asks for, if it is a whole number in `1..=MAX_DIMENSIONS`.
+pub(crate) fn requested_dimensions(v: Option<&Value>) -> Option<usize> {
+    v.and_then(Value::as_u64).and_then(|d| usize::try_from(d).ok()).filter(|d| (1..=MAX_DIMENSIONS).contains(d))
+}
+
 /// The bytes a synthetic embedding is seeded from: model, kind of input (`text` or `tokens`) and input.
 pub(crate) fn embedding_seed(model: &str, kind: &str, body: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(model.len() + body.len() + 32);

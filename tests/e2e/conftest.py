@@ -692,6 +692,7 @@ def assert_served_body(served: dict, recorded: dict) -> None:
         # Same prefix and length; very short recorded ids grow to 8 random characters.
         # The kept prefix comes from the old id: a fresh random part may itself start with "01".
         p = id_prefix(old)
+        # startswith, not id_prefix(new) == p: a fresh id may itself begin with "01" after its prefix.
         assert new.startswith(p) and len(new) == max(len(old), len(p) + 8), (old, new)
     for f in ("created", "created_at"):
         if isinstance(recorded.get(f), int):

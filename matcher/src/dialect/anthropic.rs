@@ -44,8 +44,8 @@ impl Dialect for Anthropic {
     }
 
     fn ignored(&self, _op: Operation, field: &str) -> bool {
-        // `anthropic_version` is in the body only where the header can't carry it (Anthropic on Vertex AI):
-        // the API version, not a request for another answer.
+        // `anthropic_version` is in the body only where the header can't carry it (Anthropic on Vertex AI and
+        // Bedrock): the API version, not a request for another answer.
         super::openai::ALWAYS_IGNORED.contains(&field) || field == "anthropic_version"
     }
 

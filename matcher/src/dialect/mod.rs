@@ -13,6 +13,8 @@
 //! asset serves OpenAI and Azure OpenAI alike.
 
 pub mod anthropic;
+pub mod bedrock;
+pub(crate) mod eventstream;
 pub mod gemini;
 pub mod openai;
 pub(crate) mod shape;
@@ -37,12 +39,14 @@ pub enum Api {
     Anthropic,
     /// Google's Gemini API and Vertex AI (Anthropic models on Vertex AI speak [`Api::Anthropic`]).
     Gemini,
+    /// AWS Bedrock Runtime (Converse, InvokeModel).
+    Bedrock,
 }
 
 impl Api {
     /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
     /// rules (`.../chat/completions` under any prefix) last.
-    pub const ALL: [Api; 3] = [Api::Gemini, Api::Anthropic, Api::OpenAi];
+    pub const ALL: [Api; 4] = [Api::Gemini, Api::Anthropic, Api::Bedrock, Api::OpenAi];
 
     /// The module that implements this API (the one registration per API).
     pub(crate) fn dialect(self) -> &'static dyn Dialect {
@@ -50,6 +54,7 @@ impl Api {
             Api::OpenAi => &openai::OpenAi,
             Api::Anthropic => &anthropic::Anthropic,
             Api::Gemini => &gemini::Gemini,
+            Api::Bedrock => &bedrock::Bedrock,
         }
     }
 }
@@ -75,11 +80,17 @@ pub enum Operation {
     BatchEmbedContents,
     /// Gemini API / Vertex AI `POST .../models/{m}:countTokens`
     CountTokens,
+    /// Bedrock `POST .../model/{modelId}/converse` and `/converse-stream`
+    BedrockConverse,
+    /// Bedrock `POST .../model/{modelId}/invoke` of a Titan embeddings model
+    BedrockTitanEmbeddings,
+    /// Bedrock `POST .../model/{modelId}/invoke` (`-with-response-stream`) of another model family: opaque JSON
+    BedrockInvokeModel,
 }
 
 impl Operation {
     /// Every operation, for docs, diagnostics and rule validation.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 12] = [
         Operation::ChatCompletions,
         Operation::Completions,
         Operation::Embeddings,
@@ -89,6 +100,9 @@ impl Operation {
         Operation::EmbedContent,
         Operation::BatchEmbedContents,
         Operation::CountTokens,
+        Operation::BedrockConverse,
+        Operation::BedrockTitanEmbeddings,
+        Operation::BedrockInvokeModel,
     ];
 
     /// Stable name, part of the key's preimage: never change an existing one.
@@ -103,6 +117,9 @@ impl Operation {
             Operation::EmbedContent => "gemini.embed_content",
             Operation::BatchEmbedContents => "gemini.batch_embed_contents",
             Operation::CountTokens => "gemini.count_tokens",
+            Operation::BedrockConverse => "bedrock.converse",
+            Operation::BedrockTitanEmbeddings => "bedrock.titan_embeddings",
+            Operation::BedrockInvokeModel => "bedrock.invoke_model",
         }
     }
 
@@ -117,6 +134,9 @@ impl Operation {
             | Operation::EmbedContent
             | Operation::BatchEmbedContents
             | Operation::CountTokens => Api::Gemini,
+            Operation::BedrockConverse | Operation::BedrockTitanEmbeddings | Operation::BedrockInvokeModel => {
+                Api::Bedrock
+            }
         }
     }
 
@@ -405,6 +425,13 @@ pub(crate) trait Dialect: Sync {
     /// recording's (then re-framed).
     fn recorded_stream(&self, _route: &Route, recorded: &[u8]) -> Vec<u8> {
         recorded.to_vec()
+    }
+
+    /// A stream recorded on `route`, of another API's operation, in this API's own framing (Bedrock's event
+    /// stream around Anthropic's events), unwrapped into the operation's own framing so the operation's
+    /// module can assemble it. `None` when `recorded` is not in such a framing (the default).
+    fn unwrap_recorded(&self, _route: &Route, _recorded: &[u8]) -> Option<Result<Vec<u8>, StreamError>> {
+        None
     }
 
     /// Token usage an answer of `op` reports, if it does.

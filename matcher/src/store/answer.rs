@@ -193,14 +193,23 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         }
         (None, None) => (None, ""),
     };
-    let (json, stream, text) = match (r.body, raw) {
-        (Some(v), _) => (Some(v), None, None),
-        (None, Some(t)) if status < 400 && op.streams() && dialect.is_recorded_stream(op, &t) => {
-            let assembled =
-                dialect.assemble_stream(op, &t).map_err(|e| format!("{field}: looks like a stream but {e}"))?;
-            (Some(assembled), Some(t), None)
+    // A stream recorded in the route's framing around another API's events is read in the operation's own.
+    let assembled = match &raw {
+        Some(t) if r.body.is_none() && status < 400 && op.streams() => {
+            let looks = |e| format!("{field}: looks like a stream but {e}");
+            let readable = crate::stream::readable(route, t).map_err(looks)?;
+            if dialect.is_recorded_stream(op, &readable) {
+                Some(dialect.assemble_stream(op, &readable).map_err(looks)?)
+            } else {
+                None
+            }
         }
-        (None, t) => (None, None, t),
+        _ => None,
+    };
+    let (json, stream, text) = match (r.body, raw, assembled) {
+        (Some(v), _, _) => (Some(v), None, None),
+        (None, Some(t), Some(assembled)) => (Some(assembled), Some(t), None),
+        (None, t, _) => (None, None, t),
     };
     if stream.is_some() {
         headers.retain(|(k, _)| k != "content-type");

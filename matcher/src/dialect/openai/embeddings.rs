@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::dialect::shape::value_text;
 use crate::dialect::{EmbeddingEncoding, SynthInput};
-use crate::synth::{embedding_seed, embedding_vector, f32_value, MAX_DIMENSIONS, MAX_EMBEDDING_FLOATS};
+use crate::synth::{embedding_seed, embedding_vector, f32_value, requested_dimensions, MAX_EMBEDDING_FLOATS};
 use crate::tokens::estimate_tokens;
 
 /// The encoding a request asks for (`encoding_format`).
@@ -135,12 +135,9 @@ fn default_dimensions(model: &str) -> usize {
 /// (3072 for `text-embedding-3-large`, 1536 otherwise); base64 when the request asks for it.
 pub(super) fn synthesize(input: &SynthInput<'_>) -> Option<Value> {
     let (request, model) = (input.request, input.model);
-    let requested_dims = request
-        .get("dimensions")
-        .and_then(Value::as_u64)
-        .and_then(|d| usize::try_from(d).ok())
-        .filter(|d| (1..=MAX_DIMENSIONS).contains(d));
-    let dims = requested_dims.or(input.dimensions).unwrap_or_else(|| default_dimensions(model));
+    let dims = requested_dimensions(request.get("dimensions"))
+        .or(input.dimensions)
+        .unwrap_or_else(|| default_dimensions(model));
     let inputs = inputs(request.get("input"));
     let base64 = requested(request) == EmbeddingEncoding::Base64;
     // Floats as JSON cost several times their base64 form: both are priced before any vector is built.
