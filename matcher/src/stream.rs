@@ -96,7 +96,7 @@ pub enum StreamError {
         reason: String,
     },
     /// An event of the stream can't be used.
-    #[error("{op}: SSE event #{index} ({event}, line {line}): {reason}")]
+    #[error("{op}: stream event #{index} ({event}, line {line}): {reason}")]
     BadEvent {
         /// The operation.
         op: Operation,

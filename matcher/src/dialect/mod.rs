@@ -13,6 +13,7 @@
 //! asset serves OpenAI and Azure OpenAI alike.
 
 pub mod anthropic;
+pub mod ollama;
 pub mod openai;
 pub(crate) mod shape;
 pub(crate) mod sse;
@@ -34,18 +35,21 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`).
+    Ollama,
 }
 
 impl Api {
     /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
     /// rules (`.../chat/completions` under any prefix) last.
-    pub const ALL: [Api; 2] = [Api::Anthropic, Api::OpenAi];
+    pub const ALL: [Api; 3] = [Api::Anthropic, Api::Ollama, Api::OpenAi];
 
     /// The module that implements this API (the one registration per API).
     pub(crate) fn dialect(self) -> &'static dyn Dialect {
         match self {
             Api::OpenAi => &openai::OpenAi,
             Api::Anthropic => &anthropic::Anthropic,
+            Api::Ollama => &ollama::Ollama,
         }
     }
 }
@@ -63,16 +67,28 @@ pub enum Operation {
     Responses,
     /// Anthropic `POST .../v1/messages`
     Messages,
+    /// Ollama `POST .../api/chat`
+    OllamaChat,
+    /// Ollama `POST .../api/generate`
+    OllamaGenerate,
+    /// Ollama `POST .../api/embed`
+    OllamaEmbed,
+    /// Ollama `POST .../api/embeddings` (legacy, one prompt)
+    OllamaEmbeddings,
 }
 
 impl Operation {
     /// Every operation, for docs, diagnostics and rule validation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 9] = [
         Operation::ChatCompletions,
         Operation::Completions,
         Operation::Embeddings,
         Operation::Responses,
         Operation::Messages,
+        Operation::OllamaChat,
+        Operation::OllamaGenerate,
+        Operation::OllamaEmbed,
+        Operation::OllamaEmbeddings,
     ];
 
     /// Stable name, part of the key's preimage: never change an existing one.
@@ -83,6 +99,10 @@ impl Operation {
             Operation::Embeddings => "openai.embeddings",
             Operation::Responses => "openai.responses",
             Operation::Messages => "anthropic.messages",
+            Operation::OllamaChat => "ollama.chat",
+            Operation::OllamaGenerate => "ollama.generate",
+            Operation::OllamaEmbed => "ollama.embed",
+            Operation::OllamaEmbeddings => "ollama.embeddings",
         }
     }
 
@@ -93,6 +113,10 @@ impl Operation {
                 Api::OpenAi
             }
             Operation::Messages => Api::Anthropic,
+            Operation::OllamaChat
+            | Operation::OllamaGenerate
+            | Operation::OllamaEmbed
+            | Operation::OllamaEmbeddings => Api::Ollama,
         }
     }
 
@@ -304,6 +328,13 @@ pub(crate) trait Dialect: Sync {
 
     /// Does the top-level body field `field` never count in `op`'s key?
     fn ignored(&self, op: Operation, field: &str) -> bool;
+
+    /// Does the top-level member `field: value` not count in `op`'s key? By default: when [`Dialect::ignored`]
+    /// says so. An API overrides it where some values mean the same as no member at all (Ollama's `tools: []`,
+    /// which its SDK always sends).
+    fn ignored_member(&self, op: Operation, field: &str, _value: &Value) -> bool {
+        self.ignored(op, field)
+    }
 
     // --- requests ---
 
