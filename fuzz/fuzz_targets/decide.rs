@@ -3,13 +3,13 @@
 //! several responses and `synthesize` rules, in both miss modes.
 //!
 //! Input: the first line is the request path (if it is not an LLM path, a route is picked from its length),
-//! the rest is the body. Properties: never panics; a streamed 2xx answer assembles back into a body; a JSON
-//! 2xx answer is valid JSON.
+//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE or NDJSON) assembles back into a
+//! body; a JSON 2xx answer is valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use understudy_matcher::stream::assemble_sse;
+use understudy_matcher::stream::assemble_stream;
 use understudy_matcher::synth::SynthRule;
 use understudy_matcher::{
     classify, parse_asset_file, Asset, Bundle, BundledAsset, Decision, NormalizationConfig, Normalizer, OnMiss,
@@ -21,6 +21,11 @@ const ASSET_FILES: &[(&str, &str)] = &[
     ("openai/chat-capital.json", include_str!("../../examples/assets/openai/chat-capital.json")),
     ("openai/chat-weather-tool.json", include_str!("../../examples/assets/openai/chat-weather-tool.json")),
     ("openai/embeddings-fox.json", include_str!("../../examples/assets/openai/embeddings-fox.json")),
+    ("ollama/chat-sky.json", include_str!("../../examples/assets/ollama/chat-sky.json")),
+    ("ollama/chat-weather-tool.json", include_str!("../../examples/assets/ollama/chat-weather-tool.json")),
+    ("ollama/generate-sky.json", include_str!("../../examples/assets/ollama/generate-sky.json")),
+    ("ollama/generate-recorded-stream.json", include_str!("../../examples/assets/ollama/generate-recorded-stream.json")),
+    ("ollama/embed-sky.json", include_str!("../../examples/assets/ollama/embed-sky.json")),
 ];
 
 const FALLBACK_PATHS: &[&str] = &[
@@ -30,6 +35,10 @@ const FALLBACK_PATHS: &[&str] = &[
     "/v1/responses",
     "/v1/messages",
     "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
 ];
 
 const NOW_NANOS: u64 = 1_764_403_200_123_456_789;
@@ -81,7 +90,10 @@ fn rules() -> Vec<SynthRule> {
         {"operation": "openai.chat_completions", "model": "echo*", "echo": true},
         {"operation": "openai.embeddings", "model": "*", "dimensions": 16},
         {"model": "gpt-*", "text": "Synthesized answer, streamed in pieces.", "latency": {"ttft_ms": 1}},
-        {"operation": "anthropic.messages", "echo": true}
+        {"operation": "anthropic.messages", "echo": true},
+        {"operation": "ollama.generate", "echo": true},
+        {"operation": "ollama.embed", "model": "*"},
+        {"operation": "ollama.embeddings", "dimensions": 8}
     ]))
     .expect("rules parse")
 }
@@ -110,10 +122,9 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             let ct = r.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("");
-            if ct.starts_with("text/event-stream") {
-                let text = std::str::from_utf8(&r.body).expect("a stream is UTF-8");
-                if let Err(e) = assemble_sse(route.operation, text) {
-                    panic!("served stream does not assemble: {e}\n{text}");
+            if ct.starts_with("text/event-stream") || ct.starts_with("application/x-ndjson") {
+                if let Err(e) = assemble_stream(route.operation, &r.body) {
+                    panic!("served stream does not assemble: {e}\n{}", String::from_utf8_lossy(&r.body));
                 }
             } else if ct.starts_with("application/json") {
                 if let Err(e) = serde_json::from_slice::<serde_json::Value>(&r.body) {
