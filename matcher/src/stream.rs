@@ -17,6 +17,8 @@
 //!   `response.created` to `response.completed` (or `.incomplete` / `.failed`), no `[DONE]`.
 //! - Anthropic messages: `message_start`, `ping`, `content_block_start` / `_delta` / `_stop` per block,
 //!   `message_delta` (stop reason, cumulative usage), `message_stop`.
+//! - Ollama chat and generate (not SSE): one JSON object a line, text pieces with `done: false`, then a last
+//!   line with `done: true` and the counts and timings ([`render_stream`] / [`assemble_stream`]).
 //!
 //! Embeddings have no streaming form: [`StreamError::NotStreamable`].
 //!
