@@ -38,19 +38,23 @@ pub const IGNORED: &[&str] = &["stream", "keep_alive"];
 pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
 
 impl Dialect for Ollama {
+    /// `.../api/{chat,generate,embed,embeddings}`. Tried before OpenAI's suffix rules on every LLM path, so it
+    /// looks at the last two segments first and allocates nothing for other paths.
     fn classify(&self, path: &PathView<'_>) -> Option<Route> {
-        let segs = path.segs();
-        // An Azure OpenAI deployment named `api` is OpenAI's (`.../deployments/api/embeddings`).
-        if segs.windows(2).any(|w| w == ["openai", "deployments"]) {
-            return None;
-        }
-        let operation = match segs.as_slice() {
-            [.., "api", "chat"] => Operation::OllamaChat,
-            [.., "api", "generate"] => Operation::OllamaGenerate,
-            [.., "api", "embed"] => Operation::OllamaEmbed,
-            [.., "api", "embeddings"] => Operation::OllamaEmbeddings,
+        let operation = match path.lower.as_slice() {
+            [.., api, last] if api == "api" => match last.as_str() {
+                "chat" => Operation::OllamaChat,
+                "generate" => Operation::OllamaGenerate,
+                "embed" => Operation::OllamaEmbed,
+                "embeddings" => Operation::OllamaEmbeddings,
+                _ => return None,
+            },
             _ => return None,
         };
+        // An Azure OpenAI deployment named `api` is OpenAI's (`.../deployments/api/embeddings`).
+        if path.lower.windows(2).any(|w| matches!(w, [a, b] if a == "openai" && b == "deployments")) {
+            return None;
+        }
         Some(Route { api: Api::Ollama, operation, model: None, provider: self.provider(), stream: None })
     }
 
