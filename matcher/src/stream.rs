@@ -759,7 +759,8 @@ mod tests {
     }
 
     /// Writes rendered streams of every example asset and `tests/stream_sdk/fixtures` asset to the
-    /// directory in `UNDERSTUDY_SSE_OUT`, for `tests/stream_sdk/check.py` to feed to the official SDKs.
+    /// directory in `UNDERSTUDY_SSE_OUT`, for `tests/stream_sdk/check.py` to feed to the official SDKs (SSE,
+    /// and Ollama's NDJSON with its `content_type`).
     /// A no-op without the variable.
     #[test]
     fn stream_fixtures_for_sdk_check() {
@@ -790,17 +791,19 @@ mod tests {
                 let Some(body) = asset["response"].get("body") else {
                     continue;
                 };
-                if route.operation == Operation::Embeddings {
+                if !route.operation.streams() {
                     assert!(render_sse(route.operation, body, &StreamOptions::default()).is_err());
                     continue;
                 }
+                let content_type = route.dialect().stream_content_type(&route);
+                let ext = if content_type.starts_with("text/event-stream") { "sse" } else { "stream" };
                 for (variant, o) in
                     [("plain", opts(false, DEFAULT_CHUNK_CHARS)), ("usage-1", opts(true, 1)), ("whole", opts(true, 0))]
                 {
                     let sse = render_sse(route.operation, body, &o).unwrap();
                     let back = assemble_sse(route.operation, &sse).unwrap();
                     let name = format!("{stem}-{i}-{variant}");
-                    std::fs::write(out.join(format!("{name}.sse")), &sse).unwrap();
+                    std::fs::write(out.join(format!("{name}.{ext}")), &sse).unwrap();
                     manifest.push(json!({
                         "name": name,
                         "label": asset.get("name").cloned().unwrap_or(Value::Null),
@@ -808,7 +811,9 @@ mod tests {
                         "operation": route.operation.name(),
                         "include_usage": o.include_usage,
                         "chunk_chars": o.chunk_chars,
-                        "sse": format!("{name}.sse"),
+                        "sse": format!("{name}.{ext}"),
+                        "content_type": content_type,
+                        "path": asset["request"]["path"],
                         "request": asset["request"]["body"],
                         "expected": body,
                         "assembled": back,
