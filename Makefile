@@ -31,7 +31,7 @@ test-unit: ## Native unit, integration and doc tests
 test-wasm: ## Matcher tests and golden key vectors compiled to wasm32-wasip1, run under Node's WASI
 	bash scripts/test-wasm.sh
 
-test-streams: ## Rendered SSE streams parsed by the official OpenAI and Anthropic SDKs' stream helpers
+test-streams: ## Rendered streams parsed by the official OpenAI, Anthropic and Ollama SDKs
 	@d=$$(mktemp -d) && UNDERSTUDY_SSE_OUT=$$d cargo test -q --locked -p understudy-matcher --lib stream_fixtures_for_sdk_check \
 	  && $(PY) matcher/tests/stream_sdk/check.py $$d; rc=$$?; rm -rf "$$d"; exit $$rc
 

@@ -376,6 +376,10 @@ mod tests {
             BedrockConverse => "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream",
             BedrockTitanEmbeddings => "/model/amazon.titan-embed-text-v2:0/invoke",
             BedrockInvokeModel => "/model/meta.llama3-8b-instruct-v1:0/invoke-with-response-stream",
+            OllamaChat => "/api/chat",
+            OllamaGenerate => "/ollama/api/generate",
+            OllamaEmbed => "/api/embed",
+            OllamaEmbeddings => "/api/embeddings",
         }
     }
 

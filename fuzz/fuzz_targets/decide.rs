@@ -3,8 +3,8 @@
 //! compile), plus one templated asset with several responses and `synthesize` rules, in both miss modes.
 //!
 //! Input: the first line is the request path (if it is not an LLM path, a route is picked from its length),
-//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE, a JSON array or an AWS event
-//! stream) assembles back into a body; a JSON 2xx answer is valid JSON.
+//! the rest is the body. Properties: never panics; a streamed 2xx answer (SSE, a JSON array, NDJSON or an AWS
+//! event stream) assembles back into a body; a JSON 2xx answer is valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -35,6 +35,14 @@ const ASSET_FILES: &[(&str, &str)] = &[
     ),
     ("bedrock/invoke-claude.json", include_str!("../../examples/assets/bedrock/invoke-claude.json")),
     ("bedrock/titan-embed.json", include_str!("../../examples/assets/bedrock/titan-embed.json")),
+    ("ollama/chat-sky.json", include_str!("../../examples/assets/ollama/chat-sky.json")),
+    ("ollama/chat-weather-tool.json", include_str!("../../examples/assets/ollama/chat-weather-tool.json")),
+    ("ollama/generate-sky.json", include_str!("../../examples/assets/ollama/generate-sky.json")),
+    (
+        "ollama/generate-recorded-stream.json",
+        include_str!("../../examples/assets/ollama/generate-recorded-stream.json"),
+    ),
+    ("ollama/embed-sky.json", include_str!("../../examples/assets/ollama/embed-sky.json")),
 ];
 
 const FALLBACK_PATHS: &[&str] = &[
@@ -56,6 +64,10 @@ const FALLBACK_PATHS: &[&str] = &[
     "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke-with-response-stream",
     "/model/amazon.titan-embed-text-v2%3A0/invoke",
     "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
 ];
 
 const NOW_NANOS: u64 = 1_764_403_200_123_456_789;
@@ -114,7 +126,10 @@ fn rules() -> Vec<SynthRule> {
         {"operation": "gemini.batch_embed_contents"},
         {"operation": "gemini.count_tokens"},
         {"operation": "bedrock.converse", "echo": true},
-        {"operation": "bedrock.titan_embeddings", "dimensions": 8}
+        {"operation": "bedrock.titan_embeddings", "dimensions": 8},
+        {"operation": "ollama.generate", "echo": true},
+        {"operation": "ollama.embed", "model": "*"},
+        {"operation": "ollama.embeddings", "dimensions": 8}
     ]))
     .expect("rules parse")
 }
@@ -143,7 +158,10 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             let ct = r.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("");
-            if ct.starts_with("text/event-stream") || ct == "application/vnd.amazon.eventstream" {
+            if ct.starts_with("text/event-stream")
+                || ct.starts_with("application/x-ndjson")
+                || ct == "application/vnd.amazon.eventstream"
+            {
                 if let Err(e) = assemble_recorded(&route, &r.body) {
                     panic!("served stream does not assemble: {e}\n{}", String::from_utf8_lossy(&r.body));
                 }

@@ -105,13 +105,13 @@ fn write_entries<S: Sink + ?Sized>(entries: &mut [(&str, Entry<'_>)], out: &mut 
 /// `set`, member `set.0` were (re)set to the string `set.1` — without copying `m`.
 pub fn write_canonical_object_with<S: Sink + ?Sized>(
     m: &serde_json::Map<String, Value>,
-    skip: impl Fn(&str) -> bool,
+    skip: impl Fn(&str, &Value) -> bool,
     set: Option<(&str, &str)>,
     out: &mut S,
 ) {
     let mut entries: Vec<(&str, Entry<'_>)> = m
         .iter()
-        .filter(|(k, _)| !skip(k) && set.is_none_or(|(name, _)| name != k.as_str()))
+        .filter(|(k, v)| !skip(k, v) && set.is_none_or(|(name, _)| name != k.as_str()))
         .map(|(k, v)| (k.as_str(), Entry::Value(v)))
         .collect();
     if let Some((name, value)) = set {

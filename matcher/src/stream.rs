@@ -17,6 +17,8 @@
 //!   `response.created` to `response.completed` (or `.incomplete` / `.failed`), no `[DONE]`.
 //! - Anthropic messages: `message_start`, `ping`, `content_block_start` / `_delta` / `_stop` per block,
 //!   `message_delta` (stop reason, cumulative usage), `message_stop`.
+//! - Ollama chat and generate (not SSE): one JSON object a line, text pieces with `done: false`, then a last
+//!   line with `done: true` and the counts and timings ([`render_stream`] / [`assemble_stream`]).
 //!
 //! - Gemini API and Vertex AI `streamGenerateContent`: every chunk a whole `GenerateContentResponse` (text
 //!   in pieces, other parts whole), as `data:` events with `?alt=sse`, else as one JSON array.
@@ -101,7 +103,7 @@ pub enum StreamError {
         reason: String,
     },
     /// An event of the stream can't be used.
-    #[error("{op}: SSE event #{index} ({event}, line {line}): {reason}")]
+    #[error("{op}: stream event #{index} ({event}, line {line}): {reason}")]
     BadEvent {
         /// The operation.
         op: Operation,
@@ -798,7 +800,8 @@ mod tests {
     }
 
     /// Writes rendered streams of every example asset and `tests/stream_sdk/fixtures` asset to the
-    /// directory in `UNDERSTUDY_SSE_OUT`, for `tests/stream_sdk/check.py` to feed to the official SDKs.
+    /// directory in `UNDERSTUDY_SSE_OUT`, for `tests/stream_sdk/check.py` to feed to the official SDKs (SSE,
+    /// and Ollama's NDJSON with its `content_type`).
     /// A no-op without the variable.
     #[test]
     fn stream_fixtures_for_sdk_check() {
@@ -838,13 +841,15 @@ mod tests {
                 if let (Some(m), Some(o)) = (&route.model, request.as_object_mut()) {
                     o.entry("model").or_insert_with(|| Value::String(m.clone()));
                 }
+                let content_type = route.dialect().stream_content_type(&route);
+                let ext = if content_type.starts_with("text/event-stream") { "sse" } else { "stream" };
                 for (variant, o) in
                     [("plain", opts(false, DEFAULT_CHUNK_CHARS)), ("usage-1", opts(true, 1)), ("whole", opts(true, 0))]
                 {
                     let sse = render_sse(route.operation, body, &o).unwrap();
                     let back = assemble_sse(route.operation, &sse).unwrap();
                     let name = format!("{stem}-{i}-{variant}");
-                    std::fs::write(out.join(format!("{name}.sse")), &sse).unwrap();
+                    std::fs::write(out.join(format!("{name}.{ext}")), &sse).unwrap();
                     manifest.push(json!({
                         "name": name,
                         "label": asset.get("name").cloned().unwrap_or(Value::Null),
@@ -852,7 +857,9 @@ mod tests {
                         "operation": route.operation.name(),
                         "include_usage": o.include_usage,
                         "chunk_chars": o.chunk_chars,
-                        "sse": format!("{name}.sse"),
+                        "sse": format!("{name}.{ext}"),
+                        "content_type": content_type,
+                        "path": asset["request"]["path"],
                         "request": request,
                         "expected": body,
                         "assembled": back,

@@ -30,7 +30,7 @@
 use serde_json::Value;
 
 /// The flat token price of an image, audio or file part.
-pub(crate) const MEDIA_TOKENS: u64 = 85;
+pub const MEDIA_TOKENS: u64 = 85;
 
 /// Tokens of every string in a JSON value, skipping `type` tags; media parts count a flat price and their
 /// (base64) data is not read.

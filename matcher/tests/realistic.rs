@@ -293,3 +293,71 @@ fn a_sealed_bundle_that_was_edited_fails_the_load() {
     truncated["bundle"]["assets"] = json!([]);
     assert!(Runtime::from_json(&truncated.to_string()).is_err());
 }
+
+#[test]
+fn ollama_streams_by_default_refreshes_created_at_and_serves_recorded_ndjson_both_ways() {
+    const OCHAT: &str = "/api/chat";
+    let req = json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]});
+    let answer = json!({"model": "llama3.2", "created_at": "2023-08-04T19:22:45.499127Z",
+        "message": {"role": "assistant", "content": "Rayleigh scattering makes it blue."},
+        "done_reason": "stop", "done": true, "prompt_eval_count": 26, "eval_count": 7});
+    let ndjson = "{\"model\":\"llama3.2\",\"created_at\":\"2023-08-04T08:52:19.385406455Z\",\"response\":\"Rec\",\"done\":false}\n\
+                  {\"model\":\"llama3.2\",\"created_at\":\"2023-08-04T08:52:19.485406455Z\",\"response\":\"orded.\",\"done\":false}\n\
+                  {\"model\":\"llama3.2\",\"created_at\":\"2023-08-04T08:52:19.585406455Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n";
+    let gen_req = json!({"model": "llama3.2", "prompt": "recorded"});
+    let rt = runtime(
+        vec![
+            json!({"request": {"path": OCHAT, "body": req}, "response": {"body": answer}}),
+            json!({"request": {"path": "/api/generate", "body": gen_req}, "response": {"headers": {"content-type": "application/x-ndjson"}, "body_text": ndjson}}),
+        ],
+        json!({"synthesize": [{"operation": "ollama.chat", "text": "Modeled."}]}),
+    );
+
+    // No `stream` member: Ollama streams.
+    let r = call(&rt, OCHAT, &req);
+    assert_eq!((r.outcome, header(&r, "content-type")), (Outcome::Hit, Some("application/x-ndjson")));
+    let lines: Vec<Value> =
+        std::str::from_utf8(&r.body).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(text, "Rayleigh scattering makes it blue.");
+    assert!(lines.iter().all(|l| l["created_at"] == "2025-11-29T08:00:00.000000Z"), "refreshed, same precision");
+    assert_eq!(lines.last().unwrap()["eval_count"], 7);
+    let streamed_key = header(&r, "x-understudy-key").unwrap().to_string();
+
+    // `stream: false` and `keep_alive` don't change the key; the SDK's empty `tools` neither.
+    let mut plain = req.clone();
+    plain["stream"] = json!(false);
+    plain["keep_alive"] = json!("5m");
+    plain["tools"] = json!([]);
+    let r = call(&rt, OCHAT, &plain);
+    assert_eq!(
+        (header(&r, "content-type"), header(&r, "x-understudy-key")),
+        (Some("application/json"), Some(streamed_key.as_str()))
+    );
+    let v = json_of(&r);
+    assert_eq!(v["message"]["content"], "Rayleigh scattering makes it blue.");
+    assert_eq!(v["created_at"], "2025-11-29T08:00:00.000000Z");
+
+    // A recorded NDJSON stream: verbatim by default, assembled for `stream: false`.
+    let r = call(&rt, "/api/generate", &gen_req);
+    assert_eq!(String::from_utf8(r.body).unwrap(), ndjson);
+    let mut plain = gen_req.clone();
+    plain["stream"] = json!(false);
+    let v = json_of(&call(&rt, "/api/generate", &plain));
+    assert_eq!((v["response"].clone(), v["eval_count"].clone()), (json!("Recorded."), json!(2)));
+
+    // Synthesized answers stream too; errors are `{"error": "..."}`.
+    let r = call(&rt, OCHAT, &json!({"model": "llama3.2", "messages": [{"role": "user", "content": "new"}]}));
+    assert_eq!((r.outcome, header(&r, "content-type")), (Outcome::Synthesized, Some("application/x-ndjson")));
+    assert!(std::str::from_utf8(&r.body).unwrap().lines().last().unwrap().contains("\"done\":true"));
+    let r = call(&rt, "/api/generate", &json!({"model": "llama3.2", "prompt": "unknown"}));
+    assert_eq!((r.status, header(&r, "content-type")), (404, Some("application/json")));
+    let msg = json_of(&r)["error"].as_str().unwrap().to_string();
+    assert!(msg.contains(header(&r, "x-understudy-key").unwrap()) && msg.contains("ollama.generate"), "{msg}");
+    let r = match rt.decide_at(&classify("POST", OCHAT).unwrap(), b"{not json", NOW) {
+        Decision::Respond(r) => r,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(r.status, 400);
+    assert!(json_of(&r)["error"].as_str().unwrap().contains("could not read"));
+}

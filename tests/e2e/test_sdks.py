@@ -9,7 +9,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import load_asset
+from conftest import asset_key, load_asset
 
 CAPITAL = load_asset("openai/chat-capital.json")
 WEATHER = load_asset("openai/chat-weather-tool.json")
@@ -133,4 +133,23 @@ def test_sdk_bad_request_raises_bad_request(strict, upstream):
     with openai.OpenAI(base_url=strict.base_url, api_key="sk-test", max_retries=0) as c:
         with pytest.raises(openai.BadRequestError):
             c.post("/chat/completions", body=None, cast_to=object, options={"headers": {"content-type": "application/json"}})
+    assert upstream.snapshot() == (0, 0, 0)
+
+
+@pytest.mark.parametrize("prefix", ["/openai/v1", "/api/v1"], ids=["groq", "openrouter"])
+def test_openai_compatible_base_urls_are_the_openai_dialect(strict, upstream, prefix):
+    """Groq's (`/openai/v1`) and OpenRouter's (`/api/v1`) base URLs: the same assets and keys as OpenAI's, and
+    OpenAI's error shape on a miss (OpenRouter's `/api/...` is not Ollama's)."""
+    req = CAPITAL["request"]["body"]
+    with openai.OpenAI(base_url=strict.root_url + prefix, api_key="sk-or-test", max_retries=0, timeout=30) as c:
+        raw = c.chat.completions.with_raw_response.create(**req)
+        assert (raw.headers.get("x-understudy"), raw.headers.get("x-understudy-key")) == (
+            "hit",
+            asset_key("openai/chat-capital.json"),
+        )
+        assert raw.parse().choices[0].message.content == "The capital of France is Paris."
+        with pytest.raises(openai.NotFoundError) as exc:
+            c.chat.completions.create(model="llama-3.3-70b-versatile", messages=[{"role": "user", "content": "new"}])
+        assert exc.value.code == "understudy_no_matching_asset"
+        assert "openai.chat_completions" in exc.value.message
     assert upstream.snapshot() == (0, 0, 0)

@@ -16,6 +16,7 @@ pub mod anthropic;
 pub mod bedrock;
 pub(crate) mod eventstream;
 pub mod gemini;
+pub mod ollama;
 pub mod openai;
 pub(crate) mod shape;
 pub(crate) mod sse;
@@ -41,12 +42,14 @@ pub enum Api {
     Gemini,
     /// AWS Bedrock Runtime (Converse, InvokeModel).
     Bedrock,
+    /// Ollama's native API (`/api/chat`, `/api/generate`, `/api/embed`).
+    Ollama,
 }
 
 impl Api {
     /// Every API, in the order paths are tried: the more specific path grammars first, OpenAI's suffix
     /// rules (`.../chat/completions` under any prefix) last.
-    pub const ALL: [Api; 4] = [Api::Gemini, Api::Anthropic, Api::Bedrock, Api::OpenAi];
+    pub const ALL: [Api; 5] = [Api::Gemini, Api::Anthropic, Api::Bedrock, Api::Ollama, Api::OpenAi];
 
     /// The module that implements this API (the one registration per API).
     pub(crate) fn dialect(self) -> &'static dyn Dialect {
@@ -55,6 +58,7 @@ impl Api {
             Api::Anthropic => &anthropic::Anthropic,
             Api::Gemini => &gemini::Gemini,
             Api::Bedrock => &bedrock::Bedrock,
+            Api::Ollama => &ollama::Ollama,
         }
     }
 }
@@ -86,11 +90,19 @@ pub enum Operation {
     BedrockTitanEmbeddings,
     /// Bedrock `POST .../model/{modelId}/invoke` (`-with-response-stream`) of another model family: opaque JSON
     BedrockInvokeModel,
+    /// Ollama `POST .../api/chat`
+    OllamaChat,
+    /// Ollama `POST .../api/generate`
+    OllamaGenerate,
+    /// Ollama `POST .../api/embed`
+    OllamaEmbed,
+    /// Ollama `POST .../api/embeddings` (legacy, one prompt)
+    OllamaEmbeddings,
 }
 
 impl Operation {
     /// Every operation, for docs, diagnostics and rule validation.
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 16] = [
         Operation::ChatCompletions,
         Operation::Completions,
         Operation::Embeddings,
@@ -103,6 +115,10 @@ impl Operation {
         Operation::BedrockConverse,
         Operation::BedrockTitanEmbeddings,
         Operation::BedrockInvokeModel,
+        Operation::OllamaChat,
+        Operation::OllamaGenerate,
+        Operation::OllamaEmbed,
+        Operation::OllamaEmbeddings,
     ];
 
     /// Stable name, part of the key's preimage: never change an existing one.
@@ -120,6 +136,10 @@ impl Operation {
             Operation::BedrockConverse => "bedrock.converse",
             Operation::BedrockTitanEmbeddings => "bedrock.titan_embeddings",
             Operation::BedrockInvokeModel => "bedrock.invoke_model",
+            Operation::OllamaChat => "ollama.chat",
+            Operation::OllamaGenerate => "ollama.generate",
+            Operation::OllamaEmbed => "ollama.embed",
+            Operation::OllamaEmbeddings => "ollama.embeddings",
         }
     }
 
@@ -137,6 +157,10 @@ impl Operation {
             Operation::BedrockConverse | Operation::BedrockTitanEmbeddings | Operation::BedrockInvokeModel => {
                 Api::Bedrock
             }
+            Operation::OllamaChat
+            | Operation::OllamaGenerate
+            | Operation::OllamaEmbed
+            | Operation::OllamaEmbeddings => Api::Ollama,
         }
     }
 
@@ -367,6 +391,13 @@ pub(crate) trait Dialect: Sync {
 
     /// Does the top-level body field `field` never count in `op`'s key?
     fn ignored(&self, op: Operation, field: &str) -> bool;
+
+    /// Does the top-level member `field: value` not count in `op`'s key? By default: when [`Dialect::ignored`]
+    /// says so. An API overrides it where some values mean the same as no member at all (Ollama's `tools: []`,
+    /// which its SDK always sends).
+    fn ignored_member(&self, op: Operation, field: &str, _value: &Value) -> bool {
+        self.ignored(op, field)
+    }
 
     // --- requests ---
 

@@ -57,9 +57,15 @@ fn key_rank(order: &[&str], k: &str) -> usize {
 
 /// Compact JSON with [`KEY_ORDER`] key order. (serde_json's map is sorted, which reads oddly in a stream.)
 pub(crate) fn write_json(out: &mut String, v: &Value) {
+    write_json_in(out, v, KEY_ORDER);
+}
+
+/// Compact JSON with the keys of every object in `key_order` first (an API's own order), the rest
+/// alphabetically.
+pub(crate) fn write_json_in(out: &mut String, v: &Value, key_order: &[&str]) {
     match v {
         Value::Object(m) => {
-            let order = if m.contains_key("index") && m.contains_key("id") { TOOL_CALL_ORDER } else { KEY_ORDER };
+            let order = if m.contains_key("index") && m.contains_key("id") { TOOL_CALL_ORDER } else { key_order };
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
             entries.sort_by_key(|(k, _)| key_rank(order, k));
             out.push('{');
@@ -69,7 +75,7 @@ pub(crate) fn write_json(out: &mut String, v: &Value) {
                 }
                 out.push_str(&Value::String(k.clone()).to_string());
                 out.push(':');
-                write_json(out, v);
+                write_json_in(out, v, key_order);
             }
             out.push('}');
         }
@@ -79,7 +85,7 @@ pub(crate) fn write_json(out: &mut String, v: &Value) {
                 if i > 0 {
                     out.push(',');
                 }
-                write_json(out, item);
+                write_json_in(out, item, key_order);
             }
             out.push(']');
         }

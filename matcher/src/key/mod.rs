@@ -89,7 +89,7 @@ impl Normalizer {
             obj.insert("model".to_string(), Value::String(model.clone()));
         }
         let dialect = route.operation.dialect();
-        obj.retain(|k, _| !dialect.ignored(route.operation, k));
+        obj.retain(|k, v| !dialect.ignored_member(route.operation, k, v));
         for segs in &self.ignore {
             remove_pointer(body, segs);
         }
@@ -156,7 +156,7 @@ impl Normalizer {
             return Ok(Self::key_of_normalized(route.operation, &v));
         }
         let dialect = route.operation.dialect();
-        let skip = |k: &str| dialect.ignored(route.operation, k);
+        let skip = |k: &str, v: &Value| dialect.ignored_member(route.operation, k, v);
         let mut sink = HashSink::default();
         Self::header(route.operation, &mut sink);
         let set = route.model.as_deref().map(|m| ("model", m));
@@ -177,7 +177,7 @@ impl Normalizer {
         let mut out = CappedString { text: String::with_capacity(512), cap, over: false };
         if self.is_plain() {
             let dialect = route.operation.dialect();
-            let skip = |k: &str| dialect.ignored(route.operation, k);
+            let skip = |k: &str, v: &Value| dialect.ignored_member(route.operation, k, v);
             let set = route.model.as_deref().map(|m| ("model", m));
             write_canonical_object_with(obj, skip, set, &mut out);
         } else {

@@ -19,7 +19,10 @@ split lines and UTF-8 characters, to:
 - OpenAI responses: `client.responses.stream(...)`: the SDK's per-delta snapshots and `get_final_response()`;
 - Anthropic: `client.messages.stream(...)` -> `get_final_message()` (built from the deltas by the SDK);
 - Gemini (google-genai): `client.models.generate_content_stream(...)` chunks, each validated against
-  `GenerateContentResponse` (unknown fields are errors), their text, thoughts, function calls and usage.
+  `GenerateContentResponse` (unknown fields are errors), their text, thoughts, function calls and usage;
+- Ollama chat and generate (NDJSON, not SSE): every line validated against the `ollama` SDK's `ChatResponse` /
+  `GenerateResponse`, then `client.chat(stream=True)` / `client.generate(stream=True)`: the pieces must add up
+  to the asset's text, thinking, tool calls and logprobs, the last line carry its counts and timings.
 
 Exit status 0 when every check passes.
 """
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import anthropic
+import ollama
+import ollama._client  # noqa: F401 - loads the module `ollama_httpx` is read from
 import openai
 import openai._base_client
 from google import genai
@@ -43,6 +48,8 @@ from google.genai import types as genai_types
 
 # The SDKs in this venv import `httpx2` (a fork of httpx); use whatever module they use.
 httpx = getattr(openai._base_client, "httpx2", None) or getattr(openai._base_client, "httpx")
+# The ollama SDK imports its own httpx (`ollama._client` the attribute is its default client, not the module).
+ollama_httpx = sys.modules["ollama._client"].httpx
 
 BASE = "http://understudy.invalid"
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # e.g. the SDK's model deprecation notices
@@ -80,7 +87,11 @@ def drop_keys(v: Any, keys: set[str]) -> Any:
     return v
 
 
-def mock_client(sse: bytes, split: int | None, requests: list[dict]) -> Any:
+def mock_transport(
+    module: Any, sse: bytes, split: int | None, requests: list[dict], content_type: str = "text/event-stream; charset=utf-8"
+) -> Any:
+    """An `httpx` (of `module`) transport answering every request with the stream, in `split`-byte pieces."""
+
     def handler(request: Any) -> Any:
         body = json.loads(request.read() or b"{}")
         requests.append({"path": request.url.path, "body": body})
@@ -90,13 +101,13 @@ def mock_client(sse: bytes, split: int | None, requests: list[dict]) -> Any:
             for i in range(0, len(sse), step):
                 yield sse[i : i + step]
 
-        return httpx.Response(
-            200,
-            headers={"content-type": "text/event-stream; charset=utf-8"},
-            content=pieces(),
-        )
+        return module.Response(200, headers={"content-type": content_type}, content=pieces())
 
-    return httpx.Client(transport=httpx.MockTransport(handler))
+    return module.MockTransport(handler)
+
+
+def mock_client(sse: bytes, split: int | None, requests: list[dict]) -> Any:
+    return httpx.Client(transport=mock_transport(httpx, sse, split, requests))
 
 
 def raw_events(sse: bytes) -> list[Any]:
@@ -119,6 +130,14 @@ def models_by_type(union: Any) -> dict[str, Any]:
 
 
 def validate_events(op: str, sse: bytes) -> int:
+    if op.startswith("ollama."):
+        model = ollama.ChatResponse if op == "ollama.chat" else ollama.GenerateResponse
+        lines = [json.loads(line) for line in sse.decode().split("\n") if line.strip()]
+        expect(len(lines) > 0, "the stream has lines")
+        for i, data in enumerate(lines):
+            equal(data["done"], i == len(lines) - 1, f"line {i}: done")
+            model.model_validate(data)
+        return len(lines)
     events = raw_events(sse)
     expect(len(events) > 0, "the stream has events")
     n = 0
@@ -398,12 +417,43 @@ def check_gemini(case: dict, sse: bytes, split: int | None) -> None:
     equal(strip_none(case["assembled"]), strip_none(want), "Rust assemble == asset body")
 
 
+def check_ollama(case: dict, stream: bytes, split: int | None) -> None:
+    req, want, op = case["request"], case["expected"], case["operation"]
+    requests: list[dict] = []
+    transport = mock_transport(ollama_httpx, stream, split, requests, case["content_type"])
+    client = ollama.Client(host=BASE, transport=transport)
+    if op == "ollama.chat":
+        parts = list(client.chat(**pick(req, "model", "messages", "tools", "think"), stream=True))
+        wm = want["message"]
+        equal("".join(p.message.content or "" for p in parts), wm.get("content") or "", "message.content")
+        equal("".join(p.message.thinking or "" for p in parts), wm.get("thinking") or "", "message.thinking")
+        got_calls = [c.function.model_dump() for p in parts for c in p.message.tool_calls or []]
+        want_calls = [pick(c["function"], "name", "arguments") for c in wm.get("tool_calls") or []]
+        equal(got_calls, want_calls, "tool calls")
+    else:
+        parts = list(client.generate(**pick(req, "model", "prompt", "logprobs"), stream=True))
+        equal("".join(p.response or "" for p in parts), want.get("response") or "", "response")
+        got_lp = [lp.model_dump(exclude_none=True) for p in parts for lp in p.logprobs or []]
+        equal(got_lp, strip_none(want.get("logprobs") or []), "logprobs")
+        equal(list(parts[-1].context or []), want.get("context") or [], "context")
+    equal([p.done for p in parts], [False] * (len(parts) - 1) + [True], "done only on the last line")
+    last = parts[-1]
+    for k in ("model", "done_reason", "prompt_eval_count", "eval_count", "total_duration", "eval_duration"):
+        equal(getattr(last, k), want.get(k), k)
+    equal(parts[0].created_at, want["created_at"], "created_at")
+    equal(requests[0]["body"].get("stream"), True, "the SDK asked for a stream")
+    equal(requests[0]["path"], case["path"], "request path")
+    equal(case["assembled"], want, "Rust assemble_stream == asset body")
+
+
 CHECKS: dict[str, Callable[[dict, bytes, int | None], None]] = {
     "openai.chat_completions": check_chat,
     "openai.completions": check_completions,
     "openai.responses": check_responses,
     "anthropic.messages": check_messages,
     "gemini.generate_content": check_gemini,
+    "ollama.chat": check_ollama,
+    "ollama.generate": check_ollama,
 }
 
 
@@ -415,6 +465,7 @@ def main(argv: list[str]) -> int:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     print(
         f"openai {openai.__version__}, anthropic {anthropic.__version__}, google-genai {genai.__version__}, "
+        f"ollama {sys.modules['ollama._client'].__version__}, "
         f"{httpx.__name__} {httpx.__version__}"
     )
     failures = 0
