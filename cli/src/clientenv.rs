@@ -55,9 +55,7 @@ const AWS_CREDENTIALS: &[&str] = &[
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
 ];
 
-/// Every variable `understudy run` sets. Gemini, Vertex AI, Ollama and Bedrock rows are here because their
-/// SDKs fix the names; Understudy virtualizes those APIs once their dialects land (until then their requests
-/// pass through Envoy untouched).
+/// Every variable `understudy run` sets, for every API Understudy virtualizes.
 pub const CLIENT_ENV: &[ClientVar] = &[
     ClientVar { api: "Understudy", name: "UNDERSTUDY_BASE_URL", value: Value::Listener(""), unless: &[] },
     ClientVar { api: "Understudy", name: "UNDERSTUDY_ADMIN_URL", value: Value::Admin, unless: &[] },
@@ -78,6 +76,8 @@ pub const CLIENT_ENV: &[ClientVar] = &[
     placeholder("Bedrock", "AWS_ACCESS_KEY_ID", "AKIAUNDERSTUDYPLACEHOLDER", AWS_CREDENTIALS),
     placeholder("Bedrock", "AWS_SECRET_ACCESS_KEY", KEY, AWS_CREDENTIALS),
     placeholder("Bedrock", "AWS_REGION", "us-east-1", &["AWS_DEFAULT_REGION"]),
+    // boto3 reads AWS_DEFAULT_REGION, the other AWS SDKs AWS_REGION.
+    placeholder("Bedrock", "AWS_DEFAULT_REGION", "us-east-1", &["AWS_REGION"]),
 ];
 
 /// The variables to set for a command, given Envoy's listener port and admin address and a view of the
@@ -132,7 +132,7 @@ mod tests {
             assert_eq!(e[k], KEY, "{k}");
         }
         assert_eq!(e["OPENAI_API_VERSION"], "2024-10-21");
-        assert_eq!(e["AWS_REGION"], "us-east-1");
+        assert_eq!((e["AWS_REGION"].as_str(), e["AWS_DEFAULT_REGION"].as_str()), ("us-east-1", "us-east-1"));
         assert!(e.contains_key("AWS_ACCESS_KEY_ID") && e.contains_key("AWS_SECRET_ACCESS_KEY"));
 
         let e = env_with(&[("OPENAI_API_KEY", "sk-real"), ("GOOGLE_API_KEY", "g"), ("AWS_PROFILE", "ci")]);
@@ -142,7 +142,8 @@ mod tests {
         assert_eq!(e["ANTHROPIC_API_KEY"], KEY);
 
         let e = env_with(&[("AWS_DEFAULT_REGION", "eu-west-1"), ("ANTHROPIC_AUTH_TOKEN", "t"), ("OPENAI_API_KEY", "")]);
-        assert!(!e.contains_key("AWS_REGION") && !e.contains_key("ANTHROPIC_API_KEY"));
+        assert!(!e.contains_key("AWS_REGION") && !e.contains_key("AWS_DEFAULT_REGION"));
+        assert!(!e.contains_key("ANTHROPIC_API_KEY"));
         assert_eq!(e["OPENAI_API_KEY"], KEY, "an empty variable counts as unset");
     }
 

@@ -369,3 +369,44 @@ def test_passthrough_runs_count_forwarded_misses_and_agree_with_the_counters(req
     }
     assert any("forwarded to the live upstream" in n for n in s["notes"]), s["notes"]
     assert "not-logged" not in Path(s["access_log"]).read_text(), "query strings must not reach the access log"
+
+
+MORE_SDKS_BY_DEFAULT = """
+import boto3
+import ollama
+from google import genai
+
+client = genai.Client()
+g = client.models.generate_content(model="gemini-2.0-flash", contents=GEMINI_PROMPT)
+print("gemini:", g.text)
+o = ollama.Client().chat(model="llama3.2", messages=OLLAMA_MESSAGES)
+print("ollama:", o.message.content)
+brt = boto3.client("bedrock-runtime", config=__import__("botocore.config").config.Config(retries={"max_attempts": 1}))
+c = brt.converse(modelId=BEDROCK_MODEL, messages=BEDROCK_MESSAGES, inferenceConfig=BEDROCK_CONFIG)
+print("bedrock:", c["output"]["message"]["content"][0]["text"])
+"""
+
+
+def test_the_environment_reaches_the_gemini_ollama_and_bedrock_sdks_too(request, tmp_path, upstream):
+    gemini = load_asset("gemini/generate-capital.json")
+    chat_sky = load_asset("ollama/chat-sky.json")
+    converse = load_asset("bedrock/converse.json")
+    model = converse["request"]["path"].split("/")[2]
+    script = tmp_path / "more_sdks.py"
+    script.write_text(
+        f"GEMINI_PROMPT = {gemini['request']['body']['contents'][0]['parts'][0]['text']!r}\n"
+        f"OLLAMA_MESSAGES = {chat_sky['request']['body']['messages']!r}\n"
+        f"BEDROCK_MODEL = {model!r}\n"
+        f"BEDROCK_MESSAGES = {converse['request']['body']['messages']!r}\n"
+        f"BEDROCK_CONFIG = {converse['request']['body']['inferenceConfig']!r}\n" + MORE_SDKS_BY_DEFAULT
+    )
+    before = upstream.snapshot()
+    r = understudy_run(request, tmp_path, upstream, [sys.executable, str(script)], env=clean_env(),
+                       extra=["--fail-on-miss"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"gemini: {gemini['response']['body']['candidates'][0]['content']['parts'][0]['text']}" in r.stdout
+    assert f"ollama: {chat_sky['response']['body']['message']['content']}" in r.stdout, r.stdout
+    assert f"bedrock: {converse['response']['body']['output']['message']['content'][0]['text']}" in r.stdout
+    upstream.assert_untouched_since(before)
+    s = r.summary
+    assert s["counts"]["hits"] == 3 and s["counts"]["requests"] == 3 and s["consistent"], s
