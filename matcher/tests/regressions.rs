@@ -26,3 +26,16 @@ fn canonical_number_near_the_exponent_clamp() {
     assert_eq!(key(r#"{"t":123e2305843009213693951}"#), key(r#"{"t":1.23e2305843009213693953}"#));
     assert_ne!(key(r#"{"t":1.23e2305843009213693953}"#), key(r#"{"t":1.23e2305843009213693951}"#));
 }
+
+/// Found by the `sse` fuzz target: Bedrock's opaque InvokeModel stream rendered a JSON array body as a `chunk`
+/// whose bytes its own assembly refused (a chunk holds one JSON object). Rendering now refuses such a body, so
+/// whatever renders assembles.
+#[test]
+fn an_opaque_bedrock_stream_of_a_non_object_body_is_refused_not_unreadable() {
+    use understudy_matcher::stream::{assemble_recorded, render_stream, StreamOptions};
+    let route = classify("POST", "/model/meta.llama3-8b-instruct-v1%3A0/invoke-with-response-stream").unwrap();
+    let opts = StreamOptions::default();
+    assert!(render_stream(&route, &serde_json::json!([{"generation": "a"}, {"generation": "b"}]), &opts).is_err());
+    let stream = render_stream(&route, &serde_json::json!({"generation": "ok", "stop_reason": "stop"}), &opts).unwrap();
+    assert_eq!(assemble_recorded(&route, &stream).unwrap()["generation"], "ok");
+}

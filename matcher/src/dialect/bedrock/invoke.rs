@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::super::eventstream::write_event;
-use super::super::shape::{accumulate, value_text};
+use super::super::shape::{accumulate, as_object, value_text};
 use super::super::sse::{is_sse, parse_sse};
 use super::{json_messages, Operation, SynthInput, Usage};
 use crate::stream::{StreamError, StreamOptions};
@@ -113,6 +113,8 @@ fn chunk_payloads(op: Operation, recorded: &[u8]) -> Result<Vec<(usize, usize, V
 
 /// A plain answer of another family, as one chunk.
 pub(super) fn render_opaque(body: &Value) -> Result<Vec<u8>, StreamError> {
+    // A chunk's bytes are one JSON object (what its assembly reads back).
+    as_object(Operation::BedrockInvokeModel, body, "")?;
     let mut out = Vec::new();
     chunk(Operation::BedrockInvokeModel, &mut out, body.to_string().as_bytes())?;
     Ok(out)
