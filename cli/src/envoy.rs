@@ -194,6 +194,14 @@ pub fn access_log(path: &str) -> Value {
     }])
 }
 
+/// Envoy's tag extraction for the cost metrics: every `TAG=.=VALUE;.;` in a stat name becomes a tag (a
+/// Prometheus label), Istio's `extraStatTags` encoding (docs/cost.md). Envoy's default tags stay on.
+pub fn stats_config() -> Value {
+    use understudy_matcher::cost::stats::{tag_regex, TAGS};
+    let tags: Vec<Value> = TAGS.iter().map(|t| json!({"tag_name": t, "regex": tag_regex(t)})).collect();
+    json!({"stats_tags": tags})
+}
+
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = match s.upstream {
@@ -225,6 +233,7 @@ pub fn bootstrap(s: &Settings) -> Value {
     }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
+        "stats_config": stats_config(),
         // A connection cap is Envoy's recommended hardening (and silences its start-up warning).
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",

@@ -51,6 +51,9 @@ pub struct EnvoyArgs {
     /// Synthesize rules (JSON array) answering requests no asset matches.
     #[arg(long)]
     pub synthesize: Option<PathBuf>,
+    /// Prices (JSON: model name or glob → USD per million tokens) in front of the built-in table (docs/cost.md).
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
     /// Largest request body buffered for matching; bigger ones get 413.
     #[arg(long, default_value_t = understudy_matcher::limits::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
@@ -152,8 +155,13 @@ impl EnvoyArgs {
         let assets = self.assets.clone().unwrap_or_else(default_assets);
         let wasm = find_wasm(self.wasm.clone())?;
         let upstream = self.upstream.as_deref().map(Upstream::parse).transpose()?;
-        let plugin_config =
-            crate::plugin_config(&assets, self.on_miss, self.normalization.as_deref(), self.synthesize.as_deref())?;
+        let plugin_config = crate::plugin_config(
+            &assets,
+            self.on_miss,
+            self.normalization.as_deref(),
+            self.synthesize.as_deref(),
+            self.prices.as_deref(),
+        )?;
         let access_log = d.access_log.map(|p| p.display().to_string());
         let boot = bootstrap(&Settings {
             port: self.port.unwrap_or(d.port),

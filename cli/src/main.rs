@@ -75,6 +75,10 @@ enum Command {
         /// Synthesize rules (JSON array) for requests no asset matches.
         #[arg(long)]
         synthesize: Option<PathBuf>,
+        /// Prices (JSON: model name or glob → USD per million tokens) in front of the built-in table
+        /// (docs/cost.md).
+        #[arg(long, value_name = "FILE")]
+        prices: Option<PathBuf>,
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
@@ -109,8 +113,9 @@ fn main() -> ExitCode {
             key(&file, path.as_deref(), &method, normalization.as_deref())
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig { dir, on_miss, normalization, synthesize } => {
-            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
+        Command::PluginConfig { dir, on_miss, normalization, synthesize, prices } => {
+            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), prices.as_deref())
+                .map(|c| println!("{c}"))
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
@@ -181,6 +186,7 @@ fn plugin_config(
     on_miss: OnMissArg,
     normalization: Option<&Path>,
     synthesize: Option<&Path>,
+    prices: Option<&Path>,
 ) -> Result<String> {
     let norm = bundle::load_normalization(normalization)?;
     let built = bundle::build(dir, &norm)?;
@@ -193,7 +199,7 @@ fn plugin_config(
         normalization: norm,
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
-        prices: Default::default(),
+        prices: bundle::load_prices(prices)?,
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.

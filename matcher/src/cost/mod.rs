@@ -11,6 +11,9 @@
 //! Money is integer: a price is held in pico-dollars per token (USD per million tokens × 10⁶, so at most six
 //! decimals), a cost in pico-dollars, and reported in micro-dollars.
 
+pub mod stats;
+pub mod usage;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
