@@ -3,11 +3,14 @@
 
 mod bundle;
 mod clientenv;
+mod costs;
 mod envoy;
+mod estimate;
 mod launcher;
 mod manifests;
 mod package;
 mod registry;
+mod report;
 mod run;
 mod summary;
 mod up;
@@ -88,6 +91,12 @@ enum Command {
                             a request missed although the command passed; 125 if Understudy itself failed; \
                             126 if the command is not executable; 127 if it was not found. See docs/ci.md.")]
     Run(run::RunArgs),
+    /// What virtualization saved: live calls, tokens and dollars per provider, operation and model, read from
+    /// one or more Envoys' stats, with weekly and quarterly projections (docs/cost.md).
+    Report(report::ReportArgs),
+    /// The exposure of a test suite to live models: (tokens per call) × (calls per run) × (runs per week) ×
+    /// (environments), from flags or measured from an assets directory (docs/cost.md).
+    Estimate(estimate::EstimateArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
     /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
@@ -119,6 +128,8 @@ fn main() -> ExitCode {
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
+        Command::Report(args) => report::run(args),
+        Command::Estimate(args) => estimate::run(args),
         Command::Package(args) => package::run(args),
         Command::Manifests(args) => manifests::run(args),
     };
