@@ -314,7 +314,7 @@ pub enum Place {
 }
 
 /// The filter Envoy applies to `/stats` for what the report needs (cost metrics, outcomes, uptime).
-const JSON_PATH: &str = "/stats?format=json&filter=%5E(wasmcustom%5C.understudy%5C.%7Cserver%5C.uptime%24)";
+pub const JSON_PATH: &str = "/stats?format=json&filter=%5E(wasmcustom%5C.understudy%5C.%7Cserver%5C.uptime%24)";
 
 /// Fetches and parses one place's stats.
 pub fn read(place: &Place) -> Result<Source> {

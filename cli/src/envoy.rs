@@ -397,6 +397,30 @@ mod tests {
     }
 
     #[test]
+    fn the_bootstrap_and_the_reference_yaml_extract_every_cost_label() {
+        use understudy_matcher::cost::stats::{tag_regex, TAGS};
+        let reference = include_str!("../../envoy/understudy.yaml");
+        let tags = stats_config()["stats_tags"].as_array().unwrap().clone();
+        assert_eq!(tags.len(), TAGS.len());
+        for (t, entry) in TAGS.iter().zip(&tags) {
+            assert_eq!(entry["tag_name"], *t);
+            assert_eq!(entry["regex"], tag_regex(t));
+            let line = format!("{{ tag_name: {t}, regex: {} }}", serde_json::to_string(&tag_regex(t)).unwrap());
+            assert!(reference.contains(&line), "envoy/understudy.yaml lacks {line}");
+        }
+        let boot = bootstrap(&Settings {
+            port: 1,
+            admin_port: 2,
+            wasm: "/x.wasm",
+            plugin_config: "{}",
+            upstream: None,
+            max_body_bytes: 10,
+            access_log: None,
+        });
+        assert_eq!(boot["stats_config"], stats_config());
+    }
+
+    #[test]
     fn https_upstreams_get_tls_with_sni() {
         let up = Upstream::parse("https://llm.example.com:8443").unwrap();
         let c = cluster("upstream", &up);

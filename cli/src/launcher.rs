@@ -322,16 +322,24 @@ impl Envoy {
         Ok(self.child.try_wait()?)
     }
 
-    /// The filter's counters (`wasmcustom.understudy.NAME` in admin /stats), by NAME.
+    /// The filter's counters (`wasmcustom.understudy.NAME` in admin /stats), by NAME; the labeled cost
+    /// metrics are read by [`Envoy::cost`].
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
         let text = http_get(&self.admin, "/stats?filter=wasmcustom")?;
         Ok(text
             .lines()
+            .filter(|l| !understudy_matcher::cost::stats::is_labeled(l))
             .filter_map(|l| {
                 let (name, value) = l.trim().split_once(": ")?;
                 Some((name.strip_prefix("wasmcustom.understudy.")?.to_string(), value.parse().ok()?))
             })
             .collect())
+    }
+
+    /// The cost metrics (live calls, tokens and dollars avoided per model), as `understudy report` reads them.
+    pub fn cost(&self) -> Result<crate::costs::Source> {
+        let text = http_get(&self.admin, crate::costs::JSON_PATH)?;
+        crate::costs::parse(&text, &format!("http://{}", self.admin))
     }
 
     /// SIGTERM, then SIGKILL after 10 s; removes the work directory.

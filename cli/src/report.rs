@@ -386,7 +386,7 @@ fn bars(title: &str, rows: &[(String, Vec<(u64, &str)>, String)]) -> String {
     );
     for (i, (label, parts, value)) in rows.iter().enumerate() {
         let y = 32.0 + row_h * i as f64;
-        let mut shown: String = label.chars().take(38).collect();
+        let mut shown: String = label.chars().take(34).collect();
         if shown.len() < label.len() {
             shown.push('…');
         }
