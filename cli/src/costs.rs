@@ -264,8 +264,11 @@ fn named(reading: &mut Reading, uptime: &mut Option<u64>, name: &str, value: u64
     }
 }
 
-/// One sample line of the Prometheus text format: name, labels (unescaped), value.
-fn prometheus_line(line: &str) -> Option<(String, Vec<(String, String)>, String)> {
+/// A Prometheus sample: metric name, labels (unescaped) and value (as written).
+type Sample = (String, Vec<(String, String)>, String);
+
+/// One sample line of the Prometheus text format.
+fn prometheus_line(line: &str) -> Option<Sample> {
     let line = line.trim();
     let split = line.find(['{', ' '])?;
     let (name, mut rest) = line.split_at(split);

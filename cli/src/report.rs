@@ -371,20 +371,27 @@ const INPUT: &str = "#38a169";
 const CACHED: &str = "#9ae6b4";
 const OUTPUT: &str = "#dd6b20";
 
+/// One bar of a chart: its label, its stacked parts (value, color) and the value written after it.
+struct Bar {
+    label: String,
+    parts: Vec<(u64, &'static str)>,
+    shown: String,
+}
+
 /// A horizontal bar chart as inline SVG: one bar (or stack) per row.
-fn bars(title: &str, rows: &[(String, Vec<(u64, &str)>, String)]) -> String {
+fn bars(title: &str, rows: &[Bar]) -> String {
     let label_w = 260.0;
     let bar_w = 460.0;
     let row_h = 26.0;
     let height = 40.0 + row_h * rows.len() as f64;
-    let max = rows.iter().map(|(_, parts, _)| parts.iter().map(|(v, _)| *v).sum::<u64>()).max().unwrap_or(0).max(1);
+    let max = rows.iter().map(|b| b.parts.iter().map(|(v, _)| *v).sum::<u64>()).max().unwrap_or(0).max(1);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" role=\"img\" aria-label=\"{t}\">\
          <text x=\"0\" y=\"18\" font-size=\"15\" font-weight=\"bold\">{t}</text>",
         w = label_w + bar_w + 140.0,
         t = esc(title)
     );
-    for (i, (label, parts, value)) in rows.iter().enumerate() {
+    for (i, Bar { label, parts, shown: value }) in rows.iter().enumerate() {
         let y = 32.0 + row_h * i as f64;
         let mut shown: String = label.chars().take(34).collect();
         if shown.len() < label.len() {
@@ -446,32 +453,33 @@ pub fn html(r: &Report) -> String {
         );
     }
     let _ = write!(page, "</div><p class=\"note\">Projection: {}.</p>", esc(&r.projection_note));
-    let priced: Vec<(String, Vec<(u64, &str)>, String)> = r
+    let label = |x: &Row| format!("{} ({})", x.model, x.provider);
+    let priced: Vec<Bar> = r
         .rows
         .iter()
         .filter(|x| x.usd_micros > 0)
-        .map(|x| (format!("{} ({})", x.model, x.provider), vec![(x.usd_micros, BAR)], dollars(x.usd_micros)))
+        .map(|x| Bar { label: label(x), parts: vec![(x.usd_micros, BAR)], shown: dollars(x.usd_micros) })
         .collect();
     if priced.is_empty() {
-        let calls: Vec<(String, Vec<(u64, &str)>, String)> = r
+        let calls: Vec<Bar> = r
             .rows
             .iter()
-            .map(|x| (format!("{} ({})", x.model, x.provider), vec![(x.requests, BAR)], thousands(x.requests)))
+            .map(|x| Bar { label: label(x), parts: vec![(x.requests, BAR)], shown: thousands(x.requests) })
             .collect();
         page.push_str(&bars("Live calls avoided by model (no priced model)", &calls));
     } else {
         page.push_str(&bars("Dollars avoided by model", &priced));
     }
-    let tokens: Vec<(String, Vec<(u64, &str)>, String)> = r
+    let tokens: Vec<Bar> = r
         .rows
         .iter()
         .map(|x| {
             let cached = x.cached_input_tokens.min(x.input_tokens);
-            (
-                format!("{} ({})", x.model, x.provider),
-                vec![(x.input_tokens - cached, INPUT), (cached, CACHED), (x.output_tokens, OUTPUT)],
-                thousands(x.input_tokens.saturating_add(x.output_tokens)),
-            )
+            Bar {
+                label: label(x),
+                parts: vec![(x.input_tokens - cached, INPUT), (cached, CACHED), (x.output_tokens, OUTPUT)],
+                shown: thousands(x.input_tokens.saturating_add(x.output_tokens)),
+            }
         })
         .collect();
     page.push_str("<p></p>");
