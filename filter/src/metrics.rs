@@ -69,10 +69,59 @@ struct State {
     models: Vec<String>,
     /// The shared list was full when last read: nothing more will be admitted.
     full: bool,
-    /// Counter ids by model label, then provider, operation and metric.
-    ids: HashMap<String, HashMap<(&'static str, &'static str, Metric), u32>>,
-    /// Remainders kept by this VM when shared data is refused.
-    local: HashMap<String, u128>,
+    /// The label sets seen, by model label (then a handful of provider/operation pairs).
+    series: HashMap<String, Vec<Series>>,
+}
+
+/// One label set: its counters (defined on first use) and its remainder.
+#[derive(Debug)]
+struct Series {
+    provider: &'static str,
+    operation: &'static str,
+    /// Counter ids, by position in `Metric::ALL`.
+    ids: [Option<u32>; Metric::ALL.len()],
+    /// Shared-data key of the sub-micro-dollar remainder.
+    remainder_key: String,
+    /// The remainder, when shared data is refused.
+    local: u128,
+}
+
+impl Series {
+    fn add(&mut self, host: &dyn StatsHost, metric: Metric, model: &str, n: u64) {
+        let Some(slot) = Metric::ALL.iter().position(|m| *m == metric).and_then(|i| self.ids.get_mut(i)) else {
+            return;
+        };
+        let id = match *slot {
+            Some(id) => id,
+            None => {
+                let labels =
+                    Labels { provider: self.provider.into(), operation: self.operation.into(), model: model.into() };
+                let Some(id) = host.define_counter(&stats::stat_name(metric, &labels)) else { return };
+                *slot = Some(id);
+                id
+            }
+        };
+        if n > 0 {
+            host.add(id, n);
+        }
+    }
+
+    /// Adds `picos` to the remainder; returns the whole micro-dollars to count.
+    fn carry(&mut self, host: &dyn StatsHost, picos: u128) -> u64 {
+        for _ in 0..CAS_TRIES {
+            let Some((bytes, cas)) = host.shared_get(&self.remainder_key) else { break };
+            let before: u128 = std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let (micros, left) = split(before.saturating_add(picos));
+            match host.shared_set(&self.remainder_key, left.to_string().as_bytes(), cas.unwrap_or(CREATE_ONLY)) {
+                Written::Ok => return micros,
+                Written::Conflict => continue,
+                Written::Failed => break,
+            }
+        }
+        let (micros, left) = split(self.local.saturating_add(picos));
+        self.local = left;
+        micros
+    }
 }
 
 impl CostMetrics {
@@ -82,6 +131,25 @@ impl CostMetrics {
             Some(m) if self.admit(host, &m) => m,
             _ => Cow::Borrowed(OTHER),
         };
+        let mut st = self.state.borrow_mut();
+        if !st.series.contains_key(model.as_ref()) {
+            st.series.insert(model.to_string(), Vec::new());
+        }
+        let Some(list) = st.series.get_mut(model.as_ref()) else { return };
+        let i = match list.iter().position(|s| s.provider == a.provider && s.operation == a.operation) {
+            Some(i) => i,
+            None => {
+                list.push(Series {
+                    provider: a.provider,
+                    operation: a.operation,
+                    ids: [None; Metric::ALL.len()],
+                    remainder_key: format!("{REMAINDER_KEY}{};{};{model}", a.provider, a.operation),
+                    local: 0,
+                });
+                list.len() - 1
+            }
+        };
+        let Some(series) = list.get_mut(i) else { return };
         let cached = a.usage.cached_input.min(a.usage.input);
         let counts = [
             (Metric::VirtualRequests, 1, true),
@@ -93,41 +161,13 @@ impl CostMetrics {
         ];
         for (metric, n, applies) in counts {
             if applies {
-                self.add(host, metric, a.provider, a.operation, &model, n);
+                series.add(host, metric, &model, n);
             }
         }
         if let Some(picos) = a.cost_picos {
-            let micros = self.carry(host, a.provider, a.operation, &model, picos);
+            let micros = series.carry(host, picos);
             // Defined even when 0: the series says the model is priced.
-            self.add(host, Metric::CostMicros, a.provider, a.operation, &model, micros);
-        }
-    }
-
-    fn add(
-        &self,
-        host: &dyn StatsHost,
-        metric: Metric,
-        provider: &'static str,
-        operation: &'static str,
-        model: &str,
-        n: u64,
-    ) {
-        let mut st = self.state.borrow_mut();
-        let by_model = match st.ids.get_mut(model) {
-            Some(m) => m,
-            None => st.ids.entry(model.to_string()).or_default(),
-        };
-        let id = match by_model.get(&(provider, operation, metric)) {
-            Some(id) => *id,
-            None => {
-                let labels = Labels { provider: provider.into(), operation: operation.into(), model: model.into() };
-                let Some(id) = host.define_counter(&stats::stat_name(metric, &labels)) else { return };
-                by_model.insert((provider, operation, metric), id);
-                id
-            }
-        };
-        if n > 0 {
-            host.add(id, n);
+            series.add(host, Metric::CostMicros, &model, micros);
         }
     }
 
@@ -175,26 +215,6 @@ impl CostMetrics {
         } else {
             false
         }
-    }
-
-    /// Adds `picos` to the label set's remainder; returns the whole micro-dollars to count.
-    fn carry(&self, host: &dyn StatsHost, provider: &str, operation: &str, model: &str, picos: u128) -> u64 {
-        let key = format!("{REMAINDER_KEY}{provider};{operation};{model}");
-        for _ in 0..CAS_TRIES {
-            let Some((bytes, cas)) = host.shared_get(&key) else { break };
-            let before: u128 = std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            let (micros, left) = split(before.saturating_add(picos));
-            match host.shared_set(&key, left.to_string().as_bytes(), cas.unwrap_or(CREATE_ONLY)) {
-                Written::Ok => return micros,
-                Written::Conflict => continue,
-                Written::Failed => break,
-            }
-        }
-        let mut st = self.state.borrow_mut();
-        let left = st.local.entry(key).or_default();
-        let (micros, rest) = split(left.saturating_add(picos));
-        *left = rest;
-        micros
     }
 }
 
