@@ -94,15 +94,13 @@ pub fn usd(micros: u64) -> serde_json::Number {
     serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Number::from(micros / 1_000_000))
 }
 
-/// `$1,234.567890` for people (all six decimals under a dollar, else cents).
+/// Dollars for people: all six decimals under a dollar (`$0.000025`), else rounded to the cent (`$1,234.57`).
 pub fn dollars(micros: u64) -> String {
-    let whole = micros / 1_000_000;
-    let frac = micros % 1_000_000;
-    if whole == 0 {
-        format!("${}.{frac:06}", 0)
-    } else {
-        format!("${}.{:02}", thousands(whole), frac / 10_000)
+    if micros < 1_000_000 {
+        return format!("$0.{micros:06}");
     }
+    let c = micros.saturating_add(5_000) / 10_000;
+    format!("${}.{:02}", thousands(c / 100), c % 100)
 }
 
 /// `1234567` → `1,234,567`.
@@ -530,6 +528,9 @@ mod tests {
         assert_eq!(usd(5).to_string(), "0.000005");
         assert_eq!(dollars(25), "$0.000025");
         assert_eq!(dollars(1_234_567_890_000), "$1,234,567.89");
+        assert_eq!(dollars(108_527_760), "$108.53");
+        assert_eq!(dollars(999_999), "$0.999999");
+        assert_eq!(dollars(1_999_995), "$2.00");
         assert_eq!(cents(1_234_567).to_string(), "1.23");
         assert_eq!(cents(4_999).to_string(), "0.00");
         assert_eq!(big(34_210_000), "34.2 million");

@@ -222,14 +222,16 @@ fn text(e: &Estimate) -> String {
         if e.basis == "assets" { "tokens per call measured from the assets" } else { "tokens per call as given" }
     );
     for l in &e.lines {
-        let name = if l.model.is_empty() { "(no model)" } else { &l.model };
+        let model = if l.model.is_empty() { "(no model)" } else { &l.model };
+        let name =
+            if e.basis == "assets" { format!("{model} ({} {})", l.provider, l.operation) } else { model.to_string() };
         let price = match (&l.priced_by, l.weekly_usd_micros) {
             (Some(p), Some(w)) => format!("{} a week (priced as {p})", dollars(w)),
             _ => "unpriced".to_string(),
         };
         let _ = writeln!(
             out,
-            "  {name}: {} input + {} output tokens per call{}, {} calls per run → {} tokens a week, {price}{}",
+            "  {name}: {} input + {} output tokens per call{}, {} call{} per run → {} tokens a week, {price}{}",
             l.input_tokens_per_call,
             l.output_tokens_per_call,
             if l.cached_input_tokens_per_call > 0.0 {
@@ -238,6 +240,7 @@ fn text(e: &Estimate) -> String {
                 String::new()
             },
             l.calls_per_run,
+            if l.calls_per_run == 1.0 { "" } else { "s" },
             big(l.weekly_tokens),
             if l.estimated_calls > 0 { format!("; {} call(s) estimated", l.estimated_calls) } else { String::new() }
         );

@@ -654,3 +654,49 @@ def test_prometheus_answers_the_dashboards_queries_with_the_expected_values(worl
             assert res and all(float(s["value"][1]) > 0 for s in res), (title, ref, q, res)
         checked.add((title, ref))
     assert checked >= set(exact) | set(vectors)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# understudy estimate
+# ------------------------------------------------------------------------------------------------------------
+
+def test_estimate_measures_the_assets_and_multiplies_out(world):
+    p = subprocess.run(
+        [str(UNDERSTUDY), "estimate", "--assets", str(world.assets), "--prices", str(world.prices),
+         "--runs-per-week", "10", "--environments", "2", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    e = json.loads(p.stdout)
+    assert e["format"] == "understudy.estimate/v1" and e["calls_per_run"] == len(ASSETS)
+    lines = {(x["provider"], x["operation"], x["model"]): x for x in e["lines"]}
+    # One recorded answer per asset and call per run; 10 runs a week × 2 environments.
+    per_model = defaultdict(list)
+    for name, path, body, answer, _, price in ASSETS:
+        per_model[provider_operation_model(path, body)].append((usage_of(path, answer), rate_of(price)))
+    for key, samples in per_model.items():
+        line = lines[key]
+        assert line["calls_per_run"] == len(samples), key
+        recorded = [u for u, _ in samples if u is not None]
+        if len(recorded) < len(samples):
+            assert line["estimated_calls"] == len(samples) - len(recorded), key
+            continue
+        assert line["input_tokens_per_call"] == round(sum(u[0] for u in recorded) / len(recorded), 1), key
+        assert line["output_tokens_per_call"] == round(sum(u[1] for u in recorded) / len(recorded), 1), key
+        assert line["weekly_tokens"] == sum(u[0] + u[1] for u in recorded) * 20, key
+        rate = samples[0][1]
+        if rate is None:
+            assert line["weekly_usd"] is None and key[2] in e["unpriced_models"], key
+        else:
+            want = sum(cost_micros(rate, *u) for u in recorded) * 20
+            assert abs(line["weekly_usd_micros"] - want) <= 1, (key, line["weekly_usd_micros"], want)
+    assert e["quarterly_tokens"] == 13 * e["weekly_tokens"]
+    text = subprocess.run(
+        [str(UNDERSTUDY), "estimate", "--tokens-per-call", "1000", "--output-tokens-per-call", "250", "--calls-per-run",
+         "200", "--runs-per-week", "50", "--environments", "3", "--model", "gpt-4.1", "--prices", str(world.prices)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert text.returncode == 0, text.stderr
+    # (750 × 2.123456 + 250 × 8.1) micro-dollars a call × 30,000 calls a week
+    want = (750 * Decimal("2.123456") + 250 * Decimal("8.1")) * 30_000
+    assert f"weekly exposure:    30.0 million tokens, ${want / 1_000_000:,.2f}" in text.stdout, text.stdout
