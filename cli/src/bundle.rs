@@ -46,6 +46,17 @@ pub fn load_synthesize(path: Option<&Path>) -> Result<Vec<understudy_matcher::sy
     Ok(understudy_matcher::asset::from_str_strict(&text, &p.display().to_string())?)
 }
 
+/// Reads a `--prices` file (model name or glob → USD per million tokens, `understudy_matcher::cost`), checked
+/// as the filter checks it: an error names the file and the entry.
+pub fn load_prices(path: Option<&Path>) -> Result<understudy_matcher::cost::PriceOverrides> {
+    let Some(p) = path else { return Ok(Default::default()) };
+    let source = p.display().to_string();
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {source}"))?;
+    let prices: understudy_matcher::cost::PriceOverrides = understudy_matcher::asset::from_str_strict(&text, &source)?;
+    understudy_matcher::cost::Prices::new(&prices).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    Ok(prices)
+}
+
 /// Validates every asset under `dir` and bundles them. All problems are reported, not just the first.
 pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
     let normalizer = Normalizer::compile(norm)?;

@@ -286,6 +286,14 @@ fn routes_and_clusters(ups: &Upstreams) -> (Vec<Value>, Vec<Value>) {
     (routes, clusters)
 }
 
+/// Envoy's tag extraction for the cost metrics: every `TAG=.=VALUE;.;` in a stat name becomes a tag (a
+/// Prometheus label), Istio's `extraStatTags` encoding (docs/cost.md). Envoy's default tags stay on.
+pub fn stats_config() -> Value {
+    use understudy_matcher::cost::stats::{tag_regex, TAGS};
+    let tags: Vec<Value> = TAGS.iter().map(|t| json!({"tag_name": t, "regex": tag_regex(t)})).collect();
+    json!({"stats_tags": tags})
+}
+
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
     let (routes, clusters) = routes_and_clusters(s.upstreams);
@@ -307,6 +315,7 @@ pub fn bootstrap(s: &Settings) -> Value {
     }
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
+        "stats_config": stats_config(),
         // A connection cap is Envoy's recommended hardening (and silences its start-up warning).
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
@@ -474,6 +483,30 @@ mod tests {
             assert!(chain.as_array().unwrap().iter().any(|f| f["name"] == n), "{n} is not in the chain");
         }
         assert_eq!(llm["route"], other["route"]);
+    }
+
+    #[test]
+    fn the_bootstrap_and_the_reference_yaml_extract_every_cost_label() {
+        use understudy_matcher::cost::stats::{tag_regex, TAGS};
+        let reference = include_str!("../../envoy/understudy.yaml");
+        let tags = stats_config()["stats_tags"].as_array().unwrap().clone();
+        assert_eq!(tags.len(), TAGS.len());
+        for (t, entry) in TAGS.iter().zip(&tags) {
+            assert_eq!(entry["tag_name"], *t);
+            assert_eq!(entry["regex"], tag_regex(t));
+            let line = format!("{{ tag_name: {t}, regex: {} }}", serde_json::to_string(&tag_regex(t)).unwrap());
+            assert!(reference.contains(&line), "envoy/understudy.yaml lacks {line}");
+        }
+        let boot = bootstrap(&Settings {
+            port: 1,
+            admin_port: 2,
+            wasm: "/x.wasm",
+            plugin_config: "{}",
+            upstreams: &Upstreams::default(),
+            max_body_bytes: 10,
+            access_log: None,
+        });
+        assert_eq!(boot["stats_config"], stats_config());
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct EnvoyArgs {
     /// Synthesize rules (JSON array) answering requests no asset matches.
     #[arg(long)]
     pub synthesize: Option<PathBuf>,
+    /// Prices (JSON: model name or glob → USD per million tokens) in front of the built-in table (docs/cost.md).
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
     /// Largest request body buffered for matching; bigger ones get 413.
     #[arg(long, default_value_t = understudy_matcher::limits::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: u64,
@@ -197,8 +200,13 @@ impl EnvoyArgs {
         let assets = self.assets.clone().unwrap_or_else(default_assets);
         let wasm = find_wasm(self.wasm.clone())?;
         let upstreams = self.upstreams()?;
-        let plugin_config =
-            crate::plugin_config(&assets, self.on_miss, self.normalization.as_deref(), self.synthesize.as_deref())?;
+        let plugin_config = crate::plugin_config(
+            &assets,
+            self.on_miss,
+            self.normalization.as_deref(),
+            self.synthesize.as_deref(),
+            self.prices.as_deref(),
+        )?;
         let access_log = d.access_log.map(|p| p.display().to_string());
         let boot = bootstrap(&Settings {
             port: self.port.unwrap_or(d.port),
@@ -359,16 +367,24 @@ impl Envoy {
         Ok(self.child.try_wait()?)
     }
 
-    /// The filter's counters (`wasmcustom.understudy.NAME` in admin /stats), by NAME.
+    /// The filter's counters (`wasmcustom.understudy.NAME` in admin /stats), by NAME; the labeled cost
+    /// metrics are read by [`Envoy::cost`].
     pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
         let text = http_get(&self.admin, "/stats?filter=wasmcustom")?;
         Ok(text
             .lines()
+            .filter(|l| !understudy_matcher::cost::stats::is_labeled(l))
             .filter_map(|l| {
                 let (name, value) = l.trim().split_once(": ")?;
                 Some((name.strip_prefix("wasmcustom.understudy.")?.to_string(), value.parse().ok()?))
             })
             .collect())
+    }
+
+    /// The cost metrics (live calls, tokens and dollars avoided per model), as `understudy report` reads them.
+    pub fn cost(&self) -> Result<crate::costs::Source> {
+        let text = http_get(&self.admin, crate::costs::JSON_PATH)?;
+        crate::costs::parse(&text, &format!("http://{}", self.admin))
     }
 
     /// SIGTERM, then SIGKILL after 10 s; removes the work directory.

@@ -3,11 +3,14 @@
 
 mod bundle;
 mod clientenv;
+mod costs;
 mod envoy;
+mod estimate;
 mod launcher;
 mod manifests;
 mod package;
 mod registry;
+mod report;
 mod run;
 mod summary;
 mod up;
@@ -75,6 +78,10 @@ enum Command {
         /// Synthesize rules (JSON array) for requests no asset matches.
         #[arg(long)]
         synthesize: Option<PathBuf>,
+        /// Prices (JSON: model name or glob → USD per million tokens) in front of the built-in table
+        /// (docs/cost.md).
+        #[arg(long, value_name = "FILE")]
+        prices: Option<PathBuf>,
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
@@ -84,6 +91,12 @@ enum Command {
                             a request missed although the command passed; 125 if Understudy itself failed; \
                             126 if the command is not executable; 127 if it was not found. See docs/ci.md.")]
     Run(run::RunArgs),
+    /// What virtualization saved: live calls, tokens and dollars per provider, operation and model, read from
+    /// one or more Envoys' stats, with weekly and quarterly projections (docs/cost.md).
+    Report(report::ReportArgs),
+    /// The exposure of a test suite to live models: (tokens per call) × (calls per run) × (runs per week) ×
+    /// (environments), from flags or measured from an assets directory (docs/cost.md).
+    Estimate(estimate::EstimateArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
     /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
@@ -109,11 +122,14 @@ fn main() -> ExitCode {
             key(&file, path.as_deref(), &method, normalization.as_deref())
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig { dir, on_miss, normalization, synthesize } => {
-            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
+        Command::PluginConfig { dir, on_miss, normalization, synthesize, prices } => {
+            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), prices.as_deref())
+                .map(|c| println!("{c}"))
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
+        Command::Report(args) => report::run(args),
+        Command::Estimate(args) => estimate::run(args),
         Command::Package(args) => package::run(args),
         Command::Manifests(args) => manifests::run(args),
     };
@@ -181,6 +197,7 @@ fn plugin_config(
     on_miss: OnMissArg,
     normalization: Option<&Path>,
     synthesize: Option<&Path>,
+    prices: Option<&Path>,
 ) -> Result<String> {
     let norm = bundle::load_normalization(normalization)?;
     let built = bundle::build(dir, &norm)?;
@@ -193,7 +210,7 @@ fn plugin_config(
         normalization: norm,
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
-        prices: Default::default(),
+        prices: bundle::load_prices(prices)?,
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.

@@ -78,6 +78,9 @@ pub struct ManifestsArgs {
     normalization: Option<PathBuf>,
     #[arg(long)]
     synthesize: Option<PathBuf>,
+    /// Prices (JSON: model name or glob → USD per million tokens) in front of the built-in table (docs/cost.md).
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
     /// Kubernetes namespace [default: the environment name].
     #[arg(long)]
     namespace: Option<String>,
@@ -476,7 +479,13 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
         }
     }
     let assets = a.assets.clone().unwrap_or_else(crate::launcher::default_assets);
-    let text = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref(), a.synthesize.as_deref())?;
+    let text = crate::plugin_config(
+        &assets,
+        a.on_miss,
+        a.normalization.as_deref(),
+        a.synthesize.as_deref(),
+        a.prices.as_deref(),
+    )?;
     let plugin_config: Value = serde_json::from_str(&text)?;
     Ok(Common {
         name: format!("understudy-{}", a.env),

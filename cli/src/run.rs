@@ -127,6 +127,7 @@ fn run(a: RunArgs) -> Result<u8> {
     // The command is done; Envoy has logged (or is about to flush) every request it served. A signal now
     // means: don't wait for the log.
     let stats = if envoy_died.is_none() { envoy.counters().ok() } else { None };
+    let cost = if envoy_died.is_none() { envoy.cost().ok() } else { None };
     let deadline = Instant::now() + LOG_CATCH_UP;
     while stats.as_ref().is_some_and(|s| !summary::agrees(&summary::read_log(&access_log).counts, s))
         && Instant::now() < deadline
@@ -164,7 +165,7 @@ fn run(a: RunArgs) -> Result<u8> {
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         consistent: stats.as_ref().is_some_and(|st| summary::agrees(&c, st)),
         stats,
-        avoided: Avoided { calls: c.hits + c.synthesized, input_tokens: None, output_tokens: None, usd: None },
+        avoided: Avoided::new(c.hits + c.synthesized, cost.as_ref().map(|s| &s.reading)),
         counts: c,
         misses: tally.misses,
         passthroughs: tally.passthroughs,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use understudy_matcher::classify;
 
+use crate::costs::{dollars, thousands, Reading, Row, Usd};
+
 /// The JSON summary's format name; bumped only on incompatible changes.
 pub const FORMAT: &str = "understudy.run-summary/v1";
 
@@ -73,15 +75,59 @@ pub struct Group {
     pub count: u64,
 }
 
-/// What virtualization saved.
+/// What virtualization saved: the access log's count of virtual answers, and the filter's cost metrics
+/// (`null` when Envoy's stats could not be read: never guessed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Avoided {
     /// Live LLM calls not made: hits plus synthesized answers.
     pub calls: u64,
-    // The cost issue fills these from the assets' usage and a price table; null until then (no guesses).
+    /// Input tokens, cached ones included.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
-    pub usd: Option<f64>,
+    /// The part of `input_tokens` a provider's prompt cache would have served.
+    pub cached_input_tokens: Option<u64>,
+    /// Dollars, exact to the micro-dollar, of the priced models.
+    pub usd: Option<Usd>,
+    pub usd_micros: Option<u64>,
+    /// Virtual answers whose model has no price (their dollars are not in `usd`).
+    pub unpriced_requests: Option<u64>,
+    /// Virtual answers whose tokens are estimated.
+    pub estimated_requests: Option<u64>,
+    /// Per provider, operation and model, most dollars first.
+    pub models: Vec<Row>,
+}
+
+impl Avoided {
+    /// From the access log's count and the filter's cost metrics, if they could be read.
+    pub fn new(calls: u64, cost: Option<&Reading>) -> Self {
+        let Some(r) = cost else {
+            return Avoided {
+                calls,
+                input_tokens: None,
+                output_tokens: None,
+                cached_input_tokens: None,
+                usd: None,
+                usd_micros: None,
+                unpriced_requests: None,
+                estimated_requests: None,
+                models: Vec::new(),
+            };
+        };
+        let t = r.totals();
+        let mut models: Vec<Row> = r.rows.values().cloned().collect();
+        models.sort_by(|a, b| b.usd_micros.cmp(&a.usd_micros).then(b.requests.cmp(&a.requests)));
+        Avoided {
+            calls,
+            input_tokens: Some(t.input_tokens),
+            output_tokens: Some(t.output_tokens),
+            cached_input_tokens: Some(t.cached_input_tokens),
+            usd: Some(t.usd),
+            usd_micros: Some(t.usd_micros),
+            unpriced_requests: Some(t.unpriced_requests),
+            estimated_requests: Some(t.estimated_requests),
+            models,
+        }
+    }
 }
 
 /// How the wrapped command ended.
@@ -276,12 +322,43 @@ impl Summary {
                 plural(c.untouched)
             );
         }
-        let _ = writeln!(
-            out,
-            "  saved         {} live LLM call{} (tokens and dollars: not counted yet)",
-            self.avoided.calls,
-            plural(self.avoided.calls)
-        );
+        let a = &self.avoided;
+        match (a.input_tokens, a.output_tokens, a.usd_micros) {
+            (Some(input), Some(output), Some(micros)) => {
+                let _ = writeln!(
+                    out,
+                    "  saved         {} live LLM call{}: {} tokens ({} input, {} of them cached; {} output), {}",
+                    a.calls,
+                    plural(a.calls),
+                    thousands(input.saturating_add(output)),
+                    thousands(input),
+                    thousands(a.cached_input_tokens.unwrap_or(0)),
+                    thousands(output),
+                    dollars(micros)
+                );
+                for m in &a.models {
+                    let _ = writeln!(
+                        out,
+                        "    {} ({} {}): {} call{}, {} tokens, {}",
+                        m.model,
+                        m.provider,
+                        m.operation,
+                        m.requests,
+                        plural(m.requests),
+                        thousands(m.input_tokens.saturating_add(m.output_tokens)),
+                        if m.priced { dollars(m.usd_micros) } else { "unpriced (add it with --prices FILE)".into() }
+                    );
+                }
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  saved         {} live LLM call{} (tokens and dollars: Envoy's stats could not be read)",
+                    a.calls,
+                    plural(a.calls)
+                );
+            }
+        }
         if !self.misses.is_empty() {
             let _ = writeln!(
                 out,

@@ -43,6 +43,7 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!("  OpenAI base URL:    http://127.0.0.1:{port}/v1   (OPENAI_BASE_URL)");
     println!("  Anthropic base URL: http://127.0.0.1:{port}      (ANTHROPIC_BASE_URL)");
     println!("  Stats:              http://{admin}/stats?filter=understudy");
+    println!("  Cost avoided:       understudy report --admin http://{admin}");
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 

@@ -179,6 +179,9 @@ impl Flow {
             Outcome::BadRequest => Counter::BadRequests,
             Outcome::OverBudget => Counter::OverBudget,
         });
+        if let Decision::Respond(LocalResponse { accounting: Some(a), .. }) = &decision {
+            host.account(a);
+        }
         match decision {
             Decision::Respond(r) if r.delay_ms > 0 => {
                 host.send_response_later(r.delay_ms, r.status, r.headers, r.body);
@@ -246,6 +249,7 @@ mod tests {
         errors: RefCell<Vec<String>>,
         delayed: std::cell::Cell<u64>,
         queue: std::cell::Cell<(usize, usize)>,
+        accounted: RefCell<Vec<understudy_matcher::Accounting>>,
     }
 
     impl Host for FakeHost {
@@ -279,6 +283,9 @@ mod tests {
         }
         fn increment(&self, counter: Counter) {
             self.counters.borrow_mut().push(counter);
+        }
+        fn account(&self, accounting: &understudy_matcher::Accounting) {
+            self.accounted.borrow_mut().push(accounting.clone());
         }
         fn log_error(&self, message: &str) {
             self.errors.borrow_mut().push(message.into());
@@ -339,6 +346,9 @@ mod tests {
         assert!(headers.contains(&("x-understudy".into(), "hit".into())));
         assert_eq!(body, br#"{"choices":[],"id":"x"}"#.to_vec());
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Hits]);
+        let accounted = h.accounted.borrow();
+        assert_eq!(accounted.len(), 1, "a virtual answer is accounted once");
+        assert_eq!((accounted[0].provider, accounted[0].model.as_str()), ("openai", "gpt-4o"));
     }
 
     #[test]
@@ -369,6 +379,7 @@ mod tests {
         f.on_response_headers(&h);
         assert_eq!(*h.response_headers.borrow(), vec![("x-understudy".to_string(), "passthrough".to_string())]);
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);
+        assert!(h.accounted.borrow().is_empty(), "misses save nothing");
     }
 
     #[test]
@@ -466,6 +477,7 @@ mod tests {
             assert!(headers.contains(&("retry-after".into(), "1".into())));
             assert!(String::from_utf8(body).unwrap().contains("understudy_delay_queue_full"));
             assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::OverBudget]);
+            assert!(h.accounted.borrow().is_empty(), "an answer that never went out saved nothing");
         }
         // Room left: queued as before.
         let h = host("/v1/chat/completions", REQ);

@@ -72,6 +72,8 @@ pub trait Host {
     fn upstream_started(&self) -> bool;
     /// Adds one to a counter.
     fn increment(&self, counter: Counter);
+    /// Counts a virtual answer's live call, tokens and dollars avoided (`crate::metrics`).
+    fn account(&self, accounting: &understudy_matcher::Accounting);
     /// Logs at error level (never request data beyond method and path).
     fn log_error(&self, message: &str);
 }

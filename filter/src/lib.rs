@@ -12,6 +12,7 @@
 
 pub mod flow;
 pub mod host;
+pub mod metrics;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;

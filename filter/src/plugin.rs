@@ -11,6 +11,7 @@ use understudy_matcher::Runtime;
 
 use crate::flow::{Flow, Next};
 use crate::host::{Counter, Host};
+use crate::metrics::{CostMetrics, ProxyWasm};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -21,6 +22,7 @@ proxy_wasm::main! {{
             memory_gauge: None,
             memory_seen: Rc::new(Cell::new(0)),
             delayed: Rc::new(RefCell::new(Vec::new())),
+            cost: Rc::new(CostMetrics::default()),
         })
     });
 }}
@@ -48,6 +50,8 @@ struct Root {
     /// Memory size last recorded by this VM.
     memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
+    /// Live calls, tokens and dollars avoided (this VM's side of them).
+    cost: Rc<CostMetrics>,
 }
 
 impl Context for Root {}
@@ -159,6 +163,7 @@ impl RootContext for Root {
             memory_gauge: self.memory_gauge,
             memory_seen: self.memory_seen.clone(),
             delayed: self.delayed.clone(),
+            cost: self.cost.clone(),
             context_id,
         };
         Some(Box::new(Http { flow, host }))
@@ -248,6 +253,7 @@ struct ProxyHost {
     memory_gauge: Option<u32>,
     memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
+    cost: Rc<CostMetrics>,
     context_id: u32,
 }
 
@@ -323,6 +329,10 @@ impl Host for ProxyHost {
         if let Some(id) = self.metrics.get(idx) {
             let _ = hostcalls::increment_metric(*id, 1);
         }
+    }
+
+    fn account(&self, accounting: &understudy_matcher::Accounting) {
+        self.cost.record(&ProxyWasm, accounting);
     }
 
     fn log_error(&self, message: &str) {

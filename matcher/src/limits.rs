@@ -100,3 +100,11 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 << 20;
 
 /// The budget of one VM besides its asset store.
 pub const PER_VM_BUDGET: u64 = REQUEST_BUDGET + ANSWER_BUDGET + DELAY_QUEUE_BYTES as u64 + MEMO_BYTES as u64;
+
+/// Most distinct model names one Envoy labels its cost metrics with (`gen_ai_request_model`, shared by its
+/// workers' VMs); the virtual answers of later models are counted under the model `other`, so a client
+/// sending random model names can't grow Envoy's stats (or Prometheus) without bound.
+pub const MAX_MODEL_LABELS: usize = 64;
+
+/// Longest model name used as a label value, in bytes; longer names are counted under `other`.
+pub const MAX_MODEL_LABEL_BYTES: usize = 160;

@@ -9,6 +9,7 @@ use understudy_matcher::limits::*;
 const LIMITS_MD: &str = include_str!("../../docs/limits.md");
 const README: &str = include_str!("../../README.md");
 const SECURITY: &str = include_str!("../../SECURITY.md");
+const COST_MD: &str = include_str!("../../docs/cost.md");
 
 /// `20000` → `20,000`, as the docs write numbers.
 fn thousands(n: u64) -> String {
@@ -61,6 +62,8 @@ fn the_limit_table_states_every_constant() {
         ("MISS_PREFIX_BYTES", size(MISS_PREFIX_BYTES as u64)),
         ("MISS_DIFF_CAP", format!("{} leaves", thousands(MISS_DIFF_CAP as u64))),
         ("MISS_PATH_CHARS", format!("{MISS_PATH_CHARS} chars")),
+        ("MAX_MODEL_LABELS", format!("{MAX_MODEL_LABELS} models")),
+        ("MAX_MODEL_LABEL_BYTES", format!("{MAX_MODEL_LABEL_BYTES} bytes")),
     ];
     for (name, value) in rows {
         let row = format!("| `{name}` | {value} |");
@@ -125,6 +128,16 @@ fn readme_and_security_state_the_constants() {
     states(SECURITY, "SECURITY.md", r"budget per VM \((\d+ MiB) plus", &[size(PER_VM_BUDGET)]);
     states(SECURITY, "SECURITY.md", r"(\d+ MiB) in `understudy up`", &[size(DEFAULT_MAX_BODY_BYTES)]);
 
+    states(
+        SECURITY,
+        "SECURITY.md",
+        r"label at most (\d+) model names per Envoy \(names over (\d+) bytes",
+        &[s(MAX_MODEL_LABELS as u64), s(MAX_MODEL_LABEL_BYTES as u64)],
+    );
+    states(COST_MD, "docs/cost.md", r"`MAX_MODEL_LABELS` = (\d+)", &[s(MAX_MODEL_LABELS as u64)]);
+    states(COST_MD, "docs/cost.md", r"`MAX_MODEL_LABEL_BYTES` = (\d+) bytes", &[s(MAX_MODEL_LABEL_BYTES as u64)]);
+    states(COST_MD, "docs/cost.md", r"\| `MAX_MODEL_LABELS` \| (\d+) models", &[s(MAX_MODEL_LABELS as u64)]);
+    states(COST_MD, "docs/cost.md", r"names over (\d+) bytes", &[s(MAX_MODEL_LABEL_BYTES as u64)]);
     states(README, "README.md", r"nested (\d+) levels", &[s(MAX_DEPTH as u64)]);
     states(README, "README.md", r"capped at (\d+) s", &[s(MAX_DELAY_MS / 1000)]);
     states(README, "README.md", r"`stream_idle_timeout` to (\d+) s", &[s(MAX_DELAY_MS / 1000 + 60)]);

@@ -652,6 +652,19 @@ def load_asset(rel: str, index: int = 0) -> dict:
     raise FileNotFoundError(rel)
 
 
+PRICES = ROOT / "matcher" / "src" / "cost" / "prices.json"
+
+
+def builtin_rate(pattern: str) -> dict:
+    """A built-in price table entry (USD per 1M tokens as exact Decimals; `cached_input` defaults to `input`)."""
+    from decimal import Decimal
+
+    entry = json.loads(PRICES.read_text(), parse_float=Decimal)["prices"][pattern]
+    out = {"input": Decimal(entry["input"]), "output": Decimal(entry.get("output", 0))}
+    out["cached_input"] = Decimal(entry.get("cached_input", entry["input"]))
+    return out
+
+
 def asset_keys(path: Path) -> list[str]:
     """Keys of an asset file's requests, as `understudy key` computes them."""
     out = subprocess.run([str(UNDERSTUDY), "key", str(path)], capture_output=True, text=True, timeout=30)

@@ -5,6 +5,7 @@ Every run here forwards to the fake upstream, which counts every byte: a virtual
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE_ASSETS, ROOT, UNDERSTUDY, asset_key, load_asset, register_log, stop_process
+from conftest import (
+    EXAMPLE_ASSETS, ROOT, UNDERSTUDY, asset_key, builtin_rate, load_asset, register_log, stop_process,
+)
 
 EXAMPLE_SUITE = ROOT / "examples" / "python-openai"
 # Variables a CI machine might carry; each run starts without them unless a test sets them.
@@ -98,7 +101,21 @@ def test_the_example_suite_passes_unchanged_with_zero_bytes_upstream(request, tm
     assert s["verdict"] == "passed" and s["exit_status"] == 0 and s["command"]["status"] == 0
     assert s["counts"]["hits"] == 3 and s["counts"]["requests"] == 3 and s["counts"]["misses"] == 0, s
     assert s["stats"]["hits"] == 3 and s["consistent"] is True, s
-    assert s["avoided"] == {"calls": 3, "input_tokens": None, "output_tokens": None, "usd": None}
+    # Tokens and dollars avoided: the three answers' recorded usage, priced with the built-in table.
+    av = s["avoided"]
+    assert av["calls"] == 3 and av["estimated_requests"] == 0 and av["unpriced_requests"] == 0, av
+    chat = [load_asset(f"openai/{n}.json")["response"]["body"]["usage"] for n in ("chat-capital", "chat-weather-tool")]
+    emb = load_asset("openai/embeddings-fox.json")["response"]["body"]["usage"]
+    assert av["input_tokens"] == sum(u["prompt_tokens"] for u in chat) + emb["prompt_tokens"], av
+    assert av["output_tokens"] == sum(u["completion_tokens"] for u in chat) and av["cached_input_tokens"] == 0, av
+    # Dollars per label set, floored to the micro-dollar (USD per 1M tokens × tokens = micro-dollars).
+    mini, small = builtin_rate("gpt-4o-mini*"), builtin_rate("text-embedding-3-small")
+    want_micros = math.floor(
+        sum(u["prompt_tokens"] for u in chat) * mini["input"] + sum(u["completion_tokens"] for u in chat) * mini["output"]
+    ) + math.floor(emb["prompt_tokens"] * small["input"])
+    assert av["usd_micros"] == want_micros, av
+    assert {m["model"] for m in av["models"]} == {"gpt-4o-mini", "text-embedding-3-small"}, av
+    assert "live LLM calls: " in r.stderr and "gpt-4o-mini (openai chat): 2 calls" in r.stderr, r.stderr
     # Envoy's output went to its log file, named at the end, not into the test output.
     envoy_log = Path(s["envoy_log"])
     assert envoy_log.parent == tmp_path / "logs"

@@ -11,6 +11,9 @@
 //! Money is integer: a price is held in pico-dollars per token (USD per million tokens × 10⁶, so at most six
 //! decimals), a cost in pico-dollars, and reported in micro-dollars.
 
+pub mod stats;
+pub mod usage;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -225,6 +228,15 @@ mod tests {
             "*anthropic.claude-sonnet-4-5*"
         );
         assert_eq!(p.lookup("claude-sonnet-4-5@20250929").unwrap().0, "claude-sonnet-4-5*");
+        // Bedrock: the global endpoint at the list rate, geographic and in-region profiles 10% above it.
+        let global = p.lookup("global.anthropic.claude-sonnet-4-5-20250929-v1:0").unwrap().1.base;
+        let regional = p.lookup("eu.anthropic.claude-sonnet-4-5-20250929-v1:0").unwrap().1.base;
+        assert_eq!((global.input * 11 / 10, global.output * 11 / 10), (regional.input, regional.output));
+        // Dated snapshots price like their model; a more specific family wins.
+        assert_eq!(p.lookup("gpt-5.4-2026-03-05").unwrap().0, "gpt-5.4*");
+        assert_eq!(p.lookup("gpt-5.4-mini-2026-03-17").unwrap().0, "gpt-5.4-mini*");
+        let (_, g) = p.lookup("gpt-5.5").unwrap();
+        assert_eq!(g.long_context.map(|(above, r)| (above, r.input)), Some((272_000, 10_000_000)));
         assert!(p.lookup("my-azure-deployment").is_none(), "unpriced, never guessed");
         assert!(p.lookup("").is_none());
     }

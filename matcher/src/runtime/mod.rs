@@ -849,6 +849,19 @@ mod accounting_tests {
     }
 
     #[test]
+    fn counting_tokens_avoids_no_billed_tokens() {
+        let cfg = json!({
+            "bundle": {"format": crate::asset::BUNDLE_FORMAT, "assets": []},
+            "synthesize": [{"operation": "gemini.count_tokens"}],
+        });
+        let rt = Runtime::from_json(&cfg.to_string()).unwrap();
+        let q = json!({"contents": [{"role": "user", "parts": [{"text": "How many tokens is this?"}]}]});
+        let a = accounting(&rt, "/v1beta/models/gemini-2.5-flash:countTokens", q);
+        assert_eq!((a.provider, a.operation, a.model.as_str()), ("gcp.gemini", "count_tokens", "gemini-2.5-flash"));
+        assert_eq!((a.usage, a.cost_picos), (Usage::default(), Some(0)));
+    }
+
+    #[test]
     fn answers_without_usage_are_estimated_and_unknown_models_unpriced() {
         let rt = runtime(json!({}));
         let q = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "without usage"}]});

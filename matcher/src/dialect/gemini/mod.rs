@@ -126,7 +126,8 @@ impl Dialect for Gemini {
 
     fn usage(&self, op: Operation, body: &Value) -> Option<Usage> {
         if op == Operation::CountTokens {
-            return None;
+            // Counting tokens is free: a virtual answer to it avoids no billed tokens.
+            return Some(Usage::default());
         }
         let u = body.get("usageMetadata")?;
         let n = |k: &str| u.get(k).and_then(Value::as_u64);
@@ -376,7 +377,8 @@ mod tests {
         assert_eq!(Gemini.usage(Operation::GenerateContent, &json!({"candidates": []})), None);
         assert_eq!(
             Gemini.usage(Operation::CountTokens, &json!({"totalTokens": 3, "usageMetadata": {"promptTokenCount": 3}})),
-            None
+            Some(Usage::default()),
+            "countTokens is free"
         );
     }
 
