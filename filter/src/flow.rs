@@ -215,7 +215,15 @@ fn delay_queue_full(route: &Route) -> LocalResponse {
     let (mut headers, body) =
         error_answer(route, "over-budget", "overloaded_error", &message, "understudy_delay_queue_full");
     headers.push(("retry-after".into(), "1".into()));
-    LocalResponse { outcome: Outcome::OverBudget, status: 503, headers, body, delay_ms: 0, accounting: None }
+    LocalResponse {
+        outcome: Outcome::OverBudget,
+        status: 503,
+        headers,
+        body,
+        delay_ms: 0,
+        accounting: None,
+        pace: None,
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +311,9 @@ mod tests {
             bundle: Bundle::sealed(vec![asset]),
             synthesize: Vec::new(),
             prices: Default::default(),
+            mode: Default::default(),
+            record: Default::default(),
+            pacing: None,
         };
         Rc::new(Runtime::compile(cfg).unwrap())
     }
