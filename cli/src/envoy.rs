@@ -52,6 +52,25 @@ pub struct Settings<'a> {
     pub max_body_bytes: u64,
     /// A JSON-lines access log file: each request's outcome and key headers, path without query.
     pub access_log: Option<&'a str>,
+    /// Record modes: the collector the filter's captures go to (cluster `understudy_collector`).
+    pub collector: Option<&'a Upstream>,
+    /// Paced replay: the pacer (cluster `understudy_pacer`), and the route that leads paced hits to it.
+    pub pacer: Option<&'a Upstream>,
+}
+
+/// The cluster of the collector (the plugin configuration's `record.collector` default).
+pub const COLLECTOR_CLUSTER: &str = "understudy_collector";
+/// The cluster of the pacer.
+pub const PACER_CLUSTER: &str = "understudy_pacer";
+
+/// The route that sends a paced hit (the filter set the pace header and the body) to the pacer. Only LLM paths
+/// run the filter, which removes a client's own pace header, so only the filter's requests match it.
+pub fn pacer_route(cluster: &str) -> Value {
+    let mut m = llm_match("/");
+    if let Some(headers) = m.get_mut("headers").and_then(Value::as_array_mut) {
+        headers.push(json!({"name": understudy_matcher::record::PACE_HEADER, "present_match": true}));
+    }
+    json!({"match": m, "route": {"cluster": cluster, "timeout": reply_timeout()}})
 }
 
 pub fn cluster(name: &str, up: &Upstream) -> Value {
@@ -207,6 +226,14 @@ pub fn bootstrap(s: &Settings) -> Value {
             )
         }
     };
+    let (mut routes, mut clusters) = (routes, clusters);
+    if let Some(c) = s.collector {
+        clusters.push(cluster(COLLECTOR_CLUSTER, c));
+    }
+    if let Some(p) = s.pacer {
+        routes.insert(0, pacer_route(PACER_CLUSTER));
+        clusters.push(cluster(PACER_CLUSTER, p));
+    }
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "understudy",

@@ -418,6 +418,8 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         upstream: upstream.as_ref(),
         max_body_bytes: a.max_body_bytes,
         access_log: None,
+        collector: None,
+        pacer: None,
     });
     // File-based xDS subscriptions need a node identity.
     if let Some(m) = boot.as_object_mut() {
@@ -475,7 +477,13 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
         }
     }
     let assets = a.assets.clone().unwrap_or_else(crate::launcher::default_assets);
-    let text = crate::plugin_config(&assets, a.on_miss, a.normalization.as_deref(), a.synthesize.as_deref())?;
+    let text = crate::plugin_config(
+        &assets,
+        a.on_miss,
+        a.normalization.as_deref(),
+        a.synthesize.as_deref(),
+        &crate::RecordArgs::default(),
+    )?;
     let plugin_config: Value = serde_json::from_str(&text)?;
     Ok(Common {
         name: format!("understudy-{}", a.env),

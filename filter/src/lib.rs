@@ -12,6 +12,9 @@
 
 pub mod flow;
 pub mod host;
+pub mod record;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;
+#[cfg(target_arch = "wasm32")]
+mod recording;

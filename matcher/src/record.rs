@@ -260,7 +260,7 @@ pub fn kept_response_header(name: &str, extra: &[String]) -> bool {
         || crate::headers::is_secret_header(&lower)
         || crate::headers::is_understudy_header(&lower)
         || NEVER_RECORDED.contains(&lower.as_str())
-        || extra.iter().any(|e| *e == lower))
+        || extra.contains(&lower))
 }
 
 /// `path` without credential-bearing query parameters (`?key=`, `access_token`, ...); other parameters

@@ -1,0 +1,268 @@
+"""Record mode through real Envoy: `understudy up --mode record` against a fake live LLM API, then strict replay
+of what it wrote with the live model unused; secrets used by the clients never reach the disk; concurrent
+clients lose nothing; a collector killed with SIGKILL and restarted loses nothing it acknowledged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    UNDERSTUDY,
+    LlmUpstream,
+    free_port,
+    register_log,
+    start_understudy,
+    stop_process,
+    tail,
+)
+
+# Every secret a client or the upstream uses in these tests: none may appear in any written file.
+BEARER = "sk-live-CLIENTSECRET0123456789"
+SECRETS = {
+    "authorization": f"Bearer {BEARER}",
+    "Api-Key": "azure-SECRETKEY-4455",
+    "X-Api-Key": "sk-ant-SECRETKEY-6677",
+    "x-goog-api-key": "AIzaSECRETGOOG8899",
+    "Cookie": "session=COOKIESECRET1122",
+    "OpenAI-Organization": "org-CLIENTORGSECRET",
+    "openai-project": "proj_CLIENTPROJSECRET",
+    "X-Amz-Security-Token": "AMZTOKENSECRET3344",
+}
+QUERY_KEY = "AIzaQUERYSECRET5566"
+BODY_SECRET = "hunter2-BODYSECRET-77"
+ALL_SECRETS = [v.split(" ")[-1] for v in SECRETS.values()] + [
+    QUERY_KEY, BODY_SECRET, LlmUpstream.SECRET_ORG, "LIVECOOKIESECRET", "alice@example.com"]
+
+NORMALIZATION = {"scrubbers": [{"pattern": "hunter2-[A-Z0-9-]+", "placeholder": "<password>"}],
+                 "ignore_fields": ["/metadata/user_email"]}
+RECORD_CONFIG = {"redact_patterns": NORMALIZATION["scrubbers"], "redact_request": ["/metadata/user_email"]}
+
+# (path, body): every API and a streamed answer of each SSE grammar.
+CALLS = [
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": f"My password is {BODY_SECRET}. What is the capital of France?"}],
+        "metadata": {"user_email": "alice@example.com"}}),
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "stream": True,
+                              "messages": [{"role": "user", "content": "Name three primary colors."}]}),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["first text", "second, longer text"]}),
+    ("/v1/responses", {"model": "gpt-4o-mini", "input": "Write a haiku about proxies."}),
+    ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 64,
+                      "messages": [{"role": "user", "content": "Say hello in French."}]}),
+    ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
+                      "messages": [{"role": "user", "content": "Count to three."}]}),
+    (f"/v1beta/models/gemini-2.5-flash:generateContent?key={QUERY_KEY}",
+     {"contents": [{"role": "user", "parts": [{"text": "Why is the sky blue?"}]}]}),
+    (f"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={QUERY_KEY}",
+     {"contents": [{"role": "user", "parts": [{"text": "Tell me a short story."}]}]}),
+]
+
+
+def sse_text(body: bytes) -> str:
+    """The answer text of any of the three SSE grammars."""
+    out = []
+    for line in body.decode().splitlines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        ev = json.loads(line[6:])
+        for c in ev.get("choices", []):
+            out.append(c.get("delta", {}).get("content") or "")
+        if ev.get("type") == "content_block_delta":
+            out.append(ev["delta"].get("text", ""))
+        for c in ev.get("candidates", []):
+            out.extend(p.get("text", "") for p in c.get("content", {}).get("parts", []))
+    return "".join(out)
+
+
+def content(path: str, r) -> object:
+    """What a client takes from an answer: its text, or its vectors (ids and timestamps are refreshed)."""
+    assert r.status == 200, (path, r.status, r.body[:300])
+    if r.header("content-type", ).startswith("text/event-stream"):
+        return sse_text(r.body)
+    v = r.json()
+    if "data" in v:
+        return [d["embedding"] for d in v["data"]]
+    if "output" in v:
+        return v["output"][0]["content"][0]["text"]
+    if "candidates" in v:
+        return v["candidates"][0]["content"]["parts"][0]["text"]
+    if "content" in v:
+        return v["content"][0]["text"]
+    return v["choices"][0]["message"]["content"]
+
+
+def files_of(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file())
+
+
+def assert_no_secret(d: Path) -> None:
+    for f in files_of(d):
+        data = f.read_bytes()
+        for s in ALL_SECRETS:
+            assert s.encode() not in data, f"secret {s!r} written to {f}"
+
+
+def write_json(path: Path, v) -> Path:
+    path.write_text(json.dumps(v))
+    return path
+
+
+def stop_and_read(u) -> str:
+    """SIGTERM `understudy up`, wait for it to exit (it drains first), and return its output."""
+    u.proc.send_signal(signal.SIGTERM)
+    u.proc.wait(timeout=60)
+    return u.log_path.read_text()
+
+
+@pytest.fixture
+def live(request):
+    up = LlmUpstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return [
+        "--normalization", str(write_json(tmp_path / "norm.json", NORMALIZATION)),
+        "--record-config", str(write_json(tmp_path / "record.json", RECORD_CONFIG)),
+    ]
+
+
+def test_record_then_replay_strictly_with_zero_upstream_bytes_and_no_secret_on_disk(tmp_path, log_dir, live, settings, request):
+    assets = tmp_path / "recorded"
+    rec = start_understudy("record", assets, log_dir, upstream=live.url, extra=["--mode", "record", *settings])
+    register_log(request, "record", rec.log_path)
+    seen = []
+    try:
+        for path, body in CALLS:
+            r = rec.post(path, body, headers=SECRETS)
+            seen.append(content(path, r))
+            assert r.header("x-understudy") == "passthrough"
+        assert len(live.requests) == len(CALLS), "record mode sends every call live"
+        assert live.requests[0].headers["authorization"] == SECRETS["authorization"], "the upstream gets the credentials"
+    finally:
+        out = stop_and_read(rec)
+    assert f"Recorded {len(CALLS)} answer(s) into" in out, out
+    assert "0 failed" in out, out
+    files = [f for f in files_of(assets) if f.suffix == ".json"]
+    assert len(files) == len(CALLS), files
+    assert not [f for f in files_of(assets) if ".tmp-" in f.name], "no temporary file is left"
+    assert_no_secret(assets)
+    names = {str(f.relative_to(assets)) for f in files}
+    assert any(n.startswith("openai.chat_completions/gpt-4o-mini--my-password-is-password-what-is-the-capital") for n in names), names
+    assert any(n.startswith("gemini.generate_content/gemini-2-5-flash--why-is-the-sky-blue--") for n in names), names
+    streamed = [json.loads(f.read_text()) for f in files if "primary-colors" in f.name]
+    assert streamed and streamed[0]["response"]["body_text"].endswith("data: [DONE]\n\n")
+    assert len(streamed[0]["response"]["timing"]["chunks"]) >= 1
+
+    # Replay, strict, the live upstream still listening and counting: it gets nothing.
+    live.reset()
+    replay = start_understudy("replay", assets, log_dir, upstream=live.url, extra=settings[:2])
+    register_log(request, "replay", replay.log_path)
+    try:
+        for (path, body), want in zip(CALLS, seen):
+            r = replay.post(path, body, headers={"authorization": "Bearer sk-other"})
+            assert r.header("x-understudy") == "hit", (path, r.status, r.body[:300])
+            assert content(path, r) == want, path
+        # A redacted secret changes nothing: another password keys the same (the scrubber).
+        body = json.loads(json.dumps(CALLS[0][1]).replace(BODY_SECRET, "hunter2-OTHER-1"))
+        assert replay.post(CALLS[0][0], body).header("x-understudy") == "hit"
+        assert replay.post(CALLS[0][0], dict(CALLS[0][1], temperature=0.1)).status == 404, "other requests miss"
+        live.assert_untouched_since((0, 0, 0))
+    finally:
+        stop_process(replay.proc)
+
+
+def test_sixteen_concurrent_clients_lose_no_recording(tmp_path, log_dir, live, settings, request):
+    assets = tmp_path / "recorded"
+    live.stream_gap = 0.01
+    rec = start_understudy("record-16", assets, log_dir, upstream=live.url,
+                           extra=["--mode", "record", "--workers", "2", *settings])
+    register_log(request, "record-16", rec.log_path)
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        try:
+            for j in range(3):
+                body = {"model": "gpt-4o-mini", "stream": j == 1,
+                        "messages": [{"role": "user", "content": f"client {i} question {j}"}]}
+                r = rec.post("/v1/chat/completions", body, headers=SECRETS)
+                assert f"client {i} question {j}" in str(content("/v1/chat/completions", r))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {i}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        out = stop_and_read(rec)
+    assert not errors, errors
+    assert "Recorded 48 answer(s)" in out and "0 failed" in out, out
+    assert len([f for f in files_of(assets) if f.suffix == ".json"]) == 48
+    assert_no_secret(assets)
+
+
+def start_collector(out: Path, port: int, log: Path) -> subprocess.Popen:
+    f = open(log, "ab")
+    proc = subprocess.Popen([str(UNDERSTUDY), "collect", "--out", str(out), "--port", str(port)],
+                            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    f.close()
+    deadline = time.monotonic() + 20
+    while f"listening on http://127.0.0.1:{port}" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_collector_killed_mid_run_and_restarted_loses_nothing(tmp_path, log_dir, live, request):
+    assets = tmp_path / "collected"
+    port = free_port()
+    clog = log_dir / "collector.log"
+    register_log(request, "collector", clog)
+    collector = start_collector(assets, port, clog)
+    rec = start_understudy("record-kill", assets, log_dir, upstream=live.url,
+                           extra=["--mode", "record", "--collector", f"http://127.0.0.1:{port}"])
+    register_log(request, "record-kill", rec.log_path)
+
+    def ask(i: int) -> None:
+        r = rec.post("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]})
+        assert r.status == 200
+
+    def json_files() -> int:
+        return len([f for f in files_of(assets) if f.suffix == ".json"])
+
+    try:
+        for i in range(5):
+            ask(i)
+        deadline = time.monotonic() + 20
+        while json_files() < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        acknowledged = {f.name: f.read_bytes() for f in files_of(assets) if f.suffix == ".json"}
+        assert len(acknowledged) == 5
+        collector.send_signal(signal.SIGKILL)
+        collector.wait(timeout=10)
+        for i in range(5, 10):
+            ask(i)  # answered live while the collector is down: their captures wait and retry
+        time.sleep(1.0)
+        assert rec.stats()["requests"] == 10
+        collector = start_collector(assets, port, clog)
+        deadline = time.monotonic() + 40
+        while json_files() < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert json_files() == 10, tail(clog)
+        for name, data in acknowledged.items():
+            assert (next(assets.rglob(name))).read_bytes() == data, "an acknowledged recording is unchanged"
+    finally:
+        out = stop_and_read(rec)
+        stop_process(collector)
+    assert "10 capture(s) acknowledged" in out and "0 failed" in out, out
