@@ -247,6 +247,13 @@ pub fn bootstrap(s: &Settings) -> Value {
         "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
         "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)
     });
+    if s.pacer.is_some() {
+        // Paced replay holds LLM request headers until the body is decided (the filter then re-routes a paced
+        // hit to the pacer by changing them): the wasm filter must be allowed to stop on headers.
+        if let Some(cfg) = hcm.pointer_mut("/http_filters/1/typed_config/config").and_then(Value::as_object_mut) {
+            cfg.insert("allow_on_headers_stop_iteration".into(), json!(true));
+        }
+    }
     if let (Some(path), Some(m)) = (s.access_log, hcm.as_object_mut()) {
         m.insert("access_log".into(), access_log(path));
     }

@@ -93,6 +93,13 @@ impl Flow {
             return self.finish(host, &route, &[]);
         }
         self.state = State::Buffering(route);
+        if self.runtime.as_ref().is_some_and(|r| r.pacing().is_some()) {
+            // Pacing re-routes a hit to the pacer by changing its headers once the body has been decided, and
+            // Envoy lets a filter change request headers only while it holds them: pause them. This needs the
+            // wasm filter's `allow_on_headers_stop_iteration` (which `understudy up --replay-speed` sets), or
+            // Envoy would never deliver the body.
+            return Next::Pause;
+        }
         // Continue, not Pause: Envoy would turn a header Pause into StopAllIteration and never deliver the
         // body (unless allow_on_headers_stop_iteration, which Istio can't set). The buffer filter after us
         // holds the headers back from the router until we decide.

@@ -270,6 +270,9 @@ impl HttpContext for Http {
         if self.host.request_header("x-understudy-fault").as_deref() == Some("panic") {
             panic!("understudy: fault injected by x-understudy-fault (test build)");
         }
+        if self.record.is_some() {
+            self.recording.request_headers();
+        }
         action(self.flow.on_request_headers(&self.host, end_of_stream))
     }
 

@@ -83,6 +83,9 @@ pub(crate) struct RecordCtx {
 /// One stream's capture.
 #[derive(Default)]
 pub(crate) struct Recording {
+    /// `:method` and `:path`, read while the request headers are still accessible (Envoy hides them from
+    /// later callbacks once the filter lets them continue).
+    request: Option<(String, String)>,
     capture: Option<Capture>,
     /// Bytes charged to the outbox's buffer for it.
     charged: usize,
@@ -90,11 +93,15 @@ pub(crate) struct Recording {
 }
 
 impl Recording {
+    /// The request headers arrived: remember what a capture needs of them.
+    pub(crate) fn request_headers(&mut self) {
+        let get = |n: &str| hostcalls::get_map_value(MapType::HttpRequestHeaders, n).ok().flatten().unwrap_or_default();
+        self.request = Some((get(":method"), get(":path")));
+    }
+
     /// The request has been forwarded upstream: start capturing it.
     pub(crate) fn begin(&mut self, r: &RecordCtx, body_size: usize) {
-        let method =
-            hostcalls::get_map_value(MapType::HttpRequestHeaders, ":method").ok().flatten().unwrap_or_default();
-        let path = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path").ok().flatten().unwrap_or_default();
+        let Some((method, path)) = self.request.take() else { return };
         let Some(route) = classify(&method, &path) else { return };
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
         let now = now_nanos();

@@ -189,6 +189,11 @@ impl Runtime {
         &self.recorder
     }
 
+    /// The replay speed of paced recorded streams, when pacing is on.
+    pub fn pacing(&self) -> Option<f64> {
+        self.pacing
+    }
+
     /// Replaces the memory budgets (`crate::limits::REQUEST_BUDGET`, `ANSWER_BUDGET`); tests lower them to
     /// exercise the checks with small bodies.
     #[doc(hidden)]
