@@ -268,3 +268,87 @@ def test_a_collector_killed_mid_run_and_restarted_loses_nothing(tmp_path, log_di
         out = stop_and_read(rec)
         stop_process(collector)
     assert "10 capture(s) acknowledged" in out and "0 failed" in out, out
+
+
+def stream_arrivals(port: int, path: str, body: dict) -> tuple[list[float], bytes]:
+    """Posts a streaming request over a raw socket; returns when each SSE event arrived (s, from the request)
+    and the body."""
+    import socket as _socket
+
+    data = json.dumps(body).encode()
+    s = _socket.create_connection(("127.0.0.1", port), timeout=30)
+    start = time.monotonic()
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+              "Connection: close\r\n\r\n".encode() + data)
+    raw, arrivals, seen = b"", [], 0
+    while True:
+        got = s.recv(65536)
+        if not got:
+            break
+        raw += got
+        now = time.monotonic() - start
+        events = raw.count(b"\n\n")
+        arrivals += [now] * (events - seen)
+        seen = events
+    s.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    return arrivals, rest
+
+
+def test_a_recorded_stream_replays_its_pace_scaled_and_unpaced_without_replay_speed(tmp_path, log_dir, live, request):
+    assets = tmp_path / "paced"
+    live.stream_gap = 0.25
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "one two three four"}]}
+    rec = start_understudy("record-pace", assets, log_dir, upstream=live.url, extra=["--mode", "record"])
+    register_log(request, "record-pace", rec.log_path)
+    try:
+        live_arrivals, _ = stream_arrivals(rec.port, "/v1/chat/completions", body)
+    finally:
+        assert "Recorded 1 answer(s)" in stop_and_read(rec)
+    (f,) = [f for f in files_of(assets) if f.suffix == ".json"]
+    chunks = json.loads(f.read_text())["response"]["timing"]["chunks"]
+    recorded_total = chunks[-1][0] / 1000
+    assert recorded_total > 1.5, chunks  # 10 events, 0.25 s apart
+
+    results = {}
+    for speed in (None, 1, 2):
+        extra = [] if speed is None else ["--replay-speed", str(speed)]
+        u = start_understudy(f"replay-pace-{speed}", assets, log_dir, upstream=live.url, extra=extra)
+        register_log(request, f"replay-pace-{speed}", u.log_path)
+        try:
+            live.reset()
+            arrivals, text = stream_arrivals(u.port, "/v1/chat/completions", body)
+            # The same asset answers a non-streaming request locally, assembled, paced or not.
+            plain = u.post("/v1/chat/completions", dict(body, stream=False))
+            assert plain.header("x-understudy") == "hit" and content("/", plain) == "Live answer to: one two three four"
+            live.assert_untouched_since((0, 0, 0), settle=0.1)
+        finally:
+            stop_process(u.proc)
+        assert sse_text(text) == "Live answer to: one two three four"
+        results[speed] = arrivals
+    gaps = lambda a: [b - x for x, b in zip(a, a[1:])]  # noqa: E731
+    live_gaps = [g for g in gaps(live_arrivals) if g > 0.1]
+    paced = [g for g in gaps(results[1]) if g > 0.1]
+    # Ratios within one run, in a wide band: the recorded gaps come back, scaled; none of it is a fixed timing.
+    ratio_1 = sum(paced) / sum(live_gaps)
+    ratio_2 = results[2][-1] / results[1][-1]
+    ratio_none = results[None][-1] / results[1][-1]
+    report = (
+        "# Paced replay of a recorded stream (tests/e2e/test_record.py)\n\n"
+        "One chat completions stream recorded from an upstream sending 10 SSE events 250 ms apart, replayed through\n"
+        "Envoy (1 worker) and the pacer; times at the client, in seconds.\n\n"
+        "| run | first event | last event | gaps over 100 ms |\n|---|---|---|---|\n"
+        f"| live (recording) | {live_arrivals[0]:.3f} | {live_arrivals[-1]:.3f} | {len(live_gaps)}, mean {sum(live_gaps) / max(1, len(live_gaps)):.3f} |\n"
+        f"| --replay-speed 1 | {results[1][0]:.3f} | {results[1][-1]:.3f} | {len(paced)}, mean {sum(paced) / max(1, len(paced)):.3f} |\n"
+        f"| --replay-speed 2 | {results[2][0]:.3f} | {results[2][-1]:.3f} | |\n"
+        f"| no pacing | {results[None][0]:.3f} | {results[None][-1]:.3f} | |\n\n"
+        f"Ratios: paced gaps / live gaps = {ratio_1:.2f}; speed 2 / speed 1 total = {ratio_2:.2f}; "
+        f"unpaced / speed 1 total = {ratio_none:.2f}.\n"
+    )
+    from conftest import write_result
+    write_result("pacing.md", report)
+    assert len(paced) == len(live_gaps), report
+    assert 0.7 < ratio_1 < 1.4, report
+    assert 0.35 < ratio_2 < 0.7, report
+    assert ratio_none < 0.2, report
