@@ -136,6 +136,11 @@ impl Store {
         &self.dir
     }
 
+    /// The normalization keys are checked with.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
     /// Stores one checked capture.
     pub fn put(&mut self, doc: CaptureDoc) -> Result<Stored> {
         if let Some(f) = self.ids.get(&doc.id) {

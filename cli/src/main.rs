@@ -5,6 +5,7 @@ mod bundle;
 mod clientenv;
 mod collect;
 mod envoy;
+mod import;
 mod launcher;
 mod manifests;
 mod pacer;
@@ -148,6 +149,8 @@ enum Command {
     /// Replay recorded streams at their recorded pace (the pacer `understudy up --replay-speed` runs; a
     /// service of its own in a mesh).
     Pace(pacer::PaceArgs),
+    /// Turn captured traffic into assets: VCR.py / pytest-recording cassettes and HAR 1.2 files.
+    Import(import::ImportArgs),
     /// Receive captures from the filter in record mode and write them as asset files into a directory.
     Collect(collect::CollectArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
         Command::Collect(args) => collect::run(args),
+        Command::Import(args) => import::run(args),
         Command::Pace(args) => pacer::run(args),
         Command::Package(args) => package::run(args),
         Command::Manifests(args) => manifests::run(args),
