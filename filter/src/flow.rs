@@ -274,6 +274,7 @@ mod tests {
     use understudy_matcher::{Bundle, BundledAsset, NormalizationConfig, Normalizer, OnMiss, PluginConfig};
 
     type Sent = (u16, Vec<(String, String)>, Vec<u8>);
+    type Replaced = (u16, Vec<(String, String)>);
 
     #[derive(Default)]
     struct FakeHost {
@@ -288,7 +289,7 @@ mod tests {
         queue: std::cell::Cell<(usize, usize)>,
         request_changes: RefCell<Vec<(String, Option<String>)>>,
         paced: RefCell<Option<Vec<u8>>>,
-        replaced: RefCell<Option<(u16, Vec<(String, String)>)>>,
+        replaced: RefCell<Option<Replaced>>,
     }
 
     impl Host for FakeHost {

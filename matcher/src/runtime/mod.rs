@@ -58,7 +58,7 @@ pub struct LocalResponse {
     /// What the answer saved, for a virtual answer (a hit or a synthesized answer).
     pub accounting: Option<Accounting>,
     /// A recorded stream to send at its recorded pace (through the pacer), when pacing is on.
-    pub pace: Option<Pace>,
+    pub pace: Option<Box<Pace>>,
 }
 
 /// The live call a virtual answer stood in for: who, what, and the tokens and dollars it would have cost.
@@ -80,6 +80,8 @@ pub struct Accounting {
 }
 
 /// The decision for one LLM request.
+// One per request, moved straight to the host: boxing the answer would cost an allocation on every hit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Answer locally.
@@ -349,7 +351,7 @@ impl Runtime {
                 set_content_type(&mut headers, route.dialect().stream_content_type(route));
                 let served = route.dialect().recorded_stream(route, recorded);
                 if let (Some(speed), Some(chunks)) = (self.pacing, &resp.timing) {
-                    pace = Some(Pace::fit(chunks, recorded.len() as u64, served.len() as u64, speed));
+                    pace = Some(Box::new(Pace::fit(chunks, recorded.len() as u64, served.len() as u64, speed)));
                 }
                 served
             }
