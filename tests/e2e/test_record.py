@@ -352,3 +352,59 @@ def test_a_recorded_stream_replays_its_pace_scaled_and_unpaced_without_replay_sp
     assert 0.7 < ratio_1 < 1.4, report
     assert 0.35 < ratio_2 < 0.7, report
     assert ratio_none < 0.2, report
+
+
+def test_record_and_pacing_bootstraps_validate(tmp_path):
+    from conftest import ENVOY, ROOT
+
+    out = tmp_path / "bootstrap.json"
+    cmd = [str(UNDERSTUDY), "up", "--assets", str(tmp_path / "new"), "--mode", "record", "--replay-speed", "1.5",
+           "--upstream", "http://127.0.0.1:9", "--print-config", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    boot = json.loads(out.read_text())
+    clusters = {c["name"] for c in boot["static_resources"]["clusters"]}
+    assert clusters == {"upstream", "understudy_collector", "understudy_pacer"}
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[0]["route"]["cluster"] == "understudy_pacer"
+    assert {"name": "x-understudy-pace", "present_match": True} in routes[0]["match"]["headers"]
+    wasm = hcm["http_filters"][1]["typed_config"]["config"]
+    assert wasm["allow_on_headers_stop_iteration"] is True
+    plugin = json.loads(wasm["configuration"]["value"])
+    assert plugin["mode"] == "record" and plugin["pacing"] == {"speed": 1.5}
+    v = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(out), "--disable-hot-restart", "--log-level", "warning"],
+                       capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    assert v.returncode == 0, v.stdout + v.stderr
+    # Without timing nothing changes: no pacer, no flag.
+    cmd = [str(UNDERSTUDY), "up", "--assets", str(tmp_path / "new"), "--print-config", str(out)]
+    assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+    boot = json.loads(out.read_text())
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "allow_on_headers_stop_iteration" not in hcm["http_filters"][1]["typed_config"]["config"]
+    assert all(c["name"] != "understudy_pacer" for c in boot["static_resources"]["clusters"])
+
+
+def test_run_records_around_a_command_and_reports_it(tmp_path, live):
+    assets = tmp_path / "run-recorded"
+    client = tmp_path / "client.py"
+    client.write_text(
+        "import json, os, urllib.request\n"
+        "for q in ['first question', 'second question', 'first question']:\n"
+        "    req = urllib.request.Request(os.environ['OPENAI_BASE_URL'] + '/chat/completions',\n"
+        "        data=json.dumps({'model': 'gpt-4o-mini', 'messages': [{'role': 'user', 'content': q}]}).encode(),\n"
+        "        headers={'content-type': 'application/json', 'authorization': 'Bearer " + BEARER + "'})\n"
+        "    print(json.load(urllib.request.urlopen(req))['choices'][0]['message']['content'])\n"
+    )
+    summary = tmp_path / "summary.json"
+    import sys
+    r = subprocess.run([str(UNDERSTUDY), "run", "--mode", "record", "--assets", str(assets), "--upstream", live.url,
+                        "--workers", "1", "--summary-json", str(summary), "--", sys.executable, str(client)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Live answer to: second question" in r.stdout
+    assert "recorded      Recorded 2 answer(s)" in r.stderr and "(1 deduplicated" in r.stderr, r.stderr
+    s = json.loads(summary.read_text())
+    assert s["recorded"]["collector"] == {"recorded": 2, "deduplicated": 1, "redelivered": 0, "failed": 0}
+    assert len(list(assets.rglob("*.json"))) == 2
+    assert_no_secret(assets)
