@@ -408,3 +408,20 @@ def test_run_records_around_a_command_and_reports_it(tmp_path, live):
     assert s["recorded"]["collector"] == {"recorded": 2, "deduplicated": 1, "redelivered": 0, "failed": 0}
     assert len(list(assets.rglob("*.json"))) == 2
     assert_no_secret(assets)
+
+
+def test_captures_a_collector_never_takes_are_counted_as_failed_after_the_retries(tmp_path, log_dir, live, request):
+    port = free_port()  # nothing listens there
+    rec = start_understudy("record-nocollector", tmp_path / "unused", log_dir, upstream=live.url,
+                           extra=["--mode", "record", "--collector", f"http://127.0.0.1:{port}"])
+    register_log(request, "record-nocollector", rec.log_path)
+    try:
+        r = rec.post("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "lost"}]})
+        assert r.status == 200 and "lost" in content("/", r), "the client is served although the collector is down"
+    finally:
+        started = time.monotonic()
+        out = stop_and_read(rec)
+    # The drain waited for the retries (about 21 s) to end, then reported the capture.
+    assert "0 capture(s) acknowledged" in out and "; 1 failed" in out, out
+    assert time.monotonic() - started > 15, "the drain waited for the retries"
+    assert "FAILED, not delivered" in out and "after 10 attempts" in out, out
