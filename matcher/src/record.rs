@@ -1151,4 +1151,20 @@ mod tests {
         let e = CaptureDoc::parse(&text, &Normalizer::compile(&other).unwrap()).unwrap_err().to_string();
         assert!(e.contains("same normalization"), "{e}");
     }
+
+    #[test]
+    fn an_asset_timing_must_describe_its_recorded_body() {
+        let check = |v: Value| {
+            let r: AssetResponse = serde_json::from_value(v).unwrap();
+            crate::asset::validate_response(&r, "response")
+        };
+        assert!(check(json!({"body_text": "abcdef", "timing": {"chunks": [[5, 2], [9, 4]]}})).is_ok());
+        let e = check(json!({"body_text": "abcdef", "timing": {"chunks": [[5, 2], [9, 3]]}})).unwrap_err();
+        assert!(e.contains("add up to 5 bytes but the body has 6"), "{e}");
+        let e = check(json!({"body_text": "ab", "timing": {"chunks": [[9, 1], [5, 1]]}})).unwrap_err();
+        assert!(e.contains("goes back in time"), "{e}");
+        let e = check(json!({"body": {}, "timing": {"chunks": []}})).unwrap_err();
+        assert!(e.contains("only a recorded body"), "{e}");
+        assert!(check(json!({"body_base64": "AAEC", "timing": {"chunks": [[0, 3]]}})).is_ok());
+    }
 }

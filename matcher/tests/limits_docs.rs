@@ -37,6 +37,19 @@ fn flat(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Each `(constant, value)` is a row `| \`NAME\` | VALUE |` of `doc`'s table, and every constant row of the
+/// table is one of them (a constant added to the docs must be checked here).
+fn table_rows(doc: &str, name: &str, rows: &[(&str, String)]) {
+    for (constant, value) in rows {
+        let row = format!("| `{constant}` | {value} |");
+        assert!(doc.contains(&row), "{name} has no row {row:?}");
+    }
+    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
+    for c in documented.captures_iter(doc) {
+        assert!(rows.iter().any(|(constant, _)| *constant == &c[1]), "{name} documents {} unchecked", &c[1]);
+    }
+}
+
 #[test]
 fn the_limit_table_states_every_constant() {
     let rows: &[(&str, String)] = &[
@@ -67,15 +80,7 @@ fn the_limit_table_states_every_constant() {
         ("RECORD_ATTEMPTS", format!("{RECORD_ATTEMPTS} attempts")),
         ("MAX_TIMING_CHUNKS", format!("{} chunks", thousands(MAX_TIMING_CHUNKS as u64))),
     ];
-    for (name, value) in rows {
-        let row = format!("| `{name}` | {value} |");
-        assert!(LIMITS_MD.contains(&row), "docs/limits.md has no row {row:?}");
-    }
-    // Every constant row of the table is one of those (a constant added to the docs must be checked here).
-    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
-    for c in documented.captures_iter(LIMITS_MD) {
-        assert!(rows.iter().any(|(name, _)| *name == &c[1]), "docs/limits.md documents {} unchecked", &c[1]);
-    }
+    table_rows(LIMITS_MD, "docs/limits.md", rows);
     // The budget table and the prose.
     let text = flat(LIMITS_MD);
     for stated in [
@@ -121,14 +126,7 @@ fn the_record_page_states_every_record_limit() {
         ("RECORD_DELIVERY_TIMEOUT_MS", format!("{} ms", thousands(RECORD_DELIVERY_TIMEOUT_MS))),
         ("MAX_TIMING_CHUNKS", format!("{} chunks", thousands(MAX_TIMING_CHUNKS as u64))),
     ];
-    for (name, value) in rows {
-        let row = format!("| `{name}` | {value} |");
-        assert!(RECORD_MD.contains(&row), "docs/record.md has no row {row:?}");
-    }
-    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
-    for c in documented.captures_iter(RECORD_MD) {
-        assert!(rows.iter().any(|(name, _)| *name == &c[1]), "docs/record.md documents {} unchecked", &c[1]);
-    }
+    table_rows(RECORD_MD, "docs/record.md", rows);
     let text = flat(RECORD_MD);
     let backoff = format!(
         "`RECORD_BACKOFF_MS` = {RECORD_BACKOFF_MS} ms doubling up to `RECORD_BACKOFF_MAX_MS` = {} ms",
