@@ -370,6 +370,8 @@ class LlmUpstream(FakeUpstream):
     def __init__(self) -> None:
         self.stream_gap = 0.0
         self.status = 200
+        # Stop a stream halfway and close the connection (a live API dropping mid-answer).
+        self.cut_streams = False
         super().__init__()
 
     def answer_text(self, body: dict) -> str:
@@ -436,6 +438,9 @@ class LlmUpstream(FakeUpstream):
         for i, ev in enumerate(events):
             if i and self.stream_gap:
                 time.sleep(self.stream_gap)
+            if self.cut_streams and i == len(events) // 2:
+                sock.shutdown(socket.SHUT_RDWR)
+                raise OSError("stream cut on purpose")
             sock.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
         sock.sendall(b"0\r\n\r\n")
 

@@ -425,3 +425,24 @@ def test_captures_a_collector_never_takes_are_counted_as_failed_after_the_retrie
     assert "0 capture(s) acknowledged" in out and "; 1 failed" in out, out
     assert time.monotonic() - started > 15, "the drain waited for the retries"
     assert "FAILED, not delivered" in out and "after 10 attempts" in out, out
+
+
+def test_server_errors_and_cut_streams_are_counted_not_stored(tmp_path, log_dir, live, request):
+    assets = tmp_path / "bad"
+    rec = start_understudy("record-bad", assets, log_dir, upstream=live.url, extra=["--mode", "record"])
+    register_log(request, "record-bad", rec.log_path)
+    try:
+        live.status = 500
+        assert rec.post("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "a"}]}).status == 500
+        live.status = 200
+        live.cut_streams = True
+        try:
+            rec.post("/v1/chat/completions", {"model": "m", "stream": True, "messages": [{"role": "user", "content": "b c d e"}]})
+        except Exception:  # noqa: BLE001 - the client may see the reset itself
+            pass
+        live.cut_streams = False
+        time.sleep(0.5)
+    finally:
+        out = stop_and_read(rec)
+    assert "Recorded 0 answer(s)" in out and "0 failed, 1 not stored (5xx/429 or unrecordable), 1 cut short" in out, out
+    assert not [f for f in files_of(assets) if f.suffix == ".json"]
