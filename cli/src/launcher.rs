@@ -165,6 +165,9 @@ fn find_envoy(explicit: Option<PathBuf>) -> Result<PathBuf> {
 impl EnvoyArgs {
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
+        if self.record.mode.mode().records() && self.assets.is_none() {
+            bail!("--mode {} records into the directory --assets names: pass --assets DIR", self.record.mode.name());
+        }
         let assets = self.assets.clone().unwrap_or_else(default_assets);
         let wasm = find_wasm(self.wasm.clone())?;
         let upstream = self.upstream.as_deref().map(Upstream::parse).transpose()?;

@@ -179,6 +179,13 @@ fn main() -> ExitCode {
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
         Command::PluginConfig { dir, on_miss, normalization, synthesize, record } => {
+            if record.replay_speed.is_some() {
+                eprintln!(
+                    "understudy: pacing needs `allow_on_headers_stop_iteration: true` in the wasm filter's config and a \
+                     route on the x-understudy-pace header to a pacer (`understudy pace`); without the flag Envoy \
+                     never delivers LLM request bodies. See docs/record.md."
+                );
+            }
             plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), &record)
                 .map(|c| println!("{c}"))
         }
