@@ -430,6 +430,9 @@ impl Recorder {
             replace_pointer(&mut request, segs, &self.replacement);
         }
         self.redact_strings(&mut request);
+        if self.in_member_names(&request) {
+            return Err(unredactable_name());
+        }
         let after = self.normalizer.key_of_request(route, &request).unwrap_or_default();
         if after != key {
             return Err(Skip::Failed(
@@ -486,6 +489,18 @@ impl Recorder {
         }
     }
 
+    /// Does a redaction pattern match a member name somewhere in `v`? Names can't be redacted (normalization
+    /// never rewrites them, so the key would change): such a capture is refused instead.
+    fn in_member_names(&self, v: &Value) -> bool {
+        match v {
+            Value::Array(a) => a.iter().any(|x| self.in_member_names(x)),
+            Value::Object(m) => {
+                m.iter().any(|(k, x)| self.patterns.iter().any(|(re, _)| re.is_match(k)) || self.in_member_names(x))
+            }
+            _ => false,
+        }
+    }
+
     /// `text` with the patterns replaced, or `None` when none matched.
     fn redact_text(&self, text: &str) -> Option<String> {
         let mut out: Option<String> = None;
@@ -537,7 +552,7 @@ impl Recorder {
             // (replay renders its stream) instead of the verbatim stream.
             if self.redacts_assembled(op, &raw) {
                 let mut v = dialect.assemble_stream(op, &raw).map_err(|e| Skip::Truncated(e.to_string()))?;
-                self.redact_response_json(&mut v);
+                self.redact_response_json(&mut v)?;
                 response.body = Some(v);
                 chunks.clear();
             } else {
@@ -570,6 +585,10 @@ impl Recorder {
                 response.timing = Some(Timing { chunks });
             }
         } else {
+            // An answer that is a stream although none was asked for is held to the same whole-stream rule.
+            if ok && op.streams() && dialect.is_recorded_stream(op, &c.body) {
+                dialect.stream_complete(op, &c.body).map_err(|e| Skip::Truncated(e.to_string()))?;
+            }
             self.plain_body(&mut response, c.body, ok)?;
         }
         let headers: std::collections::BTreeMap<String, String> = c
@@ -596,8 +615,13 @@ impl Recorder {
         if route.operation != op {
             return Err(Skip::Failed(format!("the recorded path is a {} call, not {op}", route.operation)));
         }
-        if let Some(r) = &asset.response {
-            crate::asset::validate_response(r, "response").map_err(Skip::Failed)?;
+        // Compiled as the collector and the bundler will compile it (the same validator): what can't be served
+        // is not shipped, and the key is checked once more.
+        let compiled = crate::Store::default().add(&self.normalizer, "capture", &asset, None);
+        match compiled {
+            Ok(key) if key == c.key => {}
+            Ok(_) => return Err(Skip::Failed("the recorded request no longer keys like the live one".into())),
+            Err(e) => return Err(Skip::Failed(format!("the recording would not load: {e}"))),
         }
         let doc = json!({"format": CAPTURE_FORMAT, "id": c.id, "key": c.key, "asset": asset});
         let bytes = crate::budget::to_vec_exact(&doc);
@@ -605,11 +629,15 @@ impl Recorder {
     }
 
     /// Redacts a JSON answer: the response pointers, then the patterns in every string.
-    fn redact_response_json(&self, v: &mut Value) {
+    fn redact_response_json(&self, v: &mut Value) -> Result<(), Skip> {
         for segs in &self.response_pointers {
             replace_pointer(v, segs, &self.replacement);
         }
         self.redact_strings(v);
+        if self.in_member_names(v) {
+            return Err(unredactable_name());
+        }
+        Ok(())
     }
 
     /// Would a redaction change the answer a recorded stream assembles into (a pattern in its text, a
@@ -620,8 +648,8 @@ impl Recorder {
         }
         let Ok(v) = op.dialect().assemble_stream(op, raw) else { return false };
         let mut redacted = v.clone();
-        self.redact_response_json(&mut redacted);
-        redacted != v
+        // A pattern in a member name changes it too (and fails the capture when it is redacted).
+        self.redact_response_json(&mut redacted).is_err() || redacted != v
     }
 
     /// A non-streamed body: JSON (redacted by pointer and pattern) when it parses, else text or bytes.
@@ -631,7 +659,7 @@ impl Recorder {
             let parsed = crate::parse_body_within(&raw, Processing { plain: true, synthesizes: false }, ANSWER_BUDGET);
             match parsed {
                 Ok(mut v) => {
-                    self.redact_response_json(&mut v);
+                    self.redact_response_json(&mut v)?;
                     response.body = Some(v);
                     return Ok(());
                 }
@@ -673,6 +701,10 @@ impl Recorder {
         c.chunks.clear();
         self.finish(c, now_nanos)
     }
+}
+
+fn unredactable_name() -> Skip {
+    Skip::Failed("a redaction pattern matches a JSON member name, which can't be redacted".into())
 }
 
 fn too_big(len: usize) -> Skip {
@@ -1166,5 +1198,34 @@ mod tests {
         let e = check(json!({"body": {}, "timing": {"chunks": []}})).unwrap_err();
         assert!(e.contains("only a recorded body"), "{e}");
         assert!(check(json!({"body_base64": "AAEC", "timing": {"chunks": [[0, 3]]}})).is_ok());
+    }
+
+    #[test]
+    fn a_secret_in_a_member_name_fails_the_capture_instead_of_leaving() {
+        let rec = recorder();
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let req = json!({"model": "m", "messages": [], "metadata": {SECRET: 1}});
+        assert_eq!(
+            rec.begin(&route, "/v1/chat/completions", req.to_string().as_bytes(), 0, None).unwrap_err().stat(),
+            "record_failed"
+        );
+        let mut c =
+            rec.begin(&route, "/v1/chat/completions", chat_request(false).to_string().as_bytes(), 0, None).unwrap();
+        c.response_headers(200, headers());
+        c.push_body(json!({"id": "x", "choices": [], SECRET: true}).to_string().as_bytes(), 0).unwrap();
+        assert_eq!(rec.finish(c, 0).unwrap_err().stat(), "record_failed");
+    }
+
+    #[test]
+    fn a_stream_nobody_asked_for_must_be_whole_too() {
+        // Found by the `record` fuzz target: a cut stream answering a non-streaming request was shipped as
+        // `body_text`, which the collector then refused.
+        let rec = recorder();
+        let route = classify("POST", "/v1/responses").unwrap();
+        let req = json!({"model": "m", "input": "hi"}).to_string();
+        let mut c = rec.begin(&route, "/v1/responses", req.as_bytes(), 0, None).unwrap();
+        c.response_headers(200, headers());
+        c.push_body(b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"output\":[]}}\n\n", 0).unwrap();
+        assert_eq!(rec.finish(c, 0).unwrap_err().stat(), "record_truncated");
     }
 }
