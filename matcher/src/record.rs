@@ -543,15 +543,20 @@ impl Recorder {
         let mut chunks = c.chunks;
         if stream {
             let mut raw = c.body;
-            if !dialect.is_recorded_stream(op, &raw) {
+            let read = readable(&c.route, &raw);
+            if !dialect.is_recorded_stream(op, &read) {
                 return Err(Skip::Truncated(format!("the answer is not a {op} stream")));
             }
-            dialect.stream_complete(op, &raw).map_err(|e| Skip::Truncated(e.to_string()))?;
+            dialect.stream_complete(op, &read).map_err(|e| Skip::Truncated(e.to_string()))?;
+            let redacts = self.redacts_assembled(op, &read);
+            drop(read);
             // A stream splits text into pieces, so a secret may straddle two events where no pattern sees it:
             // when a redaction applies to the assembled answer, the answer is kept assembled and redacted
             // (replay renders its stream) instead of the verbatim stream.
-            if self.redacts_assembled(op, &raw) {
-                let mut v = dialect.assemble_stream(op, &raw).map_err(|e| Skip::Truncated(e.to_string()))?;
+            if redacts {
+                let mut v = dialect
+                    .assemble_stream(op, &readable(&c.route, &raw))
+                    .map_err(|e| Skip::Truncated(e.to_string()))?;
                 self.redact_response_json(&mut v)?;
                 response.body = Some(v);
                 chunks.clear();
@@ -560,7 +565,7 @@ impl Recorder {
                     Ok(text) => {
                         let text = match self.redact_text(&text) {
                             Some(red) => {
-                                dialect.stream_complete(op, red.as_bytes()).map_err(|e| {
+                                dialect.stream_complete(op, &readable(&c.route, red.as_bytes())).map_err(|e| {
                                     Skip::Failed(format!("a redaction pattern breaks the recorded stream: {e}"))
                                 })?;
                                 chunks = Pace::fit(&chunks, text.len() as u64, red.len() as u64, 1.0).chunks;
@@ -586,8 +591,10 @@ impl Recorder {
             }
         } else {
             // An answer that is a stream although none was asked for is held to the same whole-stream rule.
-            if ok && op.streams() && dialect.is_recorded_stream(op, &c.body) {
-                dialect.stream_complete(op, &c.body).map_err(|e| Skip::Truncated(e.to_string()))?;
+            if ok && op.streams() && dialect.is_recorded_stream(op, &readable(&c.route, &c.body)) {
+                dialect
+                    .stream_complete(op, &readable(&c.route, &c.body))
+                    .map_err(|e| Skip::Truncated(e.to_string()))?;
             }
             self.plain_body(&mut response, c.body, ok)?;
         }
@@ -701,6 +708,14 @@ impl Recorder {
         c.chunks.clear();
         self.finish(c, now_nanos)
     }
+}
+
+/// A stream recorded on `route` as its operation's module reads it. Every API on this branch sends its
+/// operations' streams in their own framing, so that is the recording itself; an API that wraps another API's
+/// events (Bedrock's event stream around Anthropic's) unwraps them here (`stream::readable` where that API is
+/// merged), the single place record mode reads a stream in the operation's framing.
+fn readable<'a>(_route: &Route, recorded: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    std::borrow::Cow::Borrowed(recorded)
 }
 
 fn unredactable_name() -> Skip {
