@@ -446,3 +446,33 @@ def test_server_errors_and_cut_streams_are_counted_not_stored(tmp_path, log_dir,
         out = stop_and_read(rec)
     assert "Recorded 0 answer(s)" in out and "0 failed, 1 not stored (5xx/429 or unrecordable), 1 cut short" in out, out
     assert not [f for f in files_of(assets) if f.suffix == ".json"]
+
+
+def test_imported_cassettes_and_har_files_replay_strictly(tmp_path, log_dir, live, request):
+    from conftest import ROOT
+
+    fixtures = ROOT / "cli" / "tests" / "fixtures"
+    norm = write_json(tmp_path / "norm.json", {"scrubbers": [{"pattern": "sk-live-[A-Z0-9]+", "placeholder": "<key>"}]})
+    rec_cfg = write_json(tmp_path / "rec.json", {"redact_patterns": [{"pattern": "sk-live-[A-Z0-9]+", "placeholder": "<key>"}]})
+    assets = tmp_path / "imported"
+    cmd = [str(UNDERSTUDY), "import", str(fixtures / "openai_cassette.yaml"), str(fixtures / "session.har"),
+           "--to", str(assets), "--normalization", str(norm), "--record-config", str(rec_cfg)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Imported 4 of 7 entries" in r.stdout and "2 not LLM calls (skipped), 1 not stored" in r.stdout, r.stdout
+    for secret in ("FIXTURESECRET42", "FIXTUREORG", "FIXTURECOOKIE", "FIXTUREKEY"):
+        assert not any(secret.encode() in f.read_bytes() for f in files_of(assets)), secret
+    u = start_understudy("replay-imported", assets, log_dir, upstream=live.url, extra=["--normalization", str(norm)])
+    register_log(request, "replay-imported", u.log_path)
+    try:
+        live.reset()
+        chat = {"messages": [{"role": "user", "content": "What is the capital of France? My key is sk-live-OTHERKEY1"}],
+                "model": "gpt-4o-mini", "temperature": 0}
+        r = u.post("/v1/chat/completions", chat)
+        assert r.header("x-understudy") == "hit" and content("/", r) == "The capital of France is Paris."
+        msg = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello in French."}]}
+        r = u.post("/v1/messages", msg)
+        assert r.header("x-understudy") == "hit" and content("/", r) == "Bonjour !"
+        live.assert_untouched_since((0, 0, 0))
+    finally:
+        stop_process(u.proc)
