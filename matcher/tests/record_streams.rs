@@ -53,17 +53,8 @@ fn streaming(path: &str, body: &serde_json::Value) -> (String, serde_json::Value
 #[test]
 fn every_apis_streams_record_whole_and_cut_ones_do_not() {
     let assets = examples();
-    let bundle = Bundle::sealed(assets.clone());
-    let cfg = PluginConfig {
-        on_miss: Default::default(),
-        normalization: Default::default(),
-        bundle,
-        synthesize: Vec::new(),
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-    };
+    // Every setting at its default but the bundle.
+    let cfg: PluginConfig = serde_json::from_value(json!({"bundle": Bundle::sealed(assets.clone())})).unwrap();
     let rt = Runtime::compile(cfg).unwrap();
     let rec = Recorder::compile(Mode::Record, &RecordConfig::default(), &NormalizationConfig::default()).unwrap();
     let mut operations = std::collections::BTreeSet::new();
