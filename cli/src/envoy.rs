@@ -90,6 +90,25 @@ pub struct Settings<'a> {
     pub max_body_bytes: u64,
     /// A JSON-lines access log file: each request's outcome and key headers, path without query.
     pub access_log: Option<&'a str>,
+    /// Record modes: the collector the filter's captures go to (cluster `understudy_collector`).
+    pub collector: Option<&'a Upstream>,
+    /// Paced replay: the pacer (cluster `understudy_pacer`), and the route that leads paced hits to it.
+    pub pacer: Option<&'a Upstream>,
+}
+
+/// The cluster of the collector (the plugin configuration's `record.collector` default).
+pub const COLLECTOR_CLUSTER: &str = "understudy_collector";
+/// The cluster of the pacer.
+pub const PACER_CLUSTER: &str = "understudy_pacer";
+
+/// The route that sends a paced hit (the filter set the pace header and the body) to the pacer. Only LLM paths
+/// run the filter, which removes a client's own pace header, so only the filter's requests match it.
+pub fn pacer_route(cluster: &str) -> Value {
+    let mut m = llm_match("/");
+    if let Some(headers) = m.get_mut("headers").and_then(Value::as_array_mut) {
+        headers.push(json!({"name": understudy_matcher::record::PACE_HEADER, "present_match": true}));
+    }
+    json!({"match": m, "route": {"cluster": cluster, "timeout": reply_timeout()}})
 }
 
 pub fn cluster(name: &str, up: &Upstream) -> Value {
@@ -296,7 +315,14 @@ pub fn stats_config() -> Value {
 
 /// The whole bootstrap as JSON (which Envoy reads as YAML).
 pub fn bootstrap(s: &Settings) -> Value {
-    let (routes, clusters) = routes_and_clusters(s.upstreams);
+    let (mut routes, mut clusters) = routes_and_clusters(s.upstreams);
+    if let Some(c) = s.collector {
+        clusters.push(cluster(COLLECTOR_CLUSTER, c));
+    }
+    if let Some(p) = s.pacer {
+        routes.insert(0, pacer_route(PACER_CLUSTER));
+        clusters.push(cluster(PACER_CLUSTER, p));
+    }
     let mut hcm = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "understudy",
@@ -310,6 +336,13 @@ pub fn bootstrap(s: &Settings) -> Value {
         "route_config": {"name": "understudy", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
         "http_filters": http_filters(s.wasm, s.plugin_config, s.max_body_bytes)
     });
+    if s.pacer.is_some() {
+        // Paced replay holds LLM request headers until the body is decided (the filter then re-routes a paced
+        // hit to the pacer by changing them): the wasm filter must be allowed to stop on headers.
+        if let Some(cfg) = hcm.pointer_mut("/http_filters/1/typed_config/config").and_then(Value::as_object_mut) {
+            cfg.insert("allow_on_headers_stop_iteration".into(), json!(true));
+        }
+    }
     if let (Some(path), Some(m)) = (s.access_log, hcm.as_object_mut()) {
         m.insert("access_log".into(), access_log(path));
     }
@@ -505,6 +538,8 @@ mod tests {
             upstreams: &Upstreams::default(),
             max_body_bytes: 10,
             access_log: None,
+            collector: None,
+            pacer: None,
         });
         assert_eq!(boot["stats_config"], stats_config());
     }

@@ -17,6 +17,7 @@ use clap::Args;
 
 use crate::envoy::{bootstrap, Settings, Upstream, Upstreams};
 use crate::OnMissArg;
+use understudy_matcher::Normalizer;
 
 /// The options of `understudy up`, which `understudy run` takes too.
 #[derive(Args)]
@@ -87,6 +88,15 @@ pub struct EnvoyArgs {
     /// Envoy log level.
     #[arg(long, default_value = "warning")]
     pub log_level: String,
+    #[command(flatten)]
+    pub record: crate::RecordArgs,
+    /// Record modes: send captures to this collector (`understudy collect`) instead of running one that
+    /// writes into --assets.
+    #[arg(long, value_name = "URL")]
+    pub collector: Option<String>,
+    /// Record modes: what a capture whose request already has an asset does.
+    #[arg(long, value_enum, default_value = "keep-first")]
+    pub on_repeat: crate::collect::OnRepeat,
 }
 
 /// What a command adds to the shared options.
@@ -108,6 +118,12 @@ pub struct Plan {
     log_level: String,
     ready_within: Duration,
     access_log: bool,
+    /// Record modes: the collector running in this process (none with --collector).
+    pub collector: Option<crate::collect::Server>,
+    /// Where recordings go: the in-process collector's directory, or the external collector's URL.
+    pub recording_to: Option<String>,
+    /// Paced replay: the pacer running in this process.
+    pub pacer: Option<crate::pacer::Server>,
 }
 
 /// Where Envoy's own output goes.
@@ -197,16 +213,51 @@ impl EnvoyArgs {
 
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
+        if self.record.mode.mode().records() && self.assets.is_none() {
+            bail!("--mode {} records into the directory --assets names: pass --assets DIR", self.record.mode.name());
+        }
         let assets = self.assets.clone().unwrap_or_else(default_assets);
         let wasm = find_wasm(self.wasm.clone())?;
         let upstreams = self.upstreams()?;
+        let recording = self.record.mode.mode().records();
+        if recording {
+            std::fs::create_dir_all(&assets).with_context(|| format!("cannot create {}", assets.display()))?;
+        } else if self.collector.is_some() {
+            bail!("--collector is for --mode record or record-missing");
+        }
         let plugin_config = crate::plugin_config(
             &assets,
             self.on_miss,
             self.normalization.as_deref(),
             self.synthesize.as_deref(),
             self.prices.as_deref(),
+            &self.record,
         )?;
+        let (collector, recording_to, collector_at) = match (&self.collector, recording) {
+            (_, false) => (None, None, None),
+            (Some(url), true) => (None, Some(url.clone()), Some(Upstream::parse(url)?)),
+            (None, true) => {
+                let norm = Normalizer::compile(&crate::bundle::load_normalization(self.normalization.as_deref())?)?;
+                let (store, problems) = crate::collect::Store::open(&assets, norm, self.on_repeat)?;
+                for p in problems {
+                    eprintln!("understudy: warning: {p} (left alone)");
+                }
+                let dir = store.dir().display().to_string();
+                let server = crate::collect::Server::start(store, 0)?;
+                let at = Upstream { tls: false, host: "127.0.0.1".into(), port: server.port, prefix: String::new() };
+                (Some(server), Some(dir), Some(at))
+            }
+        };
+        let pacer = match self.record.replay_speed {
+            Some(_) => Some(crate::pacer::Server::start("127.0.0.1", 0)?),
+            None => None,
+        };
+        let pacer_at = pacer.as_ref().map(|p| Upstream {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: p.port,
+            prefix: String::new(),
+        });
         let access_log = d.access_log.map(|p| p.display().to_string());
         let boot = bootstrap(&Settings {
             port: self.port.unwrap_or(d.port),
@@ -216,6 +267,8 @@ impl EnvoyArgs {
             upstreams: &upstreams,
             max_body_bytes: self.max_body_bytes,
             access_log: access_log.as_deref(),
+            collector: collector_at.as_ref(),
+            pacer: pacer_at.as_ref(),
         });
         Ok(Plan {
             envoy: self.envoy.clone(),
@@ -227,6 +280,9 @@ impl EnvoyArgs {
             // Envoy parses the inlined bundle, then every wasm VM loads it: allow for big stores.
             ready_within: Duration::from_secs(60 + (plugin_config.len() as u64 >> 20)),
             access_log: d.access_log.is_some(),
+            collector,
+            recording_to,
+            pacer,
         })
     }
 }
@@ -305,6 +361,99 @@ impl Plan {
                 Output::Inherit => bail!("{e:#}; its log above says why"),
                 Output::File(p) => bail!("{e:#}; the end of its log ({}):\n{}", p.display(), tail(p, 20)),
             },
+        }
+    }
+}
+
+/// How long a drain waits for requests in flight and captures on their way (ten delivery attempts span
+/// about 21 s; a long stream may still be running).
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(120);
+
+/// What a record-mode run came to.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RecordReport {
+    /// Where the recordings went.
+    pub to: String,
+    /// The in-process collector's counts (none with an external collector).
+    pub collector: Option<crate::collect::Counts>,
+    /// Captures the filter got acknowledged (`understudy.recorded`).
+    pub acknowledged: u64,
+    /// Captures that should have been recorded and were not (`understudy.record_failed`, plus any still
+    /// pending when the drain gave up).
+    pub failed: u64,
+    /// 5xx/429 answers and unrecordable requests, not stored on purpose (`understudy.record_skipped`).
+    pub skipped: u64,
+    /// Answers cut short (`understudy.record_truncated`).
+    pub truncated: u64,
+}
+
+impl RecordReport {
+    /// One paragraph for people.
+    pub fn text(&self) -> String {
+        let mut s = match &self.collector {
+            Some(c) => format!(
+                "Recorded {} answer(s) into {} ({} deduplicated, {} repeated deliveries)",
+                c.recorded, self.to, c.deduplicated, c.redelivered
+            ),
+            None => format!("{} capture(s) acknowledged by the collector at {}", self.acknowledged, self.to),
+        };
+        s.push_str(&format!(
+            "; {} failed, {} not stored (5xx/429 or unrecordable), {} cut short.",
+            self.failed, self.skipped, self.truncated
+        ));
+        if self.failed > 0 {
+            s.push_str(" Envoy's log names each failed capture.");
+        }
+        s
+    }
+}
+
+impl Plan {
+    /// Does this plan record?
+    pub fn records(&self) -> bool {
+        self.recording_to.is_some()
+    }
+
+    /// Stops the servers this process runs beside Envoy (after Envoy has stopped). `stats` are the filter's
+    /// counters read before Envoy stopped; `pending` the captures the drain left behind.
+    pub fn finish(&mut self, stats: Option<&BTreeMap<String, u64>>, pending: u64) -> Option<RecordReport> {
+        if let Some(p) = self.pacer.take() {
+            p.stop();
+        }
+        let to = self.recording_to.clone()?;
+        let stat = |n: &str| stats.and_then(|s| s.get(n)).copied().unwrap_or(0);
+        Some(RecordReport {
+            to,
+            collector: self.collector.take().map(crate::collect::Server::stop),
+            acknowledged: stat("recorded"),
+            failed: stat("record_failed") + pending,
+            skipped: stat("record_skipped"),
+            truncated: stat("record_truncated"),
+        })
+    }
+}
+
+impl Envoy {
+    /// Record modes: stop accepting requests, then wait until the requests in flight have ended and every
+    /// capture is delivered or given up (`understudy.record_pending` is 0), at most `within` or until `stop()`.
+    /// Returns the filter's counters and the captures still pending.
+    pub fn drain(&self, within: Duration, stop: &mut dyn FnMut() -> bool) -> (Option<BTreeMap<String, u64>>, u64) {
+        let _ = http_request(&self.admin, "POST", "/drain_listeners?inboundonly");
+        let deadline = Instant::now() + within;
+        loop {
+            let active = http_get(&self.admin, "/stats?filter=downstream_rq_active")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.trim().strip_prefix("http.understudy.downstream_rq_active: ")?.parse().ok())
+                })
+                .unwrap_or(0u64);
+            let counters = self.counters().ok();
+            let pending = counters.as_ref().and_then(|c| c.get("record_pending")).copied().unwrap_or(0);
+            if (active == 0 && pending == 0) || Instant::now() > deadline || stop() {
+                return (counters, pending);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -434,9 +583,13 @@ fn listener_port(json: &str) -> Option<u16> {
 
 /// A minimal HTTP/1.1 GET against Envoy's admin (no client dependency for a few requests).
 fn http_get(addr: &str, path: &str) -> Result<String> {
+    http_request(addr, "GET", path)
+}
+
+fn http_request(addr: &str, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));

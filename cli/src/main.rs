@@ -3,11 +3,14 @@
 
 mod bundle;
 mod clientenv;
+mod collect;
 mod costs;
 mod envoy;
 mod estimate;
+mod import;
 mod launcher;
 mod manifests;
+mod pacer;
 mod package;
 mod registry;
 mod report;
@@ -20,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use understudy_matcher::{classify, parse_asset_file, Normalizer};
 
 #[derive(Parser)]
@@ -38,6 +41,63 @@ struct Cli {
 pub(crate) enum OnMissArg {
     Error,
     Passthrough,
+}
+
+/// What the filter does with LLM calls (docs/record.md).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub(crate) enum ModeArg {
+    /// Answer from the assets.
+    #[default]
+    Replay,
+    /// Send every LLM call to the upstream and record it.
+    Record,
+    /// Answer hits from the assets; send misses to the upstream and record them.
+    RecordMissing,
+}
+
+impl ModeArg {
+    /// The mode as the command line spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ModeArg::Replay => "replay",
+            ModeArg::Record => "record",
+            ModeArg::RecordMissing => "record-missing",
+        }
+    }
+
+    pub(crate) fn mode(self) -> understudy_matcher::Mode {
+        match self {
+            ModeArg::Replay => understudy_matcher::Mode::Replay,
+            ModeArg::Record => understudy_matcher::Mode::Record,
+            ModeArg::RecordMissing => understudy_matcher::Mode::RecordMissing,
+        }
+    }
+}
+
+/// Record and timing options shared by `up`, `run` and `plugin-config`.
+#[derive(Args, Clone, Default)]
+pub(crate) struct RecordArgs {
+    /// replay (answer from the assets), record (every LLM call goes live and is recorded into --assets) or
+    /// record-missing (hits answered, misses go live and are recorded).
+    #[arg(long, value_enum, default_value = "replay")]
+    pub mode: ModeArg,
+    /// Record settings (JSON: redact_headers, redact_request, redact_response, redact_patterns, replacement,
+    /// keep_errors); see docs/record.md.
+    #[arg(long, value_name = "FILE")]
+    pub record_config: Option<PathBuf>,
+    /// Replay recorded streams at their recorded pace, scaled: 1 as recorded, 2 twice as fast (through the
+    /// pacer). Off by default: answers leave at once.
+    #[arg(long, value_name = "SPEED")]
+    pub replay_speed: Option<f64>,
+}
+
+impl RecordArgs {
+    /// The record settings file, or the defaults.
+    pub(crate) fn config(&self) -> Result<understudy_matcher::RecordConfig> {
+        let Some(p) = &self.record_config else { return Ok(Default::default()) };
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        Ok(understudy_matcher::asset::from_str_strict(&text, &p.display().to_string())?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,6 +142,8 @@ enum Command {
         /// (docs/cost.md).
         #[arg(long, value_name = "FILE")]
         prices: Option<PathBuf>,
+        #[command(flatten)]
+        record: RecordArgs,
     },
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
@@ -97,6 +159,13 @@ enum Command {
     /// The exposure of a test suite to live models: (tokens per call) × (calls per run) × (runs per week) ×
     /// (environments), from flags or measured from an assets directory (docs/cost.md).
     Estimate(estimate::EstimateArgs),
+    /// Replay recorded streams at their recorded pace (the pacer `understudy up --replay-speed` runs; a
+    /// service of its own in a mesh).
+    Pace(pacer::PaceArgs),
+    /// Turn captured traffic into assets: VCR.py / pytest-recording cassettes and HAR 1.2 files.
+    Import(import::ImportArgs),
+    /// Receive captures from the filter in record mode and write them as asset files into a directory.
+    Collect(collect::CollectArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
     /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
@@ -122,14 +191,24 @@ fn main() -> ExitCode {
             key(&file, path.as_deref(), &method, normalization.as_deref())
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig { dir, on_miss, normalization, synthesize, prices } => {
-            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), prices.as_deref())
+        Command::PluginConfig { dir, on_miss, normalization, synthesize, prices, record } => {
+            if record.replay_speed.is_some() {
+                eprintln!(
+                    "understudy: pacing needs `allow_on_headers_stop_iteration: true` in the wasm filter's config and a \
+                     route on the x-understudy-pace header to a pacer (`understudy pace`); without the flag Envoy \
+                     never delivers LLM request bodies. See docs/record.md."
+                );
+            }
+            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), prices.as_deref(), &record)
                 .map(|c| println!("{c}"))
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
         Command::Report(args) => report::run(args),
         Command::Estimate(args) => estimate::run(args),
+        Command::Collect(args) => collect::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Pace(args) => pacer::run(args),
         Command::Package(args) => package::run(args),
         Command::Manifests(args) => manifests::run(args),
     };
@@ -198,6 +277,7 @@ fn plugin_config(
     normalization: Option<&Path>,
     synthesize: Option<&Path>,
     prices: Option<&Path>,
+    record: &RecordArgs,
 ) -> Result<String> {
     let norm = bundle::load_normalization(normalization)?;
     let built = bundle::build(dir, &norm)?;
@@ -211,6 +291,9 @@ fn plugin_config(
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
         prices: bundle::load_prices(prices)?,
+        mode: record.mode.mode(),
+        record: record.config()?,
+        pacing: record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.

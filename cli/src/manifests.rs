@@ -422,6 +422,8 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         upstreams: &upstreams,
         max_body_bytes: a.max_body_bytes,
         access_log: None,
+        collector: None,
+        pacer: None,
     });
     // File-based xDS subscriptions need a node identity.
     if let Some(m) = boot.as_object_mut() {
@@ -485,6 +487,7 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
         a.normalization.as_deref(),
         a.synthesize.as_deref(),
         a.prices.as_deref(),
+        &crate::RecordArgs::default(),
     )?;
     let plugin_config: Value = serde_json::from_str(&text)?;
     Ok(Common {

@@ -88,7 +88,7 @@ fn run(a: RunArgs) -> Result<u8> {
     let envoy_log = log_dir.join("envoy.log");
     let access_log = log_dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
-    let plan = a.envoy.plan(&Defaults { port: 0, admin_port: 0, access_log: Some(&access_log) })?;
+    let mut plan = a.envoy.plan(&Defaults { port: 0, admin_port: 0, access_log: Some(&access_log) })?;
 
     let signals = Signals::start()?;
     let mut early = None;
@@ -125,8 +125,13 @@ fn run(a: RunArgs) -> Result<u8> {
     let (status, envoy_died) = supervise(&mut child, &mut envoy, &signals)?;
 
     // The command is done; Envoy has logged (or is about to flush) every request it served. A signal now
-    // means: don't wait for the log.
-    let stats = if envoy_died.is_none() { envoy.counters().ok() } else { None };
+    // means: don't wait for the log. Record modes first wait for every capture to be on disk.
+    let (drained, pending) = if envoy_died.is_none() && plan.records() {
+        envoy.drain(launcher::DRAIN_WITHIN, &mut || signals.next().is_some())
+    } else {
+        (None, 0)
+    };
+    let stats = if envoy_died.is_none() { drained.or_else(|| envoy.counters().ok()) } else { None };
     let cost = if envoy_died.is_none() { envoy.cost().ok() } else { None };
     let deadline = Instant::now() + LOG_CATCH_UP;
     while stats.as_ref().is_some_and(|s| !summary::agrees(&summary::read_log(&access_log).counts, s))
@@ -136,6 +141,7 @@ fn run(a: RunArgs) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(100));
     }
     envoy.stop();
+    let recorded = plan.finish(stats.as_ref(), pending);
     let tally = summary::read_log(&access_log);
 
     let command = CommandEnd {
@@ -173,6 +179,7 @@ fn run(a: RunArgs) -> Result<u8> {
         envoy_log,
         access_log,
         notes,
+        recorded,
     };
     if let Some(path) = &a.summary_json {
         if let Err(e) = write_json(path, &s) {

@@ -166,6 +166,8 @@ pub struct Summary {
     pub access_log: PathBuf,
     /// Warnings worth a look (inconsistent counts, nothing reached Understudy, ...).
     pub notes: Vec<String>,
+    /// Record modes: what was recorded, deduplicated and failed (`null` in replay mode).
+    pub recorded: Option<crate::launcher::RecordReport>,
 }
 
 /// What the access log says.
@@ -314,6 +316,9 @@ impl Summary {
             c.passthroughs,
             plural(c.passthroughs)
         );
+        if let Some(r) = &self.recorded {
+            let _ = writeln!(out, "  recorded      {}", r.text());
+        }
         if c.untouched > 0 {
             let _ = writeln!(
                 out,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::launcher::{Defaults, EnvoyArgs, Output};
+use crate::launcher::{Defaults, EnvoyArgs, Output, DRAIN_WITHIN};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -21,7 +21,7 @@ pub struct UpArgs {
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
-    let plan = a.envoy.plan(&Defaults { port: 10000, admin_port: 9901, access_log: None })?;
+    let mut plan = a.envoy.plan(&Defaults { port: 10000, admin_port: 9901, access_log: None })?;
     if let Some(out) = &a.print_config {
         std::fs::write(out, &plan.bootstrap).with_context(|| format!("cannot write {}", out.display()))?;
         return Ok(());
@@ -44,6 +44,12 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!("  Anthropic base URL: http://127.0.0.1:{port}      (ANTHROPIC_BASE_URL)");
     println!("  Stats:              http://{admin}/stats?filter=understudy");
     println!("  Cost avoided:       understudy report --admin http://{admin}");
+    if let Some(to) = &plan.recording_to {
+        println!("  Recording:          {} mode, recordings go to {to}", a.envoy.record.mode.name());
+    }
+    if let Some(speed) = a.envoy.record.replay_speed {
+        println!("  Pacing:             recorded streams replay at {speed}x their recorded pace");
+    }
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 
@@ -52,7 +58,18 @@ pub fn run(a: UpArgs) -> Result<()> {
             bail!("Envoy exited unexpectedly ({status})");
         }
         if stop.load(Ordering::Relaxed) {
+            let (stats, pending) = if plan.records() {
+                println!("Stopping: no new requests; waiting for requests in flight and their recordings (Ctrl-C again to stop now)...");
+                let _ = std::io::stdout().flush();
+                stop.store(false, Ordering::Relaxed);
+                envoy.drain(DRAIN_WITHIN, &mut || stop.load(Ordering::Relaxed))
+            } else {
+                (None, 0)
+            };
             envoy.stop();
+            if let Some(report) = plan.finish(stats.as_ref(), pending) {
+                println!("{}", report.text());
+            }
             println!("Understudy stopped.");
             return Ok(());
         }

@@ -3,7 +3,8 @@
 use std::rc::Rc;
 
 use understudy_matcher::limits::{DELAY_QUEUE_BYTES, DELAY_QUEUE_ENTRIES};
-use understudy_matcher::{classify, error_answer, Decision, LocalResponse, Outcome, Route, Runtime};
+use understudy_matcher::record::PACE_HEADER;
+use understudy_matcher::{classify, error_answer, Decision, LocalResponse, Mode, Outcome, Route, Runtime};
 
 use crate::host::{Counter, Host};
 
@@ -30,6 +31,9 @@ enum State {
     Forwarded,
     /// Answered locally.
     Answered,
+    /// A hit sent through the pacer, which streams it back at its recorded pace: its status and headers
+    /// replace the pacer's.
+    Paced(u16, Vec<(String, String)>),
 }
 
 /// One HTTP stream's state.
@@ -62,7 +66,11 @@ impl Flow {
         // Names the provider for routing, so a call that ends up forwarded goes to its own API's upstream
         // (Envoy picks the route again when a filter changes request headers; request headers can only be
         // changed here, not once the body arrives). Removed before the request leaves Envoy.
-        host.set_request_header(UPSTREAM_HEADER, route.provider);
+        host.set_request_header(UPSTREAM_HEADER, Some(route.provider));
+        // Only Understudy routes a request to the pacer.
+        if host.request_header(PACE_HEADER).is_some() {
+            host.set_request_header(PACE_HEADER, None);
+        }
         if self.runtime.is_none() {
             let message = "Understudy has no asset store loaded in this Envoy worker (its plugin configuration \
                            did not load; see Envoy's log), so it refuses LLM calls rather than let them reach the \
@@ -71,6 +79,10 @@ impl Flow {
             host.send_response(503, &headers, &body);
             self.state = State::Answered;
             return Next::Pause;
+        }
+        if self.runtime.as_ref().is_some_and(|r| r.recorder().mode().records()) {
+            // A recording stores the answer's bytes as they pass: ask the upstream for them uncompressed.
+            host.set_request_header("accept-encoding", None);
         }
         let encoding = host.request_header("content-encoding").unwrap_or_default();
         let encoding = encoding.trim();
@@ -85,6 +97,13 @@ impl Flow {
             return self.finish(host, &route, &[]);
         }
         self.state = State::Buffering(route);
+        if self.runtime.as_ref().is_some_and(|r| r.pacing().is_some()) {
+            // Pacing re-routes a hit to the pacer by changing its headers once the body has been decided, and
+            // Envoy lets a filter change request headers only while it holds them: pause them. This needs the
+            // wasm filter's `allow_on_headers_stop_iteration` (which `understudy up --replay-speed` sets), or
+            // Envoy would never deliver the body.
+            return Next::Pause;
+        }
         // Continue, not Pause: Envoy would turn a header Pause into StopAllIteration and never deliver the
         // body (unless allow_on_headers_stop_iteration, which Istio can't set). The buffer filter after us
         // holds the headers back from the router until we decide.
@@ -118,9 +137,15 @@ impl Flow {
         Next::Continue
     }
 
+    /// Was the request forwarded upstream (a miss under passthrough, or record mode)?
+    pub fn forwarded(&self) -> bool {
+        self.state == State::Forwarded
+    }
+
     /// Upstream response headers arrived.
     pub fn on_response_headers(&mut self, host: &dyn Host) -> Next {
-        match self.state {
+        match &self.state {
+            State::Paced(status, headers) => host.replace_response(*status, headers),
             State::Forwarded => host.set_response_header("x-understudy", "passthrough"),
             // A reply while we are still deciding: the upstream's (router started early: misconfigured), or
             // a local reply from a later filter, e.g. the buffer filter's 413, which is fine.
@@ -152,6 +177,10 @@ impl Flow {
 
     fn finish(&mut self, host: &dyn Host, route: &Route, body: &[u8]) -> Next {
         let Some(runtime) = &self.runtime else { return Next::Continue };
+        if runtime.recorder().mode() == Mode::Record {
+            // Record mode: every LLM call goes live and is captured as it passes (no asset is consulted).
+            return self.act(host, route, Decision::Forward(Outcome::Miss));
+        }
         let decision = runtime.decide_at(route, body, host.now_nanos());
         self.act(host, route, decision)
     }
@@ -183,6 +212,17 @@ impl Flow {
             host.account(a);
         }
         match decision {
+            Decision::Respond(r) if r.pace.is_some() => {
+                if let Some(pace) = &r.pace {
+                    if host.send_paced(&pace.frame(&r.body)) {
+                        self.state = State::Paced(r.status, r.headers);
+                        return Next::Continue;
+                    }
+                }
+                host.send_response(r.status, &r.headers, &r.body);
+                self.state = State::Answered;
+                Next::Pause
+            }
             Decision::Respond(r) if r.delay_ms > 0 => {
                 host.send_response_later(r.delay_ms, r.status, r.headers, r.body);
                 self.state = State::Answered;
@@ -225,7 +265,15 @@ fn delay_queue_full(route: &Route) -> LocalResponse {
     let (mut headers, body) =
         error_answer(route, "over-budget", "overloaded_error", &message, "understudy_delay_queue_full");
     headers.push(("retry-after".into(), "1".into()));
-    LocalResponse { outcome: Outcome::OverBudget, status: 503, headers, body, delay_ms: 0, accounting: None }
+    LocalResponse {
+        outcome: Outcome::OverBudget,
+        status: 503,
+        headers,
+        body,
+        delay_ms: 0,
+        accounting: None,
+        pace: None,
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +284,7 @@ mod tests {
     use understudy_matcher::{Bundle, BundledAsset, NormalizationConfig, Normalizer, OnMiss, PluginConfig};
 
     type Sent = (u16, Vec<(String, String)>, Vec<u8>);
+    type Replaced = (u16, Vec<(String, String)>);
 
     #[derive(Default)]
     struct FakeHost {
@@ -244,12 +293,14 @@ mod tests {
         upstream_started: bool,
         sent: RefCell<Option<Sent>>,
         response_headers: RefCell<Vec<(String, String)>>,
-        request_headers: RefCell<Vec<(String, String)>>,
         counters: RefCell<Vec<Counter>>,
         errors: RefCell<Vec<String>>,
         delayed: std::cell::Cell<u64>,
         queue: std::cell::Cell<(usize, usize)>,
         accounted: RefCell<Vec<understudy_matcher::Accounting>>,
+        request_changes: RefCell<Vec<(String, Option<String>)>>,
+        paced: RefCell<Option<Vec<u8>>>,
+        replaced: RefCell<Option<Replaced>>,
     }
 
     impl Host for FakeHost {
@@ -275,8 +326,15 @@ mod tests {
         fn set_response_header(&self, name: &str, value: &str) {
             self.response_headers.borrow_mut().push((name.into(), value.into()));
         }
-        fn set_request_header(&self, name: &str, value: &str) {
-            self.request_headers.borrow_mut().push((name.into(), value.into()));
+        fn set_request_header(&self, name: &str, value: Option<&str>) {
+            self.request_changes.borrow_mut().push((name.into(), value.map(str::to_string)));
+        }
+        fn send_paced(&self, framed: &[u8]) -> bool {
+            *self.paced.borrow_mut() = Some(framed.to_vec());
+            true
+        }
+        fn replace_response(&self, status: u16, headers: &[(String, String)]) {
+            *self.replaced.borrow_mut() = Some((status, headers.to_vec()));
         }
         fn upstream_started(&self) -> bool {
             self.upstream_started
@@ -293,12 +351,22 @@ mod tests {
     }
 
     const REQ: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    const STREAM: &str = "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 
     fn runtime(on_miss: OnMiss) -> Rc<Runtime> {
         runtime_with_latency(on_miss, 0)
     }
 
     fn runtime_with_latency(on_miss: OnMiss, latency_ms: u64) -> Rc<Runtime> {
+        runtime_with(on_miss, latency_ms, Default::default(), None)
+    }
+
+    fn runtime_with(
+        on_miss: OnMiss,
+        latency_ms: u64,
+        mode: Mode,
+        pacing: Option<understudy_matcher::record::PacingConfig>,
+    ) -> Rc<Runtime> {
         let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
         let route = classify("POST", "/v1/chat/completions").unwrap();
         let (key, _) =
@@ -309,7 +377,11 @@ mod tests {
             "asset": {
                 "name": "hi",
                 "request": {"path": "/v1/chat/completions", "body": body},
-                "response": {"body": {"id": "x", "choices": []}},
+                "responses": [
+                    {"body": {"id": "x", "choices": []}},
+                    {"headers": {"content-type": "text/event-stream"}, "body_text": STREAM, "timing": {"chunks": [[100, 10], [250, STREAM.len() - 10]]}},
+                ],
+                "sequence": "cycle",
                 "refresh": false,
                 "latency": {"ttft_ms": latency_ms},
             },
@@ -321,6 +393,9 @@ mod tests {
             bundle: Bundle::sealed(vec![asset]),
             synthesize: Vec::new(),
             prices: Default::default(),
+            mode,
+            record: Default::default(),
+            pacing,
         };
         Rc::new(Runtime::compile(cfg).unwrap())
     }
@@ -375,7 +450,7 @@ mod tests {
         f.on_request_headers(&h, false);
         assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
         assert!(h.sent.borrow().is_none());
-        assert_eq!(*h.request_headers.borrow(), vec![(UPSTREAM_HEADER.to_string(), "openai".to_string())]);
+        assert_eq!(*h.request_changes.borrow(), vec![(UPSTREAM_HEADER.to_string(), Some("openai".to_string()))]);
         f.on_response_headers(&h);
         assert_eq!(*h.response_headers.borrow(), vec![("x-understudy".to_string(), "passthrough".to_string())]);
         assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);
@@ -499,5 +574,78 @@ mod tests {
         assert!(h.counters.borrow().is_empty());
         assert!(h.errors.borrow().is_empty());
         assert!(h.response_headers.borrow().is_empty());
+    }
+
+    #[test]
+    fn record_mode_forwards_every_llm_call_uncompressed_and_pace_headers_never_come_from_clients() {
+        let mut h = host("/v1/chat/completions", REQ);
+        h.headers.push((PACE_HEADER.into(), "1".into()));
+        let mut f = Flow::new(runtime_with(OnMiss::Error, 0, Mode::Record, None));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Continue, "a request an asset matches goes live too");
+        assert!(f.forwarded() && h.sent.borrow().is_none());
+        assert_eq!(
+            *h.request_changes.borrow(),
+            vec![
+                (UPSTREAM_HEADER.to_string(), Some("openai".to_string())),
+                (PACE_HEADER.to_string(), None),
+                ("accept-encoding".to_string(), None)
+            ]
+        );
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);
+        // record_missing: hits answered, misses forwarded even with on_miss error.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime_with(OnMiss::Error, 0, Mode::RecordMissing, None));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 200);
+        let other = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"new"}]}"#;
+        let h = host("/v1/chat/completions", other);
+        let mut f = Flow::new(runtime_with(OnMiss::Error, 0, Mode::RecordMissing, None));
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
+        assert!(f.forwarded());
+        // Replay leaves accept-encoding alone.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        f.on_request_headers(&h, false);
+        assert!(h.request_changes.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_recorded_stream_with_timing_goes_through_the_pacer_when_pacing_is_on() {
+        let stream_req = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let pacing = Some(understudy_matcher::record::PacingConfig { speed: 2.0 });
+        let rt = runtime_with(OnMiss::Error, 0, Mode::Replay, pacing);
+        // The first response has no timing: answered locally.
+        let h = host("/v1/chat/completions", stream_req);
+        let mut f = Flow::new(rt.clone());
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, stream_req.len(), true), Next::Pause);
+        assert!(h.paced.borrow().is_none());
+        // The second is a recorded stream with timing: sent to the pacer, at twice the speed.
+        let h = host("/v1/chat/completions", stream_req);
+        let mut f = Flow::new(rt);
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, stream_req.len(), true), Next::Continue);
+        assert!(h.sent.borrow().is_none());
+        let framed = h.paced.borrow().clone().unwrap();
+        let (pace, body) = understudy_matcher::record::Pace::unframe(&framed).unwrap();
+        assert_eq!(body, STREAM.as_bytes());
+        assert_eq!(pace.chunks, vec![(50, 10), (125, STREAM.len() as u64 - 10)]);
+        f.on_response_headers(&h);
+        let (status, headers) = h.replaced.borrow().clone().unwrap();
+        assert_eq!(status, 200);
+        assert!(headers.contains(&("x-understudy".into(), "hit".into())));
+        assert!(headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream")));
+        // Without pacing the same asset is answered locally.
+        let h = host("/v1/chat/completions", stream_req);
+        let rt = runtime_with(OnMiss::Error, 0, Mode::Replay, None);
+        for _ in 0..2 {
+            let mut f = Flow::new(rt.clone());
+            f.on_request_headers(&h, false);
+            assert_eq!(f.on_request_body(&h, stream_req.len(), true), Next::Pause);
+        }
+        assert!(h.paced.borrow().is_none());
     }
 }

@@ -66,8 +66,13 @@ pub trait Host {
     fn now_nanos(&self) -> u64;
     /// Sets a header on the upstream's response.
     fn set_response_header(&self, name: &str, value: &str);
-    /// Sets a header on the request (before it is forwarded).
-    fn set_request_header(&self, name: &str, value: &str);
+    /// Sets (`Some`) or removes (`None`) a request header before the request leaves Envoy.
+    fn set_request_header(&self, name: &str, value: Option<&str>);
+    /// Sends a hit through the pacer instead of answering locally: the request body becomes `framed` (the
+    /// answer and its chunk timing) and the pace header routes it to the pacer. False when it can't.
+    fn send_paced(&self, framed: &[u8]) -> bool;
+    /// Replaces the (pacer's) response status and sets these headers on it.
+    fn replace_response(&self, status: u16, headers: &[(String, String)]);
     /// Has the router already picked an upstream host for this stream?
     fn upstream_started(&self) -> bool;
     /// Adds one to a counter.

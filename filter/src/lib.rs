@@ -13,6 +13,9 @@
 pub mod flow;
 pub mod host;
 pub mod metrics;
+pub mod record;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;
+#[cfg(target_arch = "wasm32")]
+mod recording;

@@ -12,6 +12,7 @@ use understudy_matcher::Runtime;
 use crate::flow::{Flow, Next};
 use crate::host::{Counter, Host};
 use crate::metrics::{CostMetrics, ProxyWasm};
+use crate::recording::{self, RecordCtx, Recording, SharedOutbox};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -23,6 +24,8 @@ proxy_wasm::main! {{
             memory_seen: Rc::new(Cell::new(0)),
             delayed: Rc::new(RefCell::new(Vec::new())),
             cost: Rc::new(CostMetrics::default()),
+            outbox: SharedOutbox::default(),
+            record: None,
         })
     });
 }}
@@ -52,9 +55,25 @@ struct Root {
     delayed: DelayQueue,
     /// Live calls, tokens and dollars avoided (this VM's side of them).
     cost: Rc<CostMetrics>,
+    outbox: SharedOutbox,
+    /// Record mode's context, when the configuration records.
+    record: Option<Rc<RecordCtx>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if let Some(r) = &self.record {
+            recording::on_answer(r, token_id, body_size);
+        }
+    }
+}
+
+/// Starts the root context's tick (latency queue, record outbox); the tick stops itself when both are idle.
+fn start_tick() {
+    if let Err(e) = hostcalls::set_tick_period(TICK) {
+        log(LogLevel::Error, &format!("understudy: cannot start the timer ({e:?})"));
+    }
+}
 
 const MEMORY_GAUGE: &str = "understudy.wasm_memory_bytes";
 
@@ -141,7 +160,32 @@ impl RootContext for Root {
                         ),
                     );
                 }
-                self.runtime = Some(Rc::new(rt));
+                let rt = Rc::new(rt);
+                if rt.recorder().mode().records() {
+                    match recording::Metrics::define() {
+                        Ok(metrics) => {
+                            self.record = Some(Rc::new(RecordCtx {
+                                runtime: rt.clone(),
+                                outbox: self.outbox.clone(),
+                                metrics: Rc::new(metrics),
+                                start_tick,
+                            }));
+                        }
+                        Err(e) => {
+                            log(LogLevel::Critical, &format!("understudy: {e}"));
+                            return false;
+                        }
+                    }
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "understudy: {:?} mode: captures go to cluster {:?}",
+                            rt.recorder().mode(),
+                            rt.recorder().collector()
+                        ),
+                    );
+                }
+                self.runtime = Some(rt);
                 true
             }
             Err(e) => {
@@ -166,7 +210,7 @@ impl RootContext for Root {
             cost: self.cost.clone(),
             context_id,
         };
-        Some(Box::new(Http { flow, host }))
+        Some(Box::new(Http { flow, host, record: self.record.clone(), recording: Recording::default() }))
     }
 
     fn on_tick(&mut self) {
@@ -183,7 +227,10 @@ impl RootContext for Root {
                 send_local_reply(d.status, &d.headers, &d.body);
             }
         }
-        if self.delayed.borrow().is_empty() {
+        if let Some(r) = &self.record {
+            recording::pump(r);
+        }
+        if self.delayed.borrow().is_empty() && self.outbox.borrow().is_idle() {
             let _ = hostcalls::set_tick_period(Duration::ZERO);
         }
     }
@@ -196,6 +243,20 @@ impl RootContext for Root {
 struct Http {
     flow: Flow,
     host: ProxyHost,
+    /// Record mode: the VM's record context, and this stream's capture.
+    record: Option<Rc<RecordCtx>>,
+    recording: Recording,
+}
+
+impl Http {
+    /// The request was decided: in record modes a forwarded LLM call starts its capture.
+    fn after_request(&mut self, end_of_stream: bool, body_size: usize) {
+        if let (true, true, Some(r)) = (end_of_stream, self.flow.forwarded(), &self.record) {
+            if !self.recording.active() {
+                self.recording.begin(r, body_size);
+            }
+        }
+    }
 }
 
 impl Context for Http {}
@@ -214,6 +275,9 @@ impl HttpContext for Http {
         if self.host.request_header("x-understudy-fault").as_deref() == Some("panic") {
             panic!("understudy: fault injected by x-understudy-fault (test build)");
         }
+        if self.record.is_some() {
+            self.recording.request_headers();
+        }
         action(self.flow.on_request_headers(&self.host, end_of_stream))
     }
 
@@ -222,17 +286,40 @@ impl HttpContext for Http {
         if end_of_stream {
             record_memory(self.host.memory_gauge, &self.host.memory_seen);
         }
+        self.after_request(end_of_stream, body_size);
         action(next)
     }
 
     fn on_http_request_trailers(&mut self, _n: usize) -> Action {
-        let next = self.flow.on_request_trailers(&self.host, self.host.body_size());
+        let size = self.host.body_size();
+        let next = self.flow.on_request_trailers(&self.host, size);
         record_memory(self.host.memory_gauge, &self.host.memory_seen);
+        self.after_request(true, size);
         action(next)
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
-        action(self.flow.on_response_headers(&self.host))
+    fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        let next = self.flow.on_response_headers(&self.host);
+        self.recording.response_headers(end_of_stream);
+        action(next)
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(r) = &self.record {
+            self.recording.response_body(r, body_size, end_of_stream);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
+        self.recording.response_trailers();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Some(r) = &self.record {
+            self.recording.done(r);
+        }
     }
 }
 
@@ -316,8 +403,29 @@ impl Host for ProxyHost {
         let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, name, Some(value));
     }
 
-    fn set_request_header(&self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, Some(value));
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn send_paced(&self, framed: &[u8]) -> bool {
+        use proxy_wasm::types::{BufferType, MapType};
+        use understudy_matcher::record::PACE_HEADER;
+        if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, usize::MAX, framed).is_err() {
+            return false;
+        }
+        let len = framed.len().to_string();
+        // Changing a request header makes Envoy pick the route again: the pace header's route leads to the pacer.
+        [("content-length", len.as_str()), ("content-type", "application/x-understudy-pace"), (PACE_HEADER, "1")]
+            .iter()
+            .all(|(k, v)| hostcalls::set_map_value(MapType::HttpRequestHeaders, k, Some(v)).is_ok())
+    }
+
+    fn replace_response(&self, status: u16, headers: &[(String, String)]) {
+        use proxy_wasm::types::MapType;
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, ":status", Some(&status.to_string()));
+        for (k, v) in headers {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, k, Some(v));
+        }
     }
 
     fn upstream_started(&self) -> bool {

@@ -110,8 +110,16 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         let key = set.add(&normalizer, &label, &asset, None).expect("example asset compiles");
         assets.push(BundledAsset { key, source: label, asset });
     }
-    let cfg =
-        PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize, prices: Default::default() };
+    let cfg = PluginConfig {
+        on_miss,
+        normalization,
+        bundle: Bundle::sealed(assets),
+        synthesize,
+        prices: Default::default(),
+        mode: Default::default(),
+        record: Default::default(),
+        pacing: None,
+    };
     Runtime::compile(cfg).expect("runtime compiles")
 }
 

@@ -25,6 +25,7 @@ pub mod error;
 pub mod headers;
 pub mod key;
 pub mod limits;
+pub mod record;
 mod runtime;
 pub mod store;
 pub mod stream;
@@ -36,6 +37,7 @@ pub use asset::{parse_asset_file, Asset, Bundle, BundledAsset, BUNDLE_FORMAT};
 pub use dialect::{classify, Api, Operation, Route, Usage};
 pub use error::{ConfigError, RequestError};
 pub use key::{NormalizationConfig, Normalizer, ScrubberConfig};
+pub use record::{Mode, RecordConfig, Recorder};
 pub use runtime::{
     error_answer, Accounting, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime,
 };

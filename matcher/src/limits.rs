@@ -14,9 +14,10 @@
 //! + ANSWER_BUDGET      the answer being built: its tree, intermediate stream events, the rendered bytes
 //! + DELAY_QUEUE_BYTES  answers waiting for their simulated latency
 //! + MEMO_BYTES         exact repeated bodies remembered
+//! + RECORD_BUFFER_BYTES  record modes only: captures being recorded or waiting for the collector
 //! ```
 //!
-//! which is [`PER_VM_BUDGET`] (584 MiB) plus the store, well under 1 GiB for stores up to a few hundred MiB
+//! which is [`PER_VM_BUDGET`] (648 MiB) plus the store, well under 1 GiB for stores up to a few hundred MiB
 //! (100k small assets take 200–260 MiB per VM).
 
 /// The linear memory a V8 wasm VM may grow to.
@@ -98,8 +99,40 @@ pub const MAX_N: u64 = 128;
 /// The request body limit `understudy up` gives Envoy's buffer filter (`--max-body-bytes`), 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 << 20;
 
+/// Largest capture in record modes: the request body plus the response body as they passed. A bigger
+/// exchange still reaches the client untouched; it is not recorded, and is counted (`record_failed`) and logged.
+pub const MAX_CAPTURE_BYTES: usize = 16 << 20;
+
+/// Bytes one VM holds for recording: the captures of answers still streaming plus the captures waiting for
+/// the collector. A capture that would not fit is not recorded (`record_failed`, logged); the client is
+/// never held up.
+pub const RECORD_BUFFER_BYTES: usize = 64 << 20;
+
+/// Most captures one VM holds waiting for the collector (delivered or retrying).
+pub const RECORD_QUEUE_ENTRIES: usize = 1_000;
+
+/// Most deliveries to the collector one VM has in flight at once.
+pub const RECORD_IN_FLIGHT: usize = 8;
+
+/// Delivery attempts per capture before it is given up, counted (`record_failed`) and logged.
+pub const RECORD_ATTEMPTS: u32 = 10;
+
+/// The first retry waits this long (ms); every later one twice as long, up to [`RECORD_BACKOFF_MAX_MS`]:
+/// ten attempts span about 21 s, time for a restarted collector to come back.
+pub const RECORD_BACKOFF_MS: u64 = 100;
+
+/// The longest wait between two delivery attempts (ms).
+pub const RECORD_BACKOFF_MAX_MS: u64 = 5_000;
+
+/// How long one delivery to the collector may take (ms) before it counts as failed and is retried.
+pub const RECORD_DELIVERY_TIMEOUT_MS: u64 = 10_000;
+
+/// Most chunk timings kept for one recorded stream; later chunks are merged into the last timing.
+pub const MAX_TIMING_CHUNKS: usize = 10_000;
+
 /// The budget of one VM besides its asset store.
-pub const PER_VM_BUDGET: u64 = REQUEST_BUDGET + ANSWER_BUDGET + DELAY_QUEUE_BYTES as u64 + MEMO_BYTES as u64;
+pub const PER_VM_BUDGET: u64 =
+    REQUEST_BUDGET + ANSWER_BUDGET + DELAY_QUEUE_BYTES as u64 + MEMO_BYTES as u64 + RECORD_BUFFER_BYTES as u64;
 
 /// Most distinct model names one Envoy labels its cost metrics with (`gen_ai_request_model`, shared by its
 /// workers' VMs); the virtual answers of later models are counted under the model `other`, so a client

@@ -94,6 +94,9 @@ fn runtime(on_miss: OnMiss) -> Runtime {
         bundle: Bundle::sealed(bundled),
         synthesize,
         prices: Default::default(),
+        mode: Default::default(),
+        record: Default::default(),
+        pacing: None,
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -36,6 +36,9 @@ fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
         bundle: Bundle::sealed(assets),
         synthesize: Vec::new(),
         prices: Default::default(),
+        mode: Default::default(),
+        record: Default::default(),
+        pacing: None,
     };
     Runtime::compile(cfg).unwrap()
 }

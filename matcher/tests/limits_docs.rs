@@ -38,6 +38,19 @@ fn flat(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Each `(constant, value)` is a row `| \`NAME\` | VALUE |` of `doc`'s table, and every constant row of the
+/// table is one of them (a constant added to the docs must be checked here).
+fn table_rows(doc: &str, name: &str, rows: &[(&str, String)]) {
+    for (constant, value) in rows {
+        let row = format!("| `{constant}` | {value} |");
+        assert!(doc.contains(&row), "{name} has no row {row:?}");
+    }
+    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
+    for c in documented.captures_iter(doc) {
+        assert!(rows.iter().any(|(constant, _)| *constant == &c[1]), "{name} documents {} unchecked", &c[1]);
+    }
+}
+
 #[test]
 fn the_limit_table_states_every_constant() {
     let rows: &[(&str, String)] = &[
@@ -64,16 +77,13 @@ fn the_limit_table_states_every_constant() {
         ("MISS_PATH_CHARS", format!("{MISS_PATH_CHARS} chars")),
         ("MAX_MODEL_LABELS", format!("{MAX_MODEL_LABELS} models")),
         ("MAX_MODEL_LABEL_BYTES", format!("{MAX_MODEL_LABEL_BYTES} bytes")),
+        ("MAX_CAPTURE_BYTES", size(MAX_CAPTURE_BYTES as u64)),
+        ("RECORD_BUFFER_BYTES", size(RECORD_BUFFER_BYTES as u64)),
+        ("RECORD_QUEUE_ENTRIES", format!("{} captures", thousands(RECORD_QUEUE_ENTRIES as u64))),
+        ("RECORD_ATTEMPTS", format!("{RECORD_ATTEMPTS} attempts")),
+        ("MAX_TIMING_CHUNKS", format!("{} chunks", thousands(MAX_TIMING_CHUNKS as u64))),
     ];
-    for (name, value) in rows {
-        let row = format!("| `{name}` | {value} |");
-        assert!(LIMITS_MD.contains(&row), "docs/limits.md has no row {row:?}");
-    }
-    // Every constant row of the table is one of those (a constant added to the docs must be checked here).
-    let documented = Regex::new(r"(?m)^\| `([A-Z_]+)` \|").unwrap();
-    for c in documented.captures_iter(LIMITS_MD) {
-        assert!(rows.iter().any(|(name, _)| *name == &c[1]), "docs/limits.md documents {} unchecked", &c[1]);
-    }
+    table_rows(LIMITS_MD, "docs/limits.md", rows);
     // The budget table and the prose.
     let text = flat(LIMITS_MD);
     for stated in [
@@ -87,6 +97,8 @@ fn the_limit_table_states_every_constant() {
         format!("`MEMO_BYTES` = {} (bodies up to `MEMO_BODY` = {})", size(MEMO_BYTES as u64), size(MEMO_BODY as u64)),
         format!("`PER_VM_BUDGET` = {} besides the store", size(PER_VM_BUDGET)),
         format!("`MISS_SHORTLIST` = {MISS_SHORTLIST}"),
+        format!("`RECORD_BUFFER_BYTES` = {}", size(RECORD_BUFFER_BYTES as u64)),
+        format!("back-off {} ms doubling up to {} s", RECORD_BACKOFF_MS, RECORD_BACKOFF_MAX_MS / 1000),
     ] {
         assert!(text.contains(&stated), "docs/limits.md does not say {stated:?}");
     }
@@ -102,6 +114,29 @@ fn states(doc: &str, name: &str, pattern: &str, want: &[String]) {
     for got in found {
         assert_eq!(got, want, "{name} states /{pattern}/ as {got:?}; the code says {want:?}");
     }
+}
+
+const RECORD_MD: &str = include_str!("../../docs/record.md");
+
+#[test]
+fn the_record_page_states_every_record_limit() {
+    let rows: &[(&str, String)] = &[
+        ("MAX_CAPTURE_BYTES", size(MAX_CAPTURE_BYTES as u64)),
+        ("RECORD_BUFFER_BYTES", size(RECORD_BUFFER_BYTES as u64)),
+        ("RECORD_QUEUE_ENTRIES", format!("{} captures", thousands(RECORD_QUEUE_ENTRIES as u64))),
+        ("RECORD_IN_FLIGHT", format!("{RECORD_IN_FLIGHT} deliveries")),
+        ("RECORD_ATTEMPTS", format!("{RECORD_ATTEMPTS} attempts")),
+        ("RECORD_DELIVERY_TIMEOUT_MS", format!("{} ms", thousands(RECORD_DELIVERY_TIMEOUT_MS))),
+        ("MAX_TIMING_CHUNKS", format!("{} chunks", thousands(MAX_TIMING_CHUNKS as u64))),
+    ];
+    table_rows(RECORD_MD, "docs/record.md", rows);
+    let text = flat(RECORD_MD);
+    let backoff = format!(
+        "`RECORD_BACKOFF_MS` = {RECORD_BACKOFF_MS} ms doubling up to `RECORD_BACKOFF_MAX_MS` = {} ms",
+        thousands(RECORD_BACKOFF_MAX_MS)
+    );
+    assert!(text.contains(&backoff), "docs/record.md does not say {backoff:?}");
+    states(RECORD_MD, "docs/record.md", r"over `MAX_CAPTURE_BYTES` \((\d+ MiB)", &[size(MAX_CAPTURE_BYTES as u64)]);
 }
 
 #[test]
@@ -127,6 +162,7 @@ fn readme_and_security_state_the_constants() {
     states(SECURITY, "SECURITY.md", r"the memo (\d+ MiB)", &[size(MEMO_BYTES as u64)]);
     states(SECURITY, "SECURITY.md", r"budget per VM \((\d+ MiB) plus", &[size(PER_VM_BUDGET)]);
     states(SECURITY, "SECURITY.md", r"(\d+ MiB) in `understudy up`", &[size(DEFAULT_MAX_BODY_BYTES)]);
+    states(SECURITY, "SECURITY.md", r"at most (\d+ MiB) per exchange", &[size(MAX_CAPTURE_BYTES as u64)]);
 
     states(
         SECURITY,

@@ -262,15 +262,7 @@ class FakeUpstream:
                     self.requests.append(req)
                 if not req.complete:
                     return
-                status, body = self._answer(req)
-                head = (
-                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
-                    "content-type: application/json\r\n"
-                    f"content-length: {len(body)}\r\n"
-                    "x-fake-upstream: 1\r\n"
-                    "\r\n"
-                ).encode()
-                sock.sendall(head + body)
+                self._respond(sock, req)
                 if req.headers.get("connection", "").lower() == "close":
                     return
         except OSError:
@@ -278,6 +270,17 @@ class FakeUpstream:
         finally:
             with self.lock:
                 self._socks.discard(sock)
+
+    def _respond(self, sock: socket.socket, req: UpstreamRequest) -> None:
+        status, body = self._answer(req)
+        head = (
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "x-fake-upstream: 1\r\n"
+            "\r\n"
+        ).encode()
+        sock.sendall(head + body)
 
     @staticmethod
     def _read_request(conn: _Conn) -> UpstreamRequest | None:
@@ -338,6 +341,139 @@ class FakeUpstream:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _last_text(v) -> str:
+    """The newest prompt text of a request body in any API's shape (what the live model would answer)."""
+    found = ""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k in ("system", "instructions", "systemInstruction"):
+                continue
+            if k in ("content", "text", "prompt", "input") and isinstance(x, str):
+                found = x
+            else:
+                found = _last_text(x) or found
+    elif isinstance(v, list):
+        for x in v:
+            found = _last_text(x) or found
+    return found
+
+
+class LlmUpstream(FakeUpstream):
+    """A fake live LLM API that answers each API's paths in its own shape, derived from the question (so
+    different requests get different answers), streams when asked (SSE, chunked, `stream_gap` seconds between
+    events), and sends the response headers the live APIs send, credentials included (`SECRET_ORG`)."""
+
+    SECRET_ORG = "org-LIVEUPSTREAMSECRET0001"
+
+    def __init__(self) -> None:
+        self.stream_gap = 0.0
+        self.status = 200
+        # Stop a stream halfway and close the connection (a live API dropping mid-answer).
+        self.cut_streams = False
+        super().__init__()
+
+    def answer_text(self, body: dict) -> str:
+        return f"Live answer to: {_last_text(body)}"
+
+    def _respond(self, sock: socket.socket, req: UpstreamRequest) -> None:
+        path = req.path.split("?")[0]
+        try:
+            body = json.loads(req.body or b"{}")
+        except ValueError:
+            body = {}
+        text = self.answer_text(body)
+        headers = {
+            "content-type": "application/json",
+            "x-fake-upstream": "1",
+            "x-request-id": "req_live_0001",
+            "openai-organization": self.SECRET_ORG,
+            "set-cookie": "__cf_bm=LIVECOOKIESECRET; path=/; HttpOnly",
+            "x-ratelimit-remaining-requests": "4999",
+        }
+        events: list[bytes] | None = None
+        if self.status != 200:
+            payload = {"error": {"message": "The server had an error", "type": "server_error"}}
+            return self._send(sock, self.status, headers, json.dumps(payload).encode())
+        if path.endswith("/embeddings"):
+            inputs = body.get("input", "")
+            inputs = inputs if isinstance(inputs, list) else [inputs]
+            data = [{"object": "embedding", "index": i, "embedding": [round(0.001 * len(str(x)) + 0.01 * i, 6), 0.5, -0.25]}
+                    for i, x in enumerate(inputs)]
+            payload = {"object": "list", "data": data, "model": body.get("model"), "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+        elif path.endswith("/responses"):
+            payload = {"id": "resp_live1", "object": "response", "created_at": 1700000000, "status": "completed",
+                       "model": body.get("model"), "output": [{"type": "message", "id": "msg_live1", "status": "completed",
+                       "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                       "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11}}
+        elif path.endswith("/v1/messages"):
+            payload = dict(FAKE_MESSAGE, model=body.get("model"), content=[{"type": "text", "text": text}])
+            if body.get("stream"):
+                events = _anthropic_events(payload)
+        elif ":generatecontent" in path.lower() or ":streamgeneratecontent" in path.lower():
+            payload = {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+                       "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 6, "totalTokenCount": 10},
+                       "modelVersion": "gemini-2.5-flash", "responseId": "live-resp-1"}
+            if ":streamgeneratecontent" in path.lower():
+                words = text.split(" ")
+                events = []
+                for i, w in enumerate(words):
+                    chunk = {"candidates": [{"content": {"role": "model", "parts": [{"text": w if i == 0 else " " + w}]}, "index": 0}],
+                             "modelVersion": "gemini-2.5-flash", "responseId": "live-resp-1"}
+                    if i == len(words) - 1:
+                        chunk["candidates"][0]["finishReason"] = "STOP"
+                        chunk["usageMetadata"] = payload["usageMetadata"]
+                    events.append(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+        else:
+            payload = dict(FAKE_CHAT, model=body.get("model"),
+                           choices=[{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}])
+            if body.get("stream"):
+                events = _chat_events(payload)
+        if events is None:
+            return self._send(sock, 200, headers, json.dumps(payload).encode())
+        headers["content-type"] = "text/event-stream; charset=utf-8"
+        head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall((head + "transfer-encoding: chunked\r\n\r\n").encode())
+        for i, ev in enumerate(events):
+            if i and self.stream_gap:
+                time.sleep(self.stream_gap)
+            if self.cut_streams and i == len(events) // 2:
+                sock.shutdown(socket.SHUT_RDWR)
+                raise OSError("stream cut on purpose")
+            sock.sendall(f"{len(ev):x}\r\n".encode() + ev + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+
+    @staticmethod
+    def _send(sock: socket.socket, status: int, headers: dict[str, str], body: bytes) -> None:
+        head = f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + f"content-length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+
+
+def _chat_events(payload: dict) -> list[bytes]:
+    base = {k: payload[k] for k in ("id", "created", "model")}
+    words = payload["choices"][0]["message"]["content"].split(" ")
+    chunks = [dict(base, object="chat.completion.chunk", choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    for i, w in enumerate(words):
+        chunks.append(dict(base, object="chat.completion.chunk", choices=[{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]))
+    chunks.append(dict(base, object="chat.completion.chunk", choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def _anthropic_events(msg: dict) -> list[bytes]:
+    def ev(name: str, data: dict) -> bytes:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+    start = dict(msg, content=[], stop_reason=None, usage={"input_tokens": 1, "output_tokens": 0})
+    out = [ev("message_start", {"type": "message_start", "message": start}),
+           ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
+    for i, w in enumerate(msg["content"][0]["text"].split(" ")):
+        out.append(ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w if i == 0 else " " + w}}))
+    out += [ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 5}}),
+            ev("message_stop", {"type": "message_stop"})]
+    return out
 
 
 @pytest.fixture(scope="session")

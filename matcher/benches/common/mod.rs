@@ -372,6 +372,9 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
         bundle,
         synthesize: Vec::new(),
         prices: Default::default(),
+        mode: Default::default(),
+        record: Default::default(),
+        pacing: None,
     }
 }
 

@@ -176,6 +176,34 @@ pub struct AssetResponse {
     /// An error in the dialect's shape, instead of `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorSpec>,
+    /// When the chunks of a recorded stream (`body_text` / `body_base64`) arrived; replayed by the pacer
+    /// when pacing is on (`understudy up --replay-speed`), ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
+    /// Where a recorded response came from (written by the collector; not used to serve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Recorded>,
+}
+
+/// The arrival of a recorded stream's chunks: `[at_ms, bytes]` pairs in order, `at_ms` counted from the
+/// moment the request went upstream (the first is the time to first chunk), `bytes` the chunk's length.
+/// The lengths add up to the body's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// `[at_ms, bytes]` per chunk.
+    pub chunks: Vec<(u64, u64)>,
+}
+
+/// A recorded response's provenance: the capture it came from (a repeated delivery of the same capture is
+/// recognized by it) and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recorded {
+    /// The capture id.
+    pub capture: String,
+    /// When the answer was recorded (RFC 3339, UTC).
+    pub at: String,
 }
 
 impl AssetResponse {
@@ -316,6 +344,36 @@ pub fn validate<R, L: AnswerList>(a: &AssetOf<R, L>, label: &str) -> Result<Rout
     Ok(route)
 }
 
+/// A timing describes the recorded body it sits beside: the chunk lengths add up to the body's, times never go
+/// back and stay within the longest simulated latency.
+fn check_timing(r: &AssetResponse, t: &Timing) -> Result<(), String> {
+    use base64::Engine as _;
+    let len = match (&r.body_text, &r.body_base64) {
+        (Some(text), _) => text.len(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).map(|v| v.len()).unwrap_or(0),
+        (None, None) => return Err("only a recorded body (`body_text` or `body_base64`) has a timing".into()),
+    };
+    if t.chunks.len() > crate::limits::MAX_TIMING_CHUNKS {
+        return Err(format!("has {} chunks; at most {} are kept", t.chunks.len(), crate::limits::MAX_TIMING_CHUNKS));
+    }
+    let mut last = 0;
+    let mut total: u64 = 0;
+    for (i, (at_ms, bytes)) in t.chunks.iter().enumerate() {
+        if *at_ms < last || *at_ms > crate::limits::MAX_DELAY_MS {
+            return Err(format!(
+                "chunks[{i}]: {at_ms} ms goes back in time or past {} ms",
+                crate::limits::MAX_DELAY_MS
+            ));
+        }
+        last = *at_ms;
+        total = total.saturating_add(*bytes);
+    }
+    if total != len as u64 {
+        return Err(format!("the chunks add up to {total} bytes but the body has {len}"));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), String> {
     let bodies = [r.body.is_some(), r.body_text.is_some(), r.body_base64.is_some(), r.error.is_some()];
     let bodies = bodies.iter().filter(|b| **b).count();
@@ -330,6 +388,9 @@ pub(crate) fn validate_response(r: &AssetResponse, at: &str) -> Result<(), Strin
         if let Err(e) = base64::engine::general_purpose::STANDARD.decode(b) {
             return Err(format!("{at}.body_base64: not standard base64: {e}"));
         }
+    }
+    if let Some(t) = &r.timing {
+        check_timing(r, t).map_err(|e| format!("{at}.timing: {e}"))?;
     }
     let status = r.status();
     if !(100..=599).contains(&status) {

@@ -65,6 +65,11 @@ impl Dialect for Anthropic {
         assemble(super::sse::text(op, recorded)?)
     }
 
+    fn stream_complete(&self, op: Operation, recorded: &[u8]) -> Result<(), StreamError> {
+        self.assemble_stream(op, recorded)?;
+        super::sse::ends_with(op, recorded, "message_stop")
+    }
+
     fn usage(&self, _op: Operation, body: &Value) -> Option<Usage> {
         let u = body.get("usage")?;
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);

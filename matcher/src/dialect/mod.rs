@@ -452,6 +452,13 @@ pub(crate) trait Dialect: Sync {
     /// Assembles a recorded stream of `op` into the plain answer.
     fn assemble_stream(&self, op: Operation, recorded: &[u8]) -> Result<Value, StreamError>;
 
+    /// Is `recorded`, a stream of `op` as the live API sent it, whole: it assembles and ends with the API's
+    /// last event? The recorder stores only whole streams (a cut one would replay as a truncated answer).
+    /// By default: it assembles.
+    fn stream_complete(&self, op: Operation, recorded: &[u8]) -> Result<(), StreamError> {
+        self.assemble_stream(op, recorded).map(|_| ())
+    }
+
     /// A recorded stream as sent on `route`: verbatim, unless the route asks for another framing than the
     /// recording's (then re-framed).
     fn recorded_stream(&self, _route: &Route, recorded: &[u8]) -> Vec<u8> {

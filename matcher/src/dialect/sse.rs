@@ -282,6 +282,25 @@ pub(crate) fn text(op: Operation, recorded: &[u8]) -> Result<&str, StreamError> 
     })
 }
 
+/// Is the last event of an SSE stream the one named `event` (by its `event:` field or its data's `type`), or
+/// `[DONE]` when `event` is `[DONE]`? For recorders: a stream cut short lacks the API's last event.
+pub(crate) fn ends_with(op: Operation, recorded: &[u8], event: &'static str) -> Result<(), StreamError> {
+    let events = parse_sse(text(op, recorded)?);
+    let last = events.last();
+    let named = last.is_some_and(|ev| {
+        ev.data.trim() == event
+            || ev.name.as_deref() == Some(event)
+            || serde_json::from_str::<Value>(&ev.data)
+                .ok()
+                .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some(event))
+    });
+    if named {
+        Ok(())
+    } else {
+        Err(StreamError::MissingEvent { op, event })
+    }
+}
+
 /// The recorded stream reports an API error.
 pub(crate) fn upstream(op: Operation, error: &Value) -> StreamError {
     let message = error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string());

@@ -54,17 +54,8 @@ impl Normalizer {
     pub fn compile(cfg: &NormalizationConfig) -> Result<Self, ConfigError> {
         let mut ignore = Vec::with_capacity(cfg.ignore_fields.len());
         for (i, p) in cfg.ignore_fields.iter().enumerate() {
-            let field = format!("normalization.ignore_fields[{i}]");
-            if p.is_empty() || !p.starts_with('/') {
-                return Err(ConfigError::invalid(field, format!("{p:?} is not a JSON Pointer (must start with '/')")));
-            }
-            let mut segs = Vec::new();
-            for raw in p.split('/').skip(1) {
-                if raw.contains('~') && !valid_pointer_escapes(raw) {
-                    return Err(ConfigError::invalid(field, format!("{p:?} has an invalid '~' escape (use ~0 or ~1)")));
-                }
-                segs.push(raw.replace("~1", "/").replace("~0", "~"));
-            }
+            let segs =
+                parse_pointer(p).map_err(|e| ConfigError::invalid(format!("normalization.ignore_fields[{i}]"), e))?;
             ignore.push(segs);
         }
         let mut scrubbers = Vec::with_capacity(cfg.scrubbers.len());
@@ -137,6 +128,23 @@ impl Normalizer {
         out.put("\n");
         out.put(operation.name());
         out.put("\n");
+    }
+
+    /// Does normalization drop what `segs` (a parsed JSON Pointer, `*` for any member) points at, so that
+    /// whatever is there never counts in a key? An `ignore_fields` pointer covers it when it names it or one
+    /// of its parents (`*` covering any segment); a top-level field some API always ignores covers it too
+    /// (e.g. `/user`, `/metadata/user_id`).
+    pub(crate) fn drops(&self, segs: &[String]) -> bool {
+        let covered = self
+            .ignore
+            .iter()
+            .any(|ig| ig.len() <= segs.len() && ig.iter().zip(segs).all(|(i, s)| i == "*" || (i == s && s != "*")));
+        covered || segs.first().is_some_and(|top| Operation::ALL.iter().any(|op| op.dialect().ignored(*op, top)))
+    }
+
+    /// Does normalization rewrite every match of `pattern` to `placeholder` (a scrubber with exactly these)?
+    pub(crate) fn scrubs(&self, pattern: &str, placeholder: &str) -> bool {
+        self.scrubbers.iter().any(|(re, p)| re.as_str() == pattern && p == placeholder)
     }
 
     /// True when normalization only drops the always-ignored top-level fields (no `ignore_fields`, no
@@ -247,6 +255,21 @@ impl Sink for CappedString {
         }
         self.text.push_str(s);
     }
+}
+
+/// A JSON Pointer's segments (`~1` and `~0` decoded); `*` stays a wildcard for any member or element.
+pub(crate) fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
+    if p.is_empty() || !p.starts_with('/') {
+        return Err(format!("{p:?} is not a JSON Pointer (must start with '/')"));
+    }
+    let mut segs = Vec::new();
+    for raw in p.split('/').skip(1) {
+        if raw.contains('~') && !valid_pointer_escapes(raw) {
+            return Err(format!("{p:?} has an invalid '~' escape (use ~0 or ~1)"));
+        }
+        segs.push(raw.replace("~1", "/").replace("~0", "~"));
+    }
+    Ok(segs)
 }
 
 fn valid_pointer_escapes(s: &str) -> bool {

@@ -14,6 +14,7 @@ use crate::asset::{
 use crate::cost::{PriceOverrides, Prices};
 use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
+use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
 use crate::store::Store;
 use crate::synth::{SynthRule, Synthesizer};
 
@@ -47,6 +48,15 @@ pub struct PluginConfigOf<B> {
     /// [`crate::cost`]).
     #[serde(default, skip_serializing_if = "PriceOverrides::is_empty")]
     pub prices: PriceOverrides,
+    /// `replay` (default), `record` or `record_missing` (see [`crate::record`]).
+    #[serde(default, skip_serializing_if = "Mode::is_replay")]
+    pub mode: Mode,
+    /// Record-mode settings: the collector's cluster, redactions, error answers.
+    #[serde(default, skip_serializing_if = "RecordConfig::is_default")]
+    pub record: RecordConfig,
+    /// Paced replay of recorded streams through the pacer; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<PacingConfig>,
 }
 
 /// The plugin configuration as JSON.
@@ -68,6 +78,8 @@ pub(crate) struct Compiled {
     pub(crate) store: Store,
     pub(crate) synth: Synthesizer,
     pub(crate) prices: Prices,
+    pub(crate) recorder: Recorder,
+    pub(crate) pacing: Option<f64>,
 }
 
 /// Streams the bundle: each asset is parsed from its slice of `text`, hashed, compiled and dropped, so the
@@ -86,6 +98,8 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
     let normalizer = Normalizer::compile(&raw.normalization)?;
     let synth = Synthesizer::compile(&raw.synthesize)?;
     let prices = Prices::new(&raw.prices)?;
+    let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
+    let pacing = check_pacing(raw.pacing)?;
     let store = match raw.bundle.sha256.as_deref() {
         Some(stored) => load_sealed(&raw.bundle.assets, stored, &normalizer)?,
         None => {
@@ -100,7 +114,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
             store
         }
     };
-    Ok(Compiled { on_miss: raw.on_miss, normalizer, store, synth, prices })
+    Ok(Compiled { on_miss: on_miss(raw.on_miss, raw.mode), normalizer, store, synth, prices, recorder, pacing })
 }
 
 /// Compiles a parsed configuration.
@@ -110,12 +124,34 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
     let normalizer = Normalizer::compile(&cfg.normalization)?;
     let synth = Synthesizer::compile(&cfg.synthesize)?;
     let prices = Prices::new(&cfg.prices)?;
+    let recorder = Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?;
+    let pacing = check_pacing(cfg.pacing)?;
     let mut store = Store::default();
     for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
         let label = format!("bundle.assets[{i}] from {}", b.source);
         store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
     }
-    Ok(Compiled { on_miss: cfg.on_miss, normalizer, store, synth, prices })
+    Ok(Compiled { on_miss: on_miss(cfg.on_miss, cfg.mode), normalizer, store, synth, prices, recorder, pacing })
+}
+
+/// `record_missing` forwards misses (to record them) whatever `on_miss` says.
+fn on_miss(on_miss: OnMiss, mode: Mode) -> OnMiss {
+    if mode == Mode::RecordMissing {
+        OnMiss::Passthrough
+    } else {
+        on_miss
+    }
+}
+
+/// The replay speed, checked: a positive finite number, at most 1000.
+fn check_pacing(p: Option<PacingConfig>) -> Result<Option<f64>, ConfigError> {
+    match p {
+        None => Ok(None),
+        Some(PacingConfig { speed }) if speed.is_finite() && speed > 0.0 && speed <= 1000.0 => Ok(Some(speed)),
+        Some(PacingConfig { speed }) => {
+            Err(ConfigError::invalid("pacing.speed", format!("{speed} is not a speed between 0 (excluded) and 1000")))
+        }
+    }
 }
 
 /// A sealed bundle's assets, answers deferred. The content hash is first taken over the assets' text as it

@@ -18,6 +18,7 @@ use crate::cost::Prices;
 use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route, Usage};
 use crate::error::{ConfigError, RequestError};
 use crate::key::Normalizer;
+use crate::record::{Pace, Recorder};
 use crate::store::answer::{at_path, output_tokens, refresh};
 use crate::store::{Compiled, Store, KEEP_CANONICAL};
 use crate::stream::StreamOptions;
@@ -56,6 +57,8 @@ pub struct LocalResponse {
     pub delay_ms: u64,
     /// What the answer saved, for a virtual answer (a hit or a synthesized answer).
     pub accounting: Option<Accounting>,
+    /// A recorded stream to send at its recorded pace (through the pacer), when pacing is on.
+    pub pace: Option<Box<Pace>>,
 }
 
 /// The live call a virtual answer stood in for: who, what, and the tokens and dollars it would have cost.
@@ -77,6 +80,8 @@ pub struct Accounting {
 }
 
 /// The decision for one LLM request.
+// One per request, moved straight to the host: boxing the answer would cost an allocation on every hit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Answer locally.
@@ -138,6 +143,10 @@ pub struct Runtime {
     memo: Memo,
     /// Memory budgets of one request and one answer (crate::budget).
     budgets: Budgets,
+    /// Record mode and its settings.
+    recorder: Recorder,
+    /// Replay speed of paced recorded streams, when pacing is on.
+    pacing: Option<f64>,
 }
 
 impl Runtime {
@@ -172,7 +181,19 @@ impl Runtime {
             served: Cell::new(0),
             memo: Memo::default(),
             budgets: Budgets::default(),
+            recorder: c.recorder,
+            pacing: c.pacing,
         }
+    }
+
+    /// Record mode and its settings.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The replay speed of paced recorded streams, when pacing is on.
+    pub fn pacing(&self) -> Option<f64> {
+        self.pacing
     }
 
     /// Replaces the memory budgets (`crate::limits::REQUEST_BUDGET`, `ANSWER_BUDGET`); tests lower them to
@@ -324,10 +345,15 @@ impl Runtime {
         let stream = facts.stream && !resp.is_error && op.streams();
         let converting = resp.embeddings.is_some_and(|have| have != facts.encoding);
         let needs_work = stream || asset.refresh || !resp.templates.is_empty() || converting;
+        let mut pace = None;
         let body = match (&resp.splice, &resp.stream) {
             (_, Some(recorded)) if stream => {
                 set_content_type(&mut headers, route.dialect().stream_content_type(route));
-                route.dialect().recorded_stream(route, recorded)
+                let served = route.dialect().recorded_stream(route, recorded);
+                if let (Some(speed), Some(chunks)) = (self.pacing, &resp.timing) {
+                    pace = Some(Box::new(Pace::fit(chunks, recorded.len() as u64, served.len() as u64, speed)));
+                }
+                served
             }
             // The common hit: only the id and timestamps change, written into the pre-serialized body.
             (Some(splice), _) if !stream && !converting => splice.render(now_nanos, &mut self.fresh_ids(now_nanos)),
@@ -391,7 +417,7 @@ impl Runtime {
         };
         let model = asset.model.as_deref().unwrap_or_default();
         let accounting = Some(self.account(route, model, usage, estimated));
-        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms, accounting }
+        LocalResponse { outcome: Outcome::Hit, status: resp.status, headers, body, delay_ms, accounting, pace }
     }
 
     /// A generator for fresh ids: seeded from the clock, this VM's salt and a per-VM serial, so ids differ
@@ -439,7 +465,15 @@ impl Runtime {
         };
         let model = route.model_of(request).unwrap_or_default();
         let accounting = Some(self.account(route, model, usage, estimated));
-        Some(LocalResponse { outcome: Outcome::Synthesized, status: 200, headers, body: bytes, delay_ms, accounting })
+        Some(LocalResponse {
+            outcome: Outcome::Synthesized,
+            status: 200,
+            headers,
+            body: bytes,
+            delay_ms,
+            accounting,
+            pace: None,
+        })
     }
 
     /// What a virtual answer for `model` saved.
@@ -508,7 +542,7 @@ fn local_error(
     if let Some(k) = key {
         headers.insert(2, ("x-understudy-key".into(), k.into()));
     }
-    LocalResponse { outcome, status, headers, body, delay_ms: 0, accounting: None }
+    LocalResponse { outcome, status, headers, body, delay_ms: 0, accounting: None, pace: None }
 }
 
 /// The headers and body of an error answer of type `kind` in `route`'s API shape, tagged `x-understudy: tag`
@@ -558,6 +592,9 @@ mod tests {
             bundle: Bundle::sealed(assets),
             synthesize: Vec::new(),
             prices: Default::default(),
+            mode: Default::default(),
+            record: Default::default(),
+            pacing: None,
         };
         serde_json::to_string(&cfg).unwrap()
     }

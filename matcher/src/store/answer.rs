@@ -43,6 +43,8 @@ pub(crate) struct Response {
     pub(crate) output_tokens: u64,
     /// The usage the answer reports, if it does.
     pub(crate) usage: Option<Usage>,
+    /// When the recorded stream's chunks arrived (`[at_ms, bytes]`), for paced replay.
+    pub(crate) timing: Option<Box<[(u64, u64)]>>,
 }
 
 impl Response {
@@ -180,6 +182,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
             has_json: false,
             output_tokens: 0,
             usage: None,
+            timing: None,
         });
     }
     // A recorded stream answers streaming requests verbatim and others with the assembled body.
@@ -193,6 +196,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         }
         (None, None) => (None, ""),
     };
+    let timing = r.timing.map(|t| t.chunks.into_boxed_slice());
     // A stream recorded in the route's framing around another API's events is read in the operation's own.
     let assembled = match &raw {
         Some(t) if r.body.is_none() && status < 400 && op.streams() => {
@@ -250,6 +254,7 @@ fn compile_response(route: &Route, r: AssetResponse, refresh: bool) -> Result<Re
         has_json,
         output_tokens,
         usage,
+        timing,
     })
 }
 

@@ -212,6 +212,30 @@ pub(super) fn recorded_framing(recorded: &[u8]) -> Option<Framing> {
     }
 }
 
+/// A whole recorded stream: it assembles, a JSON array is closed, and the last chunk finishes a candidate
+/// (`finishReason`), as the live API's last chunk does.
+pub(super) fn complete(recorded: &[u8]) -> Result<(), StreamError> {
+    assemble(recorded)?;
+    let missing = Err(StreamError::MissingEvent { op: OP, event: "finishReason" });
+    if recorded_framing(recorded) == Some(Framing::JsonArray)
+        && !std::str::from_utf8(recorded).is_ok_and(|t| t.trim_end().ends_with(']'))
+    {
+        return Err(StreamError::MissingEvent { op: OP, event: "]" });
+    }
+    let chunks = recorded_chunks(recorded)?;
+    let Some(last) = chunks.last() else { return missing };
+    let finished = last
+        .data
+        .get("candidates")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c.get("finishReason").is_some()));
+    if finished {
+        Ok(())
+    } else {
+        missing
+    }
+}
+
 /// A recorded stream in the other framing, when it is not already in `want`'s (`None`: send it verbatim).
 pub(super) fn reframe(recorded: &[u8], want: Framing) -> Option<Vec<u8>> {
     if recorded_framing(recorded)? == want {

@@ -120,6 +120,13 @@ impl Dialect for Gemini {
         }
     }
 
+    fn stream_complete(&self, op: Operation, recorded: &[u8]) -> Result<(), StreamError> {
+        match op {
+            Operation::GenerateContent => generate::complete(recorded),
+            op => Err(StreamError::NotStreamable(op)),
+        }
+    }
+
     fn recorded_stream(&self, route: &Route, recorded: &[u8]) -> Vec<u8> {
         generate::reframe(recorded, framing(route)).unwrap_or_else(|| recorded.to_vec())
     }

@@ -33,6 +33,9 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
         bundle: Bundle::sealed(assets),
         synthesize,
         prices: Default::default(),
+        mode: Default::default(),
+        record: Default::default(),
+        pacing: None,
     };
     Runtime::compile(cfg).unwrap()
 }

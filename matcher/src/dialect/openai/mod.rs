@@ -108,6 +108,15 @@ impl Dialect for OpenAi {
         }
     }
 
+    fn stream_complete(&self, op: Operation, recorded: &[u8]) -> Result<(), StreamError> {
+        self.assemble_stream(op, recorded)?;
+        match op {
+            // The responses grammar's assembler already requires `response.completed` (or its kin).
+            Operation::Responses => Ok(()),
+            _ => super::sse::ends_with(op, recorded, "[DONE]"),
+        }
+    }
+
     fn usage(&self, op: Operation, body: &Value) -> Option<Usage> {
         let u = body.get("usage")?;
         let n = |v: Option<&Value>| v.and_then(Value::as_u64);
