@@ -605,11 +605,11 @@ mod tests {
         f.on_request_headers(&h, false);
         assert_eq!(f.on_request_body(&h, other.len(), true), Next::Continue);
         assert!(f.forwarded());
-        // Replay leaves accept-encoding alone.
+        // Replay leaves accept-encoding alone (it only names the provider for routing).
         let h = host("/v1/chat/completions", REQ);
         let mut f = Flow::new(runtime(OnMiss::Error));
         f.on_request_headers(&h, false);
-        assert!(h.request_changes.borrow().is_empty());
+        assert_eq!(*h.request_changes.borrow(), vec![(UPSTREAM_HEADER.to_string(), Some("openai".to_string()))]);
     }
 
     #[test]
