@@ -191,7 +191,8 @@ fn plugin_config(
             OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
         },
         normalization: norm,
-        bundle: built.bundle,
+        bundle: Some(built.bundle),
+        store: None,
         synthesize: bundle::load_synthesize(synthesize)?,
         prices: Default::default(),
     };

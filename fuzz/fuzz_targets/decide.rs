@@ -111,7 +111,7 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         assets.push(BundledAsset { key, source: label, asset });
     }
     let cfg =
-        PluginConfig { on_miss, normalization, bundle: Bundle::sealed(assets), synthesize, prices: Default::default() };
+        PluginConfig { on_miss, normalization, bundle: Some(Bundle::sealed(assets)), store: None, synthesize, prices: Default::default() };
     Runtime::compile(cfg).expect("runtime compiles")
 }
 

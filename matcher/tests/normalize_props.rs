@@ -1012,6 +1012,7 @@ fn mutated_bodies_never_panic_and_classify_consistently() {
                     resp.outcome
                 }
                 Decision::Forward(o) => panic!("error mode never forwards: {o:?}"),
+                Decision::Fetch(f) => panic!("no store is configured, yet a fetch of {}", f.key),
             };
             assert_eq!(outcome == Outcome::BadRequest, !parsed_ok, "{:?} on {path}", String::from_utf8_lossy(&body));
             outcomes[match outcome {
