@@ -3,14 +3,17 @@
 
 mod bundle;
 mod clientenv;
+mod embed;
 mod envoy;
 mod launcher;
 mod manifests;
 mod package;
+mod publish;
 mod registry;
 mod run;
 mod summary;
 mod up;
+mod watch;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -64,10 +67,12 @@ enum Command {
         #[arg(long)]
         normalization: Option<PathBuf>,
     },
-    /// Print the plugin configuration (on_miss, normalization, bundle) for an assets directory.
+    /// Print the plugin configuration (on_miss, normalization, bundle, store) for an assets directory and/or
+    /// a published asset store.
     PluginConfig {
-        /// Assets directory.
-        dir: PathBuf,
+        /// Assets directory (the bundle inside the configuration); optional with --store.
+        #[arg(required_unless_present = "store")]
+        dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "error")]
         on_miss: OnMissArg,
         #[arg(long)]
@@ -75,7 +80,19 @@ enum Command {
         /// Synthesize rules (JSON array) for requests no asset matches.
         #[arg(long)]
         synthesize: Option<PathBuf>,
+        /// A published asset store (`understudy publish`), as served: http(s)://HOST[:PORT][/PREFIX]. Its
+        /// manifest is read from there; keys the bundle lacks are fetched from it (docs/store.md).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The Envoy cluster that reaches the store (in Istio: outbound|PORT||HOST).
+        #[arg(long, default_value = "understudy_store", requires = "store")]
+        store_cluster: String,
+        #[command(flatten)]
+        store_tuning: publish::StoreTuning,
     },
+    /// Validate a directory of assets and publish it as a remote asset store: a static layout (a manifest and
+    /// one file per key) for any HTTP server or bucket (docs/store.md).
+    Publish(publish::PublishArgs),
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
     /// Run a command (a test suite) against Envoy with Understudy: SDKs pointed at it through the
@@ -109,9 +126,11 @@ fn main() -> ExitCode {
             key(&file, path.as_deref(), &method, normalization.as_deref())
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig { dir, on_miss, normalization, synthesize } => {
-            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref()).map(|c| println!("{c}"))
+        Command::PluginConfig { dir, on_miss, normalization, synthesize, store, store_cluster, store_tuning } => {
+            plugin_config_cmd(dir, on_miss, normalization, synthesize, store, &store_cluster, &store_tuning)
+                .map(|c| println!("{c}"))
         }
+        Command::Publish(args) => publish::run(args),
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
         Command::Package(args) => package::run(args),
@@ -175,30 +194,89 @@ fn bundle_cmd(dir: &Path, output: &str, normalization: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// Builds the full plugin configuration JSON for an assets directory.
-fn plugin_config(
-    dir: &Path,
+/// `understudy plugin-config`: the store's normalization settings unless --normalization says otherwise (and
+/// then they must agree).
+fn plugin_config_cmd(
+    dir: Option<PathBuf>,
     on_miss: OnMissArg,
-    normalization: Option<&Path>,
-    synthesize: Option<&Path>,
+    normalization: Option<PathBuf>,
+    synthesize: Option<PathBuf>,
+    store: Option<String>,
+    cluster: &str,
+    tuning: &publish::StoreTuning,
 ) -> Result<String> {
-    let norm = bundle::load_normalization(normalization)?;
-    let built = bundle::build(dir, &norm)?;
-    eprintln!("{}", bundle::report(&built));
+    let mut norm = bundle::load_normalization(normalization.as_deref())?;
+    let store = match store {
+        Some(url) => {
+            let loc = publish::StoreLocation::parse(&url)?;
+            let manifest = loc.manifest()?;
+            norm = store_normalization(normalization.is_some().then_some(norm), &manifest)?;
+            eprintln!("asset store {url}: {}", publish::describe(&manifest));
+            Some(loc.section(cluster, &manifest, tuning))
+        }
+        None => None,
+    };
+    build_plugin_config(&ConfigSpec {
+        assets: dir.as_deref(),
+        store,
+        on_miss,
+        normalization: norm,
+        synthesize: synthesize.as_deref(),
+    })
+}
+
+/// The normalization a configuration with a store must use: the store's; settings given besides must match.
+pub(crate) fn store_normalization(
+    given: Option<understudy_matcher::NormalizationConfig>,
+    manifest: &understudy_matcher::store::remote::StoreManifest,
+) -> Result<understudy_matcher::NormalizationConfig> {
+    match given {
+        Some(n) if n != manifest.normalization => bail!(
+            "--normalization differs from the settings the store was published with ({}): every key would miss; \
+             publish the store with the same settings",
+            serde_json::to_string(&manifest.normalization)?
+        ),
+        _ => Ok(manifest.normalization.clone()),
+    }
+}
+
+/// What a plugin configuration is built from.
+pub(crate) struct ConfigSpec<'a> {
+    /// Assets directory for the inline bundle (none: the embedded bundle or the store only).
+    pub assets: Option<&'a Path>,
+    pub store: Option<understudy_matcher::StoreConfig>,
+    pub on_miss: OnMissArg,
+    pub normalization: understudy_matcher::NormalizationConfig,
+    pub synthesize: Option<&'a Path>,
+}
+
+/// Builds a plugin configuration, proven loadable by the filter's own loader.
+pub(crate) fn build_plugin_config(spec: &ConfigSpec) -> Result<String> {
+    let bundle = match spec.assets {
+        Some(dir) => {
+            let built = bundle::build(dir, &spec.normalization)?;
+            eprintln!("{}", bundle::report(&built));
+            Some(built.bundle)
+        }
+        None => None,
+    };
     let cfg = understudy_matcher::PluginConfig {
-        on_miss: match on_miss {
+        on_miss: match spec.on_miss {
             OnMissArg::Error => understudy_matcher::OnMiss::Error,
             OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
         },
-        normalization: norm,
-        bundle: Some(built.bundle),
-        store: None,
-        synthesize: bundle::load_synthesize(synthesize)?,
+        normalization: spec.normalization.clone(),
+        bundle,
+        store: spec.store.clone(),
+        synthesize: bundle::load_synthesize(spec.synthesize)?,
         prices: Default::default(),
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
-    // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.
+    // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader (a
+    // configuration without a bundle or store is proven by the caller, with the module's embedded bundle).
     let text = understudy_matcher::canonical::to_canonical(&serde_json::to_value(&cfg)?);
-    understudy_matcher::Runtime::from_json_sealed(&text)?;
+    if cfg.bundle.is_some() || cfg.store.is_some() {
+        understudy_matcher::Runtime::from_json_sealed(&text)?;
+    }
     Ok(text)
 }

@@ -88,7 +88,7 @@ fn run(a: RunArgs) -> Result<u8> {
     let envoy_log = log_dir.join("envoy.log");
     let access_log = log_dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
-    let plan = a.envoy.plan(&Defaults { port: 0, admin_port: 0, access_log: Some(&access_log) })?;
+    let mut plan = a.envoy.plan(&Defaults { port: 0, admin_port: 0, access_log: Some(&access_log) })?;
 
     let signals = Signals::start()?;
     let mut early = None;
@@ -103,12 +103,13 @@ fn run(a: RunArgs) -> Result<u8> {
     };
     eprintln!(
         "understudy run: serving {} at http://127.0.0.1:{} (on_miss={}); Envoy log: {}",
-        plan.assets.display(),
+        plan.serving,
         envoy.port,
         plan.on_miss.name(),
         envoy_log.display()
     );
 
+    let _watching = plan.watch(&envoy)?;
     let env = clientenv::environment(envoy.port, &envoy.admin, |n| std::env::var_os(n));
     let mut child = match Command::new(program).args(args).envs(env).spawn() {
         Ok(c) => c,

@@ -29,6 +29,7 @@ pub fn run(a: UpArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let mut plan = plan;
     let Some(mut envoy) = plan.start(&Output::Inherit, false, &mut || stop.load(Ordering::Relaxed))? else {
         // Stopped by a signal while starting.
         return Ok(());
@@ -37,12 +38,13 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!(
         "Understudy is up: Envoy {} serving {} (on_miss={})",
         envoy.binary.display(),
-        plan.assets.display(),
+        plan.serving,
         plan.on_miss.name()
     );
     println!("  OpenAI base URL:    http://127.0.0.1:{port}/v1   (OPENAI_BASE_URL)");
     println!("  Anthropic base URL: http://127.0.0.1:{port}      (ANTHROPIC_BASE_URL)");
     println!("  Stats:              http://{admin}/stats?filter=understudy");
+    let _watching = plan.watch(&envoy)?;
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 

@@ -252,6 +252,55 @@ impl Store {
     }
 }
 
+/// One asset validated, keyed and compiled on its own (then dropped): how `understudy bundle` and
+/// `understudy publish` check every asset without holding a compiled store of them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Its key.
+    pub key: String,
+    /// Its operation.
+    pub operation: Operation,
+    /// Its name and `file#index`, as messages show it.
+    pub label: String,
+    /// A hash of what two assets of one key must share to be identical duplicates rather than a conflict
+    /// (the compiled answers, sequence, seed, refresh and latency: what [`Store::add`] compares).
+    fingerprint: [u8; 32],
+}
+
+impl Checked {
+    /// `other` is an identical duplicate (same key and answers), not a conflict.
+    pub fn same_answers(&self, other: &Checked) -> bool {
+        self.key == other.key && self.fingerprint == other.fingerprint
+    }
+}
+
+/// Validates, keys and compiles `asset` (`label` is its `file#index`) exactly as [`Store::add`] does.
+pub fn check(normalizer: &Normalizer, label: &str, asset: &Asset) -> Result<Checked, ConfigError> {
+    let compiled = build(normalizer, label, asset.clone(), None, |route, response, responses, refresh| {
+        let many = responses.is_some();
+        let all = match (response, responses) {
+            (Some(r), _) => vec![r],
+            (None, Some(rs)) => rs,
+            (None, None) => Vec::new(),
+        };
+        Answers::compile(route, all, many, refresh)
+    })?;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for r in compiled.answers().unwrap_or_default() {
+        r.fingerprint(&mut h);
+    }
+    h.update(
+        format!("{:?}|{}|{}|{:?}", compiled.sequence, compiled.seed, compiled.refresh, compiled.latency).as_bytes(),
+    );
+    Ok(Checked {
+        key: compiled.key,
+        operation: compiled.route.operation,
+        label: compiled.label,
+        fingerprint: h.finalize().into(),
+    })
+}
+
 /// Validates, keys and compiles one asset (without indexing it): what [`Store::insert`] indexes, and what the
 /// remote store's cache holds (`remote.rs`). `stored_key`, when given, must equal the computed key.
 fn build<R, L: AnswerList>(
