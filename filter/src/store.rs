@@ -32,20 +32,31 @@ impl Reply {
         read_body: impl FnOnce(usize) -> Option<Vec<u8>>,
     ) -> Reply {
         let status = status.and_then(|s| s.trim().parse::<u16>().ok());
+        let timed_out = || format!("no answer within the store's timeout ({timeout_ms} ms)");
+        // Envoy's clock for the filter is its event loop's, a little behind the timer that fired.
+        let about_timeout = waited_ms.saturating_add(timeout_ms / 10 + 10) >= timeout_ms;
         let Some(status) = status.filter(|_| num_headers > 0) else {
-            let why = if waited_ms >= timeout_ms {
-                format!("no answer within the store's timeout ({timeout_ms} ms)")
-            } else {
-                format!("the call failed after {waited_ms} ms (connection refused or reset, or no healthy host)")
-            };
-            return Reply::Failed(why);
+            if about_timeout {
+                return Reply::Failed(timed_out());
+            }
+            return Reply::Failed(format!("the call failed after {waited_ms} ms (connection refused or reset)"));
         };
+        // Envoy answers a call that ran out of time with its own 504.
+        if status == 504 && about_timeout {
+            return Reply::Failed(timed_out());
+        }
+        if status != 200 && status != 404 {
+            // The start of the answer says why (Envoy's own, e.g. "upstream connect error ... connection refused").
+            let text = read_body(body_size.min(160)).unwrap_or_default();
+            let text: String = String::from_utf8_lossy(&text).chars().filter(|c| (' '..='~').contains(c)).collect();
+            return Reply::Failed(format!("it answered HTTP {status} ({})", text.trim()));
+        }
         if body_size > STORE_ENTRY_BYTES {
             return Reply::Failed(format!(
                 "its answer of {body_size} bytes is over STORE_ENTRY_BYTES ({STORE_ENTRY_BYTES}) and was not read"
             ));
         }
-        if status != 200 || body_size == 0 {
+        if status == 404 || body_size == 0 {
             return Reply::Status(status, Vec::new());
         }
         match read_body(body_size) {
@@ -101,5 +112,12 @@ mod tests {
         };
         assert!(why.contains("STORE_ENTRY_BYTES"), "{why}");
         let Reply::Failed(_) = Reply::read(3, Some("200".into()), 4, 1, 100, |_| None) else { panic!() };
+        // Envoy's own 504 after the timeout; another status says what the answer said.
+        let Reply::Failed(why) = Reply::read(3, Some("504".into()), 24, 100, 100, body) else { panic!() };
+        assert!(why.contains("timeout"), "{why}");
+        let Reply::Failed(why) = Reply::read(3, Some("503".into()), 999, 5, 100, |n| Some(vec![b'y'; n])) else {
+            panic!()
+        };
+        assert!(why.starts_with("it answered HTTP 503 (yyyy") && why.len() < 200, "{why}");
     }
 }
