@@ -144,12 +144,20 @@ impl Watch {
         let thread = std::thread::Builder::new().name("understudy-watch".into()).spawn(move || {
             let _keep = debouncer;
             let mut last = current;
+            let mut seen = self.fingerprint();
+            let mut failing = false;
             while !flag.load(Ordering::Relaxed) {
                 match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(Ok(events)) if events.iter().any(|e| self.relevant(&e.path)) => {
-                        // Events that arrived while rebuilding are part of this rebuild.
+                        // Events that arrived meanwhile are part of this change. Reading the files (ours, an
+                        // editor's) is an event too: only a change of the files' sizes or times rebuilds.
                         while rx.try_recv().is_ok() {}
-                        if let Some(applied) = self.update(&admin, &last) {
+                        let now = self.fingerprint();
+                        if now == seen {
+                            continue;
+                        }
+                        seen = now;
+                        if let Some(applied) = self.update(&admin, &last, &mut failing) {
                             last = applied;
                         }
                     }
@@ -172,18 +180,43 @@ impl Watch {
         path.extension().is_some_and(|x| x == "json") || self.watched.iter().any(|w| w == path) || path.is_dir()
     }
 
+    /// Every watched `*.json` file (and watched file) with its size and modification time.
+    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+        let mut out = Vec::new();
+        for root in &self.watched {
+            for e in walkdir::WalkDir::new(root).follow_links(true).into_iter().filter_map(Result::ok) {
+                let p = e.path();
+                if e.file_type().is_file() && (p.extension().is_some_and(|x| x == "json") || p == root.as_path()) {
+                    let meta = e.metadata().ok();
+                    out.push((
+                        p.to_path_buf(),
+                        meta.as_ref().map_or(0, |m| m.len()),
+                        meta.and_then(|m| m.modified().ok()),
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Rebuilds; writes and waits for Envoy when the configuration changed. The configuration now serving.
-    fn update(&self, admin: &str, last: &str) -> Option<String> {
+    fn update(&self, admin: &str, last: &str, failing: &mut bool) -> Option<String> {
         let started = Instant::now();
         let text = match (self.rebuild)() {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("understudy: error: {e:#}");
                 eprintln!("understudy: the edit was not applied; still serving the previous assets");
+                *failing = true;
                 return None;
             }
         };
+        let was_failing = std::mem::replace(failing, false);
         if text == last {
+            if was_failing {
+                eprintln!("understudy: the assets are valid again; the ones serving are up to date");
+            }
             return None;
         }
         let before = ecds_stats(admin);
