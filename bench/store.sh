@@ -123,8 +123,9 @@ for n in $SIZES; do
     log "generating $n assets ($per per file)"
     record python3 bench/scale/gen.py store --count "$n" --per-file "$per" --rotate $((COLD + FILL)) --out "\$WORK/data-$n"
     python3 "$BENCH/scale/gen.py" store --count "$n" --per-file "$per" --rotate $((COLD + FILL)) --out "$data" >"$WORK/gen-$n.txt"
-    ls "$data"/bodies/*.json | head -n "$COLD" >"$WORK/cold-$n.txt"
-    ls "$data"/bodies/*.json | tail -n +$((COLD + 1)) >"$WORK/fill-$n.txt"
+    find "$data/bodies" -name '*.json' | sort >"$WORK/bodies-$n.txt"
+    sed -n "1,${COLD}p" "$WORK/bodies-$n.txt" >"$WORK/cold-$n.txt"
+    sed -n "$((COLD + 1)),\$p" "$WORK/bodies-$n.txt" >"$WORK/fill-$n.txt"
 
     # --- the remote store -----------------------------------------------------------------------------
     log "$n: publish"

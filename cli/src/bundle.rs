@@ -132,12 +132,17 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
 
 /// A human summary for stderr.
 pub fn report(b: &Built) -> String {
-    let mut s = format!("{} assets from {} files", b.bundle.assets.len(), b.files);
-    if !b.counts.is_empty() {
-        let parts: Vec<String> = b.counts.iter().map(|(op, n)| format!("{op}: {n}")).collect();
+    summary(b.bundle.assets.len(), b.files, &b.counts, &b.duplicates)
+}
+
+/// A human summary of `count` assets validated from `files` files.
+pub fn summary(count: usize, files: usize, counts: &[(Operation, usize)], duplicates: &[(String, String)]) -> String {
+    let mut s = format!("{count} assets from {files} files");
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts.iter().map(|(op, n)| format!("{op}: {n}")).collect();
         s.push_str(&format!(" ({})", parts.join(", ")));
     }
-    for (kept, dup) in &b.duplicates {
+    for (kept, dup) in duplicates {
         s.push_str(&format!("\nduplicate: {dup} is identical to {kept}; kept {kept}"));
     }
     s

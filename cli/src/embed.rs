@@ -12,9 +12,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::value::RawValue;
-use understudy_matcher::asset::BundleOf;
+use understudy_matcher::asset::{BundleOf, CanonicalBundleWriter};
+use understudy_matcher::canonical::to_canonical;
 use understudy_matcher::limits::EMBEDDED_BUNDLE_BYTES;
-use understudy_matcher::{EmbeddedOf, NormalizationConfig, EMBEDDED_FORMAT, EMBED_MARKER_MAGIC};
+use understudy_matcher::{BundledAsset, EmbeddedOf, NormalizationConfig, EMBEDDED_FORMAT, EMBED_MARKER_MAGIC};
 use wasm_encoder::{ConstExpr, DataCountSection, DataSection, MemorySection, MemoryType, Module, RawSection};
 use wasmparser::{DataKind, Operator, Parser, Payload};
 
@@ -37,12 +38,29 @@ pub struct Embedded {
 
 /// The payload `understudy package --assets DIR` embeds: the sealed bundle with its normalization settings,
 /// canonical JSON (the filter then verifies the content hash over the text as it is). Also its asset count.
+/// Built one asset at a time and abandoned as soon as it passes `EMBEDDED_BUNDLE_BYTES`, so an oversized
+/// directory costs a refusal, not its whole bundle in memory.
 pub fn payload(dir: &Path, normalization: &NormalizationConfig) -> Result<(String, usize)> {
-    let built = crate::bundle::build(dir, normalization)?;
-    eprintln!("{}", crate::bundle::report(&built));
-    let count = built.bundle.assets.len();
-    let doc = EmbeddedOf { format: EMBEDDED_FORMAT.into(), normalization: normalization.clone(), bundle: built.bundle };
-    let text = understudy_matcher::canonical::to_canonical(&serde_json::to_value(&doc)?);
+    let mut bundle = CanonicalBundleWriter::default();
+    let mut count = 0;
+    let v = crate::bundle::validate(dir, normalization, |key, source, asset| {
+        let text = to_canonical(&serde_json::to_value(BundledAsset { key, source, asset })?);
+        if bundle.len() + text.len() > EMBEDDED_BUNDLE_BYTES {
+            bail!(
+                "the bundle of {} is over the {} MiB a module may carry (EMBEDDED_BUNDLE_BYTES: it would sit in \
+                 every worker's VM besides its index, after {count} assets); publish the assets as a remote store \
+                 instead (`understudy publish`, docs/store.md)",
+                dir.display(),
+                EMBEDDED_BUNDLE_BYTES >> 20
+            );
+        }
+        bundle.push(&text);
+        count += 1;
+        Ok(())
+    })?;
+    eprintln!("{}", crate::bundle::summary(count, v.files, &v.counts, &v.duplicates));
+    let norm = to_canonical(&serde_json::to_value(normalization)?);
+    let text = format!("{{\"bundle\":{},\"format\":\"{EMBEDDED_FORMAT}\",\"normalization\":{norm}}}", bundle.finish());
     // Prove the filter will load it with a configuration carrying the same settings.
     let config = serde_json::json!({"normalization": normalization}).to_string();
     understudy_matcher::Runtime::from_json_sealed_embedded(&config, Some(&text))?;
@@ -269,6 +287,17 @@ mod tests {
             assert_eq!(embed(&plain, &payload).unwrap(), out);
             assert!(embed(&out, b"{}").unwrap_err().to_string().contains("already carries"));
         }
+    }
+
+    #[test]
+    fn the_streamed_payload_is_the_canonical_embedded_document_of_the_sealed_bundle() {
+        let examples = crate::launcher::project_root().join("examples/assets");
+        let norm = NormalizationConfig::default();
+        let (text, count) = payload(&examples, &norm).unwrap();
+        let built = crate::bundle::build(&examples, &norm).unwrap();
+        assert_eq!(count, built.bundle.assets.len());
+        let typed = EmbeddedOf { format: EMBEDDED_FORMAT.into(), normalization: norm, bundle: built.bundle };
+        assert_eq!(text, to_canonical(&serde_json::to_value(&typed).unwrap()));
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub struct EnvoyArgs {
     #[command(flatten)]
     pub store_tuning: crate::publish::StoreTuning,
     /// Re-bundle the assets when their files change and apply them without a restart or a dropped request
-    /// (docs/watch.md); a bad edit is reported and the previous assets keep serving.
+    /// (docs/deploy.md, "Locally"); a bad edit is reported and the previous assets keep serving.
     #[arg(long)]
     pub watch: bool,
 }

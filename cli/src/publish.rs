@@ -122,14 +122,8 @@ fn write_layout(dir: &Path, out: &Path, spool: &Path, norm: &NormalizationConfig
         published_by: format!("understudy {}", env!("CARGO_PKG_VERSION")),
     };
     write_atomic(&out.join(MANIFEST_FILE), format!("{}\n", serde_json::to_string_pretty(&manifest)?).as_bytes())?;
-    let built = crate::bundle::Built {
-        bundle: understudy_matcher::Bundle::sealed(Vec::new()),
-        files: validated.files,
-        counts: validated.counts,
-        duplicates: validated.duplicates,
-    };
-    let report = crate::bundle::report(&built).replacen("0 assets", &format!("{count} assets"), 1);
-    Ok((manifest, report))
+    let v = validated;
+    Ok((manifest, crate::bundle::summary(count, v.files, &v.counts, &v.duplicates)))
 }
 
 /// Entry files of an earlier publish whose keys are gone: they would fail verification against the new

@@ -9,6 +9,7 @@ use understudy_matcher::limits::*;
 const LIMITS_MD: &str = include_str!("../../docs/limits.md");
 const README: &str = include_str!("../../README.md");
 const SECURITY: &str = include_str!("../../SECURITY.md");
+const STORE_MD: &str = include_str!("../../docs/store.md");
 
 /// `20000` → `20,000`, as the docs write numbers.
 fn thousands(n: u64) -> String {
@@ -61,6 +62,12 @@ fn the_limit_table_states_every_constant() {
         ("MISS_PREFIX_BYTES", size(MISS_PREFIX_BYTES as u64)),
         ("MISS_DIFF_CAP", format!("{} leaves", thousands(MISS_DIFF_CAP as u64))),
         ("MISS_PATH_CHARS", format!("{MISS_PATH_CHARS} chars")),
+        ("STORE_CACHE_ENTRIES", format!("{} entries", thousands(STORE_CACHE_ENTRIES as u64))),
+        ("STORE_CACHE_BYTES", size(STORE_CACHE_BYTES as u64)),
+        ("STORE_ENTRY_BYTES", size(STORE_ENTRY_BYTES as u64)),
+        ("STORE_TIMEOUT_MS", format!("{} ms", thousands(STORE_TIMEOUT_MS))),
+        ("MAX_STORE_TIMEOUT_MS", format!("{} s", MAX_STORE_TIMEOUT_MS / 1000)),
+        ("EMBEDDED_BUNDLE_BYTES", size(EMBEDDED_BUNDLE_BYTES as u64)),
     ];
     for (name, value) in rows {
         let row = format!("| `{name}` | {value} |");
@@ -83,6 +90,7 @@ fn the_limit_table_states_every_constant() {
         ),
         format!("`MEMO_BYTES` = {} (bodies up to `MEMO_BODY` = {})", size(MEMO_BYTES as u64), size(MEMO_BODY as u64)),
         format!("`PER_VM_BUDGET` = {} besides the store", size(PER_VM_BUDGET)),
+        format!("`STORE_CACHE_BYTES` = {}", size(STORE_CACHE_BYTES as u64)),
         format!("`MISS_SHORTLIST` = {MISS_SHORTLIST}"),
     ] {
         assert!(text.contains(&stated), "docs/limits.md does not say {stated:?}");
@@ -136,4 +144,29 @@ fn readme_and_security_state_the_constants() {
     );
     states(README, "README.md", r"naming `REQUEST_BUDGET` \((\d+ MiB)\)", &[size(REQUEST_BUDGET)]);
     states(README, "README.md", r"the (\d+ MiB) latency queue", &[size(DELAY_QUEUE_BYTES as u64)]);
+}
+
+#[test]
+fn the_store_page_states_the_constants() {
+    let words = ["zero", "one", "two", "three", "four", "five"];
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"at most ([\d,]+) entries and (\d+ MiB) per VM",
+        &[thousands(STORE_CACHE_ENTRIES as u64), size(STORE_CACHE_BYTES as u64)],
+    );
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"counted as (\w+) times its file's size plus (\d+ KiB)",
+        &[words[STORE_ENTRY_COST].to_string(), size(STORE_ENTRY_OVERHEAD as u64)],
+    );
+    states(STORE_MD, "docs/store.md", r"files over (\d+ MiB) are not read", &[size(STORE_ENTRY_BYTES as u64)]);
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"default ([\d,]+) ms, at most (\d+) s",
+        &[thousands(STORE_TIMEOUT_MS), (MAX_STORE_TIMEOUT_MS / 1000).to_string()],
+    );
+    states(STORE_MD, "docs/store.md", r"bundles up to (\d+ MiB)", &[size(EMBEDDED_BUNDLE_BYTES as u64)]);
 }

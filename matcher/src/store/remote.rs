@@ -30,7 +30,7 @@ use crate::asset::{BundledOf, RawAsset};
 use crate::error::ConfigError;
 use crate::key::{hex, NormalizationConfig, Normalizer};
 use crate::limits::{
-    MAX_STORE_TIMEOUT_MS, STORE_CACHE_BYTES, STORE_CACHE_ENTRIES, STORE_ENTRY_BYTES, STORE_ENTRY_COST,
+    MAX_STORE_TIMEOUT_MS, REQUEST_BUDGET, STORE_CACHE_BYTES, STORE_CACHE_ENTRIES, STORE_ENTRY_BYTES, STORE_ENTRY_COST,
     STORE_ENTRY_OVERHEAD, STORE_TIMEOUT_MS,
 };
 
@@ -468,7 +468,12 @@ impl Remote {
                 self.config.sha256, computed
             ));
         }
-        // Verified: what `understudy publish` validated. Parsing it is priced like a request body.
+        // Verified: what `understudy publish` validated. Parsing it (its request becomes a tree, normalized and
+        // keyed) is priced like a request body first, so it fits the budget a request has.
+        let processing = crate::budget::Processing { plain: normalizer.is_plain(), synthesizes: false };
+        if let Err((cost, _)) = crate::budget::check_request(file.entry.get().as_bytes(), processing, REQUEST_BUDGET) {
+            return Err(format!("reading it would cost {cost} bytes, over REQUEST_BUDGET ({REQUEST_BUDGET})"));
+        }
         let bundled: BundledOf<RawAsset<'_>> =
             serde_json::from_str(file.entry.get()).map_err(|e| format!("entry: {e}"))?;
         if bundled.key != key {
