@@ -63,9 +63,8 @@ pub fn run(a: PublishArgs) -> Result<()> {
 pub fn publish(dir: &Path, out: &Path, norm: &NormalizationConfig) -> Result<(StoreManifest, String)> {
     prepare(out)?;
     let spool = out.join(format!(".understudy-publish-{}", std::process::id()));
-    std::fs::create_dir_all(&spool).with_context(|| format!("cannot create {}", spool.display()))?;
     let result = write_layout(dir, out, &spool, norm);
-    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_file(&spool);
     result
 }
 
@@ -88,30 +87,54 @@ fn prepare(out: &Path) -> Result<()> {
 }
 
 fn write_layout(dir: &Path, out: &Path, spool: &Path, norm: &NormalizationConfig) -> Result<(StoreManifest, String)> {
-    // Pass 1: validate, spool each distinct entry's canonical text, keep its key and leaf hash.
-    let mut leaves: Vec<(String, [u8; 32])> = Vec::new();
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    // Pass 1: validate; append each distinct entry's canonical text to one spool file, keep its key, leaf
+    // hash and place (a file per entry would cost a million creates and unlinks more).
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(spool)
+        .with_context(|| format!("cannot write {}", spool.display()))?;
+    let mut writer = std::io::BufWriter::new(&mut file);
+    let mut entries: Vec<(String, [u8; 32], u64, usize)> = Vec::new();
+    let mut offset = 0u64;
     let validated = crate::bundle::validate(dir, norm, |key, source, asset| {
         let entry = BundledAsset { key, source, asset };
         let text = to_canonical(&serde_json::to_value(&entry)?);
-        let path = spool.join(&entry.key);
-        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-        leaves.push((entry.key, leaf_hash(text.as_bytes())));
+        writer.write_all(text.as_bytes()).context("writing the spool")?;
+        entries.push((entry.key, leaf_hash(text.as_bytes()), offset, text.len()));
+        offset += text.len() as u64;
         Ok(())
     })?;
+    writer.flush().context("writing the spool")?;
+    drop(writer);
     // Pass 2: the tree over the sorted keys, then every entry file with its proof.
-    leaves.sort();
-    let count = leaves.len();
-    let tree = MerkleTree::new(leaves.iter().map(|(_, h)| *h).collect());
+    entries.sort();
+    let count = entries.len();
+    let tree = MerkleTree::new(entries.iter().map(|e| e.1).collect());
     let sha256 = content_hash(norm, count as u64, &tree.root());
-    for (index, (key, _)) in leaves.iter().enumerate() {
-        let text = std::fs::read_to_string(spool.join(key)).context("reading the spooled entries back")?;
+    let mut made = HashSet::new();
+    for (index, (key, _, at, len)) in entries.iter().enumerate() {
+        let mut text = vec![0; *len];
+        file.read_exact_at(&mut text, *at).context("reading the spooled entries back")?;
+        let text = String::from_utf8(text).context("reading the spooled entries back")?;
         let path = out.join(entry_path(key));
-        if let Some(parent) = path.parent() {
+        if let Some(parent) = path.parent().filter(|p| made.insert(p.to_path_buf())) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        write_atomic(&path, entry_file(&text, index, &tree, count).as_bytes())?;
+        let bytes = entry_file(&text, index, &tree, count);
+        // A fresh file can be written in place (the manifest, written last, says the layout is complete); an
+        // existing one is replaced by rename, so a server never serves half of it.
+        if path.exists() {
+            write_atomic(&path, bytes.as_bytes())?;
+        } else {
+            std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
-    remove_stale_entries(out, &leaves.iter().map(|(k, _)| k.as_str()).collect())?;
+    remove_stale_entries(out, &entries.iter().map(|e| e.0.as_str()).collect())?;
     let manifest = StoreManifest {
         format: STORE_FORMAT.into(),
         sha256,

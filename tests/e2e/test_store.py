@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     EXAMPLE_ASSETS,
     UNDERSTUDY,
+    WASM,
     admin_get,
     assert_served_body,
     free_port,
@@ -283,3 +284,30 @@ def test_a_bundle_embedded_in_the_packaged_module_serves_without_one_in_the_conf
         assert r.header("x-understudy-store") is None
     upstream.assert_untouched_since(before)
     assert "bundle embedded in the module" in u.log_path.read_text(errors="replace")
+
+
+def test_manifests_for_a_store_or_an_embedded_bundle_pin_what_they_name_and_validate(nginx, published, tmp_path):
+    from test_manifests import IMAGE, docs, envoy_validate, manifests, schema_check
+
+    out = manifests(tmp_path / "store", "--store", nginx.url("/ci"))
+    plugin, _ = docs(out["istio.yaml"])[:2]
+    store = plugin["spec"]["pluginConfig"]["store"]
+    assert store["cluster"] == f"outbound|{nginx.port}||127.0.0.1" and store["sha256"] == published[1]["sha256"]
+    for r in schema_check(out["istio.yaml"]):
+        assert r["schema"] == "validated" and "error" not in r, r
+    boot = out["envoy.yaml"].read_text()
+    assert store["cluster"] in boot, "plain Envoy defines the store's cluster"
+    r = envoy_validate(out["envoy.yaml"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    # --embed: the pinned digest is the image `package --assets` builds, and the pluginConfig has no bundle.
+    out = manifests(tmp_path / "embed", "--embed")
+    plugin, _ = docs(out["istio.yaml"])[:2]
+    assert "bundle" not in plugin["spec"]["pluginConfig"]
+    r = subprocess.run([str(UNDERSTUDY), "package", "--wasm", str(WASM), "--assets", str(EXAMPLE_ASSETS), "--json",
+                        "-o", str(tmp_path / "oci")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pkg = json.loads(r.stdout)
+    assert plugin["spec"]["sha256"] == pkg["wasm_artifact"]["digest"].removeprefix("sha256:")
+    ecds = docs(out["understudy-ecds.yaml"])[0]
+    assert ecds["resources"][0]["typed_config"]["config"]["vm_config"]["code"]["remote"]["sha256"] == pkg["module"]["sha256"]
+    assert IMAGE.split(":")[0] in plugin["spec"]["url"]
