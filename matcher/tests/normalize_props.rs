@@ -451,7 +451,6 @@ fn bad_plugin_config_names_the_field() {
             &["normalization.scrubbers[0].flags:"],
         ),
         (format!(r#"{{"on_miss":"sometimes","bundle":{empty}}}"#), &["on_miss:", "sometimes"]),
-        (r#"{"on_miss":"error"}"#.to_string(), &["missing field `bundle`"]),
         (format!(r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[],"extra":1}}}}"#), &["bundle.extra:"]),
         (
             format!(
@@ -472,6 +471,10 @@ fn bad_plugin_config_names_the_field() {
     }
     let e = Runtime::from_json(r#"{"bundle":{"format":"understudy.bundle/v0","assets":[]}}"#).unwrap_err();
     assert_eq!(invalid_field(e), "bundle.format");
+    // No bundle, no store (and no module with an embedded bundle): the field is named, with the three ways.
+    let e = Runtime::from_json(r#"{"on_miss":"error"}"#).unwrap_err();
+    assert!(e.to_string().contains("understudy publish"), "{e}");
+    assert_eq!(invalid_field(e), "bundle");
 }
 
 #[test]
