@@ -120,15 +120,7 @@ impl Store {
         asset: Asset,
         stored_key: Option<&str>,
     ) -> Result<String, ConfigError> {
-        self.insert(normalizer, label, asset, stored_key, |route, response, responses, refresh| {
-            let many = responses.is_some();
-            let all = match (response, responses) {
-                (Some(r), _) => vec![r],
-                (None, Some(rs)) => rs,
-                (None, None) => Vec::new(),
-            };
-            Answers::compile(route, all, many, refresh)
-        })
+        self.insert(normalizer, label, asset, stored_key, typed_answers)
     }
 
     /// Adds a sealed bundle's asset with its answers deferred (see [`Answers::Deferred`]).
@@ -276,15 +268,7 @@ impl Checked {
 
 /// Validates, keys and compiles `asset` (`label` is its `file#index`) exactly as [`Store::add`] does.
 pub fn check(normalizer: &Normalizer, label: &str, asset: &Asset) -> Result<Checked, ConfigError> {
-    let compiled = build(normalizer, label, asset.clone(), None, |route, response, responses, refresh| {
-        let many = responses.is_some();
-        let all = match (response, responses) {
-            (Some(r), _) => vec![r],
-            (None, Some(rs)) => rs,
-            (None, None) => Vec::new(),
-        };
-        Answers::compile(route, all, many, refresh)
-    })?;
+    let compiled = build(normalizer, label, asset.clone(), None, typed_answers)?;
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for r in compiled.answers().unwrap_or_default() {
@@ -354,6 +338,22 @@ pub(crate) fn build_raw(
     stored_key: &str,
 ) -> Result<Compiled, ConfigError> {
     build(normalizer, label, asset, Some(stored_key), raw_answers)
+}
+
+/// Answers of a typed asset, compiled now.
+fn typed_answers(
+    route: &Route,
+    response: Option<crate::asset::AssetResponse>,
+    responses: Option<Vec<crate::asset::AssetResponse>>,
+    refresh: bool,
+) -> Result<Answers, String> {
+    let many = responses.is_some();
+    let all = match (response, responses) {
+        (Some(r), _) => vec![r],
+        (None, Some(rs)) => rs,
+        (None, None) => Vec::new(),
+    };
+    Answers::compile(route, all, many, refresh)
 }
 
 /// Answers of a sealed asset, kept as their JSON text and compiled on first use.
