@@ -38,6 +38,7 @@ test-streams: ## Rendered streams parsed by the official OpenAI, Anthropic and O
 test-e2e: ## End-to-end tests against a real Envoy (needs `make setup`)
 	bash scripts/install-deploy-tools.sh
 	bash scripts/install-cost-tools.sh
+	bash scripts/install-load-tools.sh
 	$(PY) -m pytest tests/e2e
 
 test-soak: ## 1M virtual requests through Envoy with 2 workers: no errors, exact stats, flat memory (SOAK_REQUESTS=N)

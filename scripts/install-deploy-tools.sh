@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tools for the deployment tests (tests/e2e/test_package.py, test_manifests.py, test_ecds.py), installed
-# idempotently from package registries only:
-#   Debian: docker-registry (a real OCI registry, run on loopback by the tests), skopeo (an independent client)
+# Tools for the deployment tests (tests/e2e/test_package.py, test_manifests.py, test_ecds.py, test_store.py),
+# installed idempotently from package registries only:
+#   Debian: docker-registry (a real OCI registry, run on loopback by the tests), skopeo (an independent client),
+#           nginx (a real static HTTP server for the remote asset store, run on loopback by the tests)
 #   npm (pinned, into the gitignored .tools/deploy-node/): @kubernetes-models/istio (Istio's published CRD
 #   schemas, used to validate generated manifests), js-yaml (reads them as a YAML 1.2 parser would)
 #
@@ -32,6 +33,7 @@ apt_install() { # apt_install PATH_OR_COMMAND PACKAGE
 }
 apt_install /usr/bin/docker-registry docker-registry
 apt_install skopeo skopeo
+apt_install /usr/sbin/nginx nginx
 apt_install node nodejs
 apt_install npm npm
 

@@ -138,13 +138,22 @@ def store_response(i):
 
 
 def cmd_store(a):
-    """N distinct small chat assets, 1000 files per directory, and a rotation set of request bodies."""
+    """N distinct small chat assets, 1000 files per directory (--per-file K: K assets per file, as an array),
+    and a rotation set of request bodies."""
     req_total = resp_total = 0
+    batch = []
     for i in range(a.count):
         body, resp = store_request(i), store_response(i)
         req_total += len(dumps(body))
         resp_total += len(dumps(resp))
-        write(os.path.join(a.out, "assets", f"d{i // 1000:03d}", f"a{i:07d}.json"), asset(f"scale store #{i}", body, resp))
+        if a.per_file == 1:
+            write(os.path.join(a.out, "assets", f"d{i // 1000:03d}", f"a{i:07d}.json"), asset(f"scale store #{i}", body, resp))
+            continue
+        batch.append(asset(f"scale store #{i}", body, resp))
+        if len(batch) == a.per_file or i == a.count - 1:
+            f = i // a.per_file
+            write(os.path.join(a.out, "assets", f"d{f // 1000:03d}", f"f{f:07d}.json"), batch)
+            batch = []
     k = min(a.rotate, a.count)
     picks = sorted({(j * a.count) // k for j in range(k)})
     for j, i in enumerate(picks):
@@ -189,6 +198,7 @@ def main():
     s = sub.add_parser("store")
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--rotate", type=int, default=100)
+    s.add_argument("--per-file", type=int, default=1)
     s.add_argument("--out", required=True)
     t = sub.add_parser("stream")
     t.add_argument("--chunks", type=int, required=True)

@@ -1,9 +1,11 @@
 //! Loading an assets directory into a validated bundle.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use understudy_matcher::{parse_asset_file, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation, Store};
+use understudy_matcher::store::Checked;
+use understudy_matcher::{parse_asset_file, Asset, Bundle, BundledAsset, NormalizationConfig, Normalizer, Operation};
 
 /// A built bundle plus what the bundler noticed.
 pub struct Built {
@@ -57,12 +59,27 @@ pub fn load_prices(path: Option<&Path>) -> Result<understudy_matcher::cost::Pric
     Ok(prices)
 }
 
-/// Validates every asset under `dir` and bundles them. All problems are reported, not just the first.
-pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
+/// What validating a directory found besides the assets themselves.
+pub struct Validated {
+    pub files: usize,
+    pub counts: Vec<(Operation, usize)>,
+    pub duplicates: Vec<(String, String)>,
+}
+
+/// Validates every asset under `dir` one at a time (each is keyed and compiled, then dropped, so a huge
+/// directory is never held compiled), and hands each distinct one to `keep` with its key and `file#index`
+/// label, in file order. Identical duplicates are skipped and reported; conflicting ones are errors. All
+/// problems are reported, not just the first. What `understudy bundle` and `understudy publish` share.
+pub fn validate(
+    dir: &Path,
+    norm: &NormalizationConfig,
+    mut keep: impl FnMut(String, String, Asset) -> Result<()>,
+) -> Result<Validated> {
     let normalizer = Normalizer::compile(norm)?;
     let files = asset_files(dir)?;
-    let mut set = Store::default();
-    let mut assets = Vec::new();
+    let mut seen: HashMap<String, Checked> = HashMap::new();
+    let mut counts: BTreeMap<Operation, usize> = BTreeMap::new();
+    let mut duplicates = Vec::new();
     let mut errors = Vec::new();
     for f in &files {
         let rel = f.strip_prefix(dir).unwrap_or(f).display().to_string();
@@ -81,33 +98,62 @@ pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
             }
         };
         for (label, asset) in parsed {
-            let before = set.duplicates().len();
-            match set.add(&normalizer, &label, &asset, None) {
-                Ok(key) if set.duplicates().len() == before => assets.push(BundledAsset { key, source: label, asset }),
-                Ok(_) => {}
-                Err(e) => errors.push(e.to_string()),
+            let checked = match understudy_matcher::store::check(&normalizer, &label, &asset) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            match seen.get(&checked.key) {
+                Some(prev) if prev.same_answers(&checked) => duplicates.push((prev.label.clone(), checked.label)),
+                Some(prev) => errors.push(
+                    understudy_matcher::ConfigError::Conflict {
+                        key: checked.key.clone(),
+                        first: prev.label.clone(),
+                        second: checked.label,
+                    }
+                    .to_string(),
+                ),
+                None => {
+                    *counts.entry(checked.operation).or_default() += 1;
+                    if errors.is_empty() {
+                        keep(checked.key.clone(), label, asset)?;
+                    }
+                    seen.insert(checked.key.clone(), checked);
+                }
             }
         }
     }
     if !errors.is_empty() {
         bail!("{} problem(s) in {}:\n  {}", errors.len(), dir.display(), errors.join("\n  "));
     }
-    Ok(Built {
-        bundle: Bundle::sealed(assets),
-        files: files.len(),
-        counts: set.counts(),
-        duplicates: set.duplicates().to_vec(),
-    })
+    Ok(Validated { files: files.len(), counts: counts.into_iter().collect(), duplicates })
+}
+
+/// Validates every asset under `dir` and bundles them. All problems are reported, not just the first.
+pub fn build(dir: &Path, norm: &NormalizationConfig) -> Result<Built> {
+    let mut assets = Vec::new();
+    let v = validate(dir, norm, |key, source, asset| {
+        assets.push(BundledAsset { key, source, asset });
+        Ok(())
+    })?;
+    Ok(Built { bundle: Bundle::sealed(assets), files: v.files, counts: v.counts, duplicates: v.duplicates })
 }
 
 /// A human summary for stderr.
 pub fn report(b: &Built) -> String {
-    let mut s = format!("{} assets from {} files", b.bundle.assets.len(), b.files);
-    if !b.counts.is_empty() {
-        let parts: Vec<String> = b.counts.iter().map(|(op, n)| format!("{op}: {n}")).collect();
+    summary(b.bundle.assets.len(), b.files, &b.counts, &b.duplicates)
+}
+
+/// A human summary of `count` assets validated from `files` files.
+pub fn summary(count: usize, files: usize, counts: &[(Operation, usize)], duplicates: &[(String, String)]) -> String {
+    let mut s = format!("{count} assets from {files} files");
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts.iter().map(|(op, n)| format!("{op}: {n}")).collect();
         s.push_str(&format!(" ({})", parts.join(", ")));
     }
-    for (kept, dup) in &b.duplicates {
+    for (kept, dup) in duplicates {
         s.push_str(&format!("\nduplicate: {dup} is identical to {kept}; kept {kept}"));
     }
     s

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::bundle::load_normalization;
 use crate::envoy::{bootstrap, Settings, Upstream, Upstreams};
 use crate::OnMissArg;
 use understudy_matcher::Normalizer;
@@ -97,6 +98,17 @@ pub struct EnvoyArgs {
     /// Record modes: what a capture whose request already has an asset does.
     #[arg(long, value_enum, default_value = "keep-first")]
     pub on_repeat: crate::collect::OnRepeat,
+    /// A published asset store (`understudy publish`), as served: http(s)://HOST[:PORT][/PREFIX]. Keys the
+    /// assets loaded in the filter lack are fetched from it; without --assets it is the only source
+    /// (docs/store.md).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    #[command(flatten)]
+    pub store_tuning: crate::publish::StoreTuning,
+    /// Re-bundle the assets when their files change and apply them without a restart or a dropped request
+    /// (docs/deploy.md, "Locally"); a bad edit is reported and the previous assets keep serving.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// What a command adds to the shared options.
@@ -110,7 +122,8 @@ pub struct Defaults<'a> {
 /// Everything decided before Envoy starts: a valid bundle, a bootstrap, an Envoy binary.
 pub struct Plan {
     envoy: Option<PathBuf>,
-    pub assets: PathBuf,
+    /// What the filter serves, for the start-up line.
+    pub serving: String,
     pub on_miss: OnMissArg,
     /// The bootstrap (JSON, which Envoy reads as YAML).
     pub bootstrap: String,
@@ -124,6 +137,12 @@ pub struct Plan {
     pub recording_to: Option<String>,
     /// Paced replay: the pacer running in this process.
     pub pacer: Option<crate::pacer::Server>,
+    /// Envoy's private work directory (bootstrap, admin address, the ECDS file of --watch).
+    work: PathBuf,
+    /// --watch: the watcher, and the ECDS file's first content.
+    watch: Option<(crate::watch::Watch, String)>,
+    /// The plugin configuration Envoy starts with.
+    plugin_config: String,
 }
 
 /// Where Envoy's own output goes.
@@ -213,32 +232,71 @@ impl EnvoyArgs {
 
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
-        if self.record.mode.mode().records() && self.assets.is_none() {
+        let recording = self.record.mode.mode().records();
+        if recording && self.assets.is_none() {
             bail!("--mode {} records into the directory --assets names: pass --assets DIR", self.record.mode.name());
         }
-        let assets = self.assets.clone().unwrap_or_else(default_assets);
-        let wasm = find_wasm(self.wasm.clone())?;
-        let upstreams = self.upstreams()?;
-        let recording = self.record.mode.mode().records();
-        if recording {
-            std::fs::create_dir_all(&assets).with_context(|| format!("cannot create {}", assets.display()))?;
-        } else if self.collector.is_some() {
+        if !recording && self.collector.is_some() {
             bail!("--collector is for --mode record or record-missing");
         }
-        let plugin_config = crate::plugin_config(
-            &assets,
-            self.on_miss,
-            self.normalization.as_deref(),
-            self.synthesize.as_deref(),
-            self.prices.as_deref(),
-            &self.record,
-        )?;
-        let (collector, recording_to, collector_at) = match (&self.collector, recording) {
-            (_, false) => (None, None, None),
-            (Some(url), true) => (None, Some(url.clone()), Some(Upstream::parse(url)?)),
-            (None, true) => {
-                let norm = Normalizer::compile(&crate::bundle::load_normalization(self.normalization.as_deref())?)?;
-                let (store, problems) = crate::collect::Store::open(&assets, norm, self.on_repeat)?;
+        let wasm = find_wasm(self.wasm.clone())?;
+        let upstreams = self.upstreams()?;
+        let embedded = crate::embed::read(&wasm)?;
+        let store = self.store.as_deref().map(crate::publish::StoreLocation::parse).transpose()?;
+        let manifest = store.as_ref().map(|s| s.manifest()).transpose()?;
+        let given = self.normalization.as_deref().map(|p| load_normalization(Some(p))).transpose()?;
+        // The assets: --assets; else the store and/or the module's embedded bundle; else the examples.
+        let assets = match (&self.assets, &manifest, &embedded) {
+            (Some(a), _, _) => Some(a.clone()),
+            (None, None, None) => Some(default_assets()),
+            _ => None,
+        };
+        if let (true, Some(a)) = (recording, &assets) {
+            std::fs::create_dir_all(a).with_context(|| format!("cannot create {}", a.display()))?;
+        }
+        let normalization = match (&manifest, &embedded) {
+            (Some(m), _) => crate::store_normalization(given, m)?,
+            (None, Some(e)) if assets.is_none() => match given {
+                Some(n) if n != e.normalization => {
+                    bail!("--normalization differs from the settings the module's embedded bundle was built with")
+                }
+                _ => e.normalization.clone(),
+            },
+            _ => given.unwrap_or_default(),
+        };
+        let section = match (&store, &manifest) {
+            (Some(loc), Some(m)) => Some(loc.section(STORE_CLUSTER, m, &self.store_tuning)),
+            _ => None,
+        };
+        let inputs = Inputs {
+            assets: assets.clone(),
+            store: section,
+            on_miss: self.on_miss,
+            normalization: normalization.clone(),
+            synthesize: self.synthesize.clone(),
+            prices: self.prices.clone(),
+            record: self.record.clone(),
+        };
+        let plugin_config = inputs.build()?;
+        if assets.is_none() && inputs.store.is_none() {
+            // Only the embedded bundle: prove the filter accepts it with this configuration.
+            let payload = embedded.as_ref().map(|e| e.payload.as_str());
+            understudy_matcher::Runtime::from_json_sealed_embedded(&plugin_config, payload)?;
+        }
+        let mut serving = Vec::new();
+        if let Some(a) = &assets {
+            serving.push(a.display().to_string());
+        } else if let Some(e) = &embedded {
+            serving.push(format!("the {} assets embedded in {}", e.count, wasm.display()));
+        }
+        if let (Some(loc), Some(m)) = (&store, &manifest) {
+            serving.push(format!("the asset store at {} ({} assets)", loc.url, m.count));
+        }
+        let (collector, recording_to, collector_at) = match (&self.collector, recording, &assets) {
+            (Some(url), true, _) => (None, Some(url.clone()), Some(Upstream::parse(url)?)),
+            (None, true, Some(dir)) => {
+                let norm = Normalizer::compile(&normalization)?;
+                let (store, problems) = crate::collect::Store::open(dir, norm, self.on_repeat)?;
                 for p in problems {
                     eprintln!("understudy: warning: {p} (left alone)");
                 }
@@ -247,6 +305,7 @@ impl EnvoyArgs {
                 let at = Upstream { tls: false, host: "127.0.0.1".into(), port: server.port, prefix: String::new() };
                 (Some(server), Some(dir), Some(at))
             }
+            _ => (None, None, None),
         };
         let pacer = match self.record.replay_speed {
             Some(_) => Some(crate::pacer::Server::start("127.0.0.1", 0)?),
@@ -259,7 +318,7 @@ impl EnvoyArgs {
             prefix: String::new(),
         });
         let access_log = d.access_log.map(|p| p.display().to_string());
-        let boot = bootstrap(&Settings {
+        let mut boot = bootstrap(&Settings {
             port: self.port.unwrap_or(d.port),
             admin_port: self.admin_port.unwrap_or(d.admin_port),
             wasm: &wasm.display().to_string(),
@@ -270,9 +329,46 @@ impl EnvoyArgs {
             collector: collector_at.as_ref(),
             pacer: pacer_at.as_ref(),
         });
+        if let Some(loc) = &store {
+            let clusters = boot.pointer_mut("/static_resources/clusters").and_then(serde_json::Value::as_array_mut);
+            clusters
+                .ok_or_else(|| anyhow::anyhow!("no clusters"))?
+                .push(crate::envoy::cluster(STORE_CLUSTER, &loc.upstream));
+        }
+        let work = std::env::temp_dir().join(format!("understudy-envoy-{}", std::process::id()));
+        let watch = match self.watch {
+            false => None,
+            true => {
+                let Some(dir) = assets.clone() else {
+                    bail!("--watch re-bundles an assets directory: pass --assets DIR");
+                };
+                let path = work.join("ecds").join("understudy-ecds.json");
+                crate::watch::use_ecds(&mut boot, &path)?;
+                let mut watched = vec![dir];
+                watched.extend(self.normalization.clone());
+                watched.extend(self.synthesize.clone());
+                let normalization_file = self.normalization.clone();
+                let has_store = inputs.store.is_some();
+                let w = crate::watch::Watch {
+                    watched,
+                    rebuild: Box::new(move || {
+                        let mut again = inputs.clone();
+                        if !has_store {
+                            again.normalization = load_normalization(normalization_file.as_deref())?;
+                        }
+                        again.build()
+                    }),
+                    wasm: wasm.display().to_string(),
+                    max_body_bytes: self.max_body_bytes,
+                    path,
+                };
+                let doc = w.document(&plugin_config)?;
+                Some((w, doc))
+            }
+        };
         Ok(Plan {
             envoy: self.envoy.clone(),
-            assets,
+            serving: serving.join(" and "),
             on_miss: self.on_miss,
             bootstrap: serde_json::to_string_pretty(&boot)?,
             workers: self.workers,
@@ -283,6 +379,38 @@ impl EnvoyArgs {
             collector,
             recording_to,
             pacer,
+            work,
+            watch,
+            plugin_config,
+        })
+    }
+}
+
+/// The Envoy cluster `understudy up --store` reaches the store through.
+pub const STORE_CLUSTER: &str = "understudy_store";
+
+/// What a plugin configuration is built from, owned (the watcher builds it again on every change).
+#[derive(Clone)]
+struct Inputs {
+    assets: Option<PathBuf>,
+    store: Option<understudy_matcher::StoreConfig>,
+    on_miss: OnMissArg,
+    normalization: understudy_matcher::NormalizationConfig,
+    synthesize: Option<PathBuf>,
+    prices: Option<PathBuf>,
+    record: crate::RecordArgs,
+}
+
+impl Inputs {
+    fn build(&self) -> Result<String> {
+        crate::build_plugin_config(&crate::ConfigSpec {
+            assets: self.assets.as_deref(),
+            store: self.store.clone(),
+            on_miss: self.on_miss,
+            normalization: self.normalization.clone(),
+            synthesize: self.synthesize.as_deref(),
+            prices: self.prices.as_deref(),
+            record: &self.record,
         })
     }
 }
@@ -315,8 +443,14 @@ impl Plan {
     /// Envoy under it; either way Envoy is asked to die with this process (Linux `setpriv --pdeathsig`).
     pub fn start(&self, output: &Output, detached: bool, stop: &mut dyn FnMut() -> bool) -> Result<Option<Envoy>> {
         let binary = find_envoy(self.envoy.clone())?;
-        let work = std::env::temp_dir().join(format!("understudy-envoy-{}", std::process::id()));
+        let work = self.work.clone();
         std::fs::create_dir_all(&work)?;
+        if let Some((w, doc)) = &self.watch {
+            if let Some(dir) = w.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            crate::publish::write_atomic(&w.path, doc.as_bytes())?;
+        }
         let config_path = work.join("envoy.json");
         let admin_file = work.join("admin-address");
         let _ = std::fs::remove_file(&admin_file);
@@ -479,6 +613,16 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all.get(all.len().saturating_sub(lines)..).unwrap_or_default().join("\n")
 }
 
+impl Plan {
+    /// With --watch: starts re-bundling on changes, once `envoy` serves. Dropping the result stops it.
+    pub fn watch(&mut self, envoy: &Envoy) -> Result<Option<crate::watch::Watching>> {
+        match self.watch.take() {
+            Some((w, _)) => w.spawn(envoy.admin.clone(), self.plugin_config.clone()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Envoy {
     /// Waits for the admin address and a live listener. `Ok(false)`: stopped by `stop()`.
     fn wait_ready(&mut self, admin_file: &Path, stop: &mut dyn FnMut() -> bool, within: Duration) -> Result<bool> {
@@ -579,6 +723,11 @@ fn listener_port(json: &str) -> Option<u16> {
         .find(|l| l.get("name").and_then(|n| n.as_str()) == Some("understudy"))?;
     let port = l.get("local_address")?.get("socket_address")?.get("port_value")?.as_u64()?;
     u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// A GET against Envoy's admin API at `admin` (`127.0.0.1:PORT`).
+pub fn admin_get(admin: &str, path: &str) -> Result<String> {
+    http_get(admin, path)
 }
 
 /// A minimal HTTP/1.1 GET against Envoy's admin (no client dependency for a few requests).

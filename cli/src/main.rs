@@ -5,6 +5,7 @@ mod bundle;
 mod clientenv;
 mod collect;
 mod costs;
+mod embed;
 mod envoy;
 mod estimate;
 mod import;
@@ -12,11 +13,13 @@ mod launcher;
 mod manifests;
 mod pacer;
 mod package;
+mod publish;
 mod registry;
 mod report;
 mod run;
 mod summary;
 mod up;
+mod watch;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -127,10 +130,12 @@ enum Command {
         #[arg(long)]
         normalization: Option<PathBuf>,
     },
-    /// Print the plugin configuration (on_miss, normalization, bundle) for an assets directory.
+    /// Print the plugin configuration (on_miss, normalization, bundle, store) for an assets directory and/or
+    /// a published asset store.
     PluginConfig {
-        /// Assets directory.
-        dir: PathBuf,
+        /// Assets directory (the bundle inside the configuration); optional with --store.
+        #[arg(required_unless_present = "store")]
+        dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "error")]
         on_miss: OnMissArg,
         #[arg(long)]
@@ -144,7 +149,19 @@ enum Command {
         prices: Option<PathBuf>,
         #[command(flatten)]
         record: RecordArgs,
+        /// A published asset store (`understudy publish`), as served: http(s)://HOST[:PORT][/PREFIX]. Its
+        /// manifest is read from there; keys the bundle lacks are fetched from it (docs/store.md).
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// The Envoy cluster that reaches the store (in Istio: outbound|PORT||HOST).
+        #[arg(long, default_value = "understudy_store", requires = "store")]
+        store_cluster: String,
+        #[command(flatten)]
+        store_tuning: publish::StoreTuning,
     },
+    /// Validate a directory of assets and publish it as a remote asset store: a static layout (a manifest and
+    /// one file per key) for any HTTP server or bucket (docs/store.md).
+    Publish(publish::PublishArgs),
     /// Run a local Envoy with Understudy in the foreground, serving an assets directory.
     Up(up::UpArgs),
     /// Run a command (a test suite) against Envoy with Understudy: SDKs pointed at it through the
@@ -191,7 +208,17 @@ fn main() -> ExitCode {
             key(&file, path.as_deref(), &method, normalization.as_deref())
         }
         Command::Bundle { dir, output, normalization } => bundle_cmd(&dir, &output, normalization.as_deref()),
-        Command::PluginConfig { dir, on_miss, normalization, synthesize, prices, record } => {
+        Command::PluginConfig {
+            dir,
+            on_miss,
+            normalization,
+            synthesize,
+            prices,
+            record,
+            store,
+            store_cluster,
+            store_tuning,
+        } => {
             if record.replay_speed.is_some() {
                 eprintln!(
                     "understudy: pacing needs `allow_on_headers_stop_iteration: true` in the wasm filter's config and a \
@@ -199,9 +226,20 @@ fn main() -> ExitCode {
                      never delivers LLM request bodies. See docs/record.md."
                 );
             }
-            plugin_config(&dir, on_miss, normalization.as_deref(), synthesize.as_deref(), prices.as_deref(), &record)
-                .map(|c| println!("{c}"))
+            plugin_config_cmd(
+                dir,
+                on_miss,
+                normalization,
+                synthesize,
+                prices,
+                &record,
+                store,
+                &store_cluster,
+                &store_tuning,
+            )
+            .map(|c| println!("{c}"))
         }
+        Command::Publish(args) => publish::run(args),
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
         Command::Report(args) => report::run(args),
@@ -270,34 +308,99 @@ fn bundle_cmd(dir: &Path, output: &str, normalization: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// Builds the full plugin configuration JSON for an assets directory.
-fn plugin_config(
-    dir: &Path,
+/// `understudy plugin-config`: the store's normalization settings unless --normalization says otherwise (and
+/// then they must agree).
+#[allow(clippy::too_many_arguments)] // one per flag of `understudy plugin-config`
+fn plugin_config_cmd(
+    dir: Option<PathBuf>,
     on_miss: OnMissArg,
-    normalization: Option<&Path>,
-    synthesize: Option<&Path>,
-    prices: Option<&Path>,
+    normalization: Option<PathBuf>,
+    synthesize: Option<PathBuf>,
+    prices: Option<PathBuf>,
     record: &RecordArgs,
+    store: Option<String>,
+    cluster: &str,
+    tuning: &publish::StoreTuning,
 ) -> Result<String> {
-    let norm = bundle::load_normalization(normalization)?;
-    let built = bundle::build(dir, &norm)?;
-    eprintln!("{}", bundle::report(&built));
+    let mut norm = bundle::load_normalization(normalization.as_deref())?;
+    let store = match store {
+        Some(url) => {
+            let loc = publish::StoreLocation::parse(&url)?;
+            let manifest = loc.manifest()?;
+            norm = store_normalization(normalization.is_some().then_some(norm), &manifest)?;
+            eprintln!("asset store {url}: {}", publish::describe(&manifest));
+            Some(loc.section(cluster, &manifest, tuning))
+        }
+        None => None,
+    };
+    build_plugin_config(&ConfigSpec {
+        assets: dir.as_deref(),
+        store,
+        on_miss,
+        normalization: norm,
+        synthesize: synthesize.as_deref(),
+        prices: prices.as_deref(),
+        record,
+    })
+}
+
+/// The normalization a configuration with a store must use: the store's; settings given besides must match.
+pub(crate) fn store_normalization(
+    given: Option<understudy_matcher::NormalizationConfig>,
+    manifest: &understudy_matcher::store::remote::StoreManifest,
+) -> Result<understudy_matcher::NormalizationConfig> {
+    match given {
+        Some(n) if n != manifest.normalization => bail!(
+            "--normalization differs from the settings the store was published with ({}): every key would miss; \
+             publish the store with the same settings",
+            serde_json::to_string(&manifest.normalization)?
+        ),
+        _ => Ok(manifest.normalization.clone()),
+    }
+}
+
+/// What a plugin configuration is built from.
+pub(crate) struct ConfigSpec<'a> {
+    /// Assets directory for the inline bundle (none: the embedded bundle or the store only).
+    pub assets: Option<&'a Path>,
+    pub store: Option<understudy_matcher::StoreConfig>,
+    pub on_miss: OnMissArg,
+    pub normalization: understudy_matcher::NormalizationConfig,
+    pub synthesize: Option<&'a Path>,
+    pub prices: Option<&'a Path>,
+    pub record: &'a RecordArgs,
+}
+
+/// Builds a plugin configuration, proven loadable by the filter's own loader.
+pub(crate) fn build_plugin_config(spec: &ConfigSpec) -> Result<String> {
+    let bundle = match spec.assets {
+        Some(dir) => {
+            let built = bundle::build(dir, &spec.normalization)?;
+            eprintln!("{}", bundle::report(&built));
+            Some(built.bundle)
+        }
+        None => None,
+    };
     let cfg = understudy_matcher::PluginConfig {
-        on_miss: match on_miss {
+        on_miss: match spec.on_miss {
             OnMissArg::Error => understudy_matcher::OnMiss::Error,
             OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
         },
-        normalization: norm,
-        bundle: built.bundle,
-        synthesize: bundle::load_synthesize(synthesize)?,
-        prices: bundle::load_prices(prices)?,
-        mode: record.mode.mode(),
-        record: record.config()?,
-        pacing: record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
+        normalization: spec.normalization.clone(),
+        bundle,
+        store: spec.store.clone(),
+        synthesize: bundle::load_synthesize(spec.synthesize)?,
+        prices: bundle::load_prices(spec.prices)?,
+        mode: spec.record.mode.mode(),
+        record: spec.record.config()?,
+        pacing: spec.record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
-    // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.
+    // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader (a
+    // configuration without a bundle or store is proven by the caller, with the module's embedded bundle).
     let text = understudy_matcher::canonical::to_canonical(&serde_json::to_value(&cfg)?);
-    understudy_matcher::Runtime::from_json_sealed(&text)?;
+    if cfg.bundle.is_some() || cfg.store.is_some() {
+        understudy_matcher::Runtime::from_json_sealed(&text)?;
+    }
     Ok(text)
 }

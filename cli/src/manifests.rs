@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::envoy::{bootstrap, http_filters, Settings, Upstream, Upstreams};
+use crate::envoy::{bootstrap, Settings, Upstream, Upstreams};
 use crate::package::{compat_image, sha256_hex, wasm_artifact};
 use crate::registry::ImageRef;
 use crate::OnMissArg;
@@ -34,7 +34,6 @@ use crate::OnMissArg;
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 /// Last among the WasmPlugins of its phase: other plugins (auth, header rewrites) run first.
 const ISTIO_PRIORITY: i64 = -1000;
-const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub enum Flavor {
@@ -116,6 +115,21 @@ pub struct ManifestsArgs {
     /// Largest request body buffered for matching; bigger ones get 413.
     #[arg(long, default_value_t = understudy_matcher::limits::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: u64,
+    /// Embed the assets' bundle in the module instead of the plugin configuration: pin the image that
+    /// `understudy package --assets` pushes (same --assets and --normalization); the pluginConfig carries no
+    /// bundle, so no Kubernetes size limit applies to the assets (docs/store.md).
+    #[arg(long)]
+    embed: bool,
+    /// A published asset store (`understudy publish`), as served: http(s)://HOST[:PORT][/PREFIX]; its manifest
+    /// is read from there. Without --assets it is the only source of assets.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The Envoy cluster that reaches the store [default: Istio's name for it, outbound|PORT||HOST; plain
+    /// Envoy's bootstrap defines a cluster of that name].
+    #[arg(long, requires = "store")]
+    store_cluster: Option<String>,
+    #[command(flatten)]
+    store_tuning: crate::publish::StoreTuning,
     /// Which manifests to print (ignored with --output).
     #[arg(long, value_enum, default_value = "istio")]
     flavor: Flavor,
@@ -137,6 +151,8 @@ struct Common {
     module_sha256: String,
     plugin_config_text: String,
     plugin_config: Value,
+    /// The store's cluster name and location, with --store.
+    store: Option<(String, crate::publish::StoreLocation)>,
 }
 
 fn dns_label(s: &str, what: &str) -> Result<()> {
@@ -380,13 +396,7 @@ fn envoy_gateway(c: &Common, a: &ManifestsArgs) -> Vec<Value> {
 
 /// The Understudy filter as an ECDS resource: the module from the registry's blob URL, checked by SHA-256.
 fn ecds_resource(c: &Common, a: &ManifestsArgs) -> Result<Value> {
-    let filters = http_filters("", &c.plugin_config_text, a.max_body_bytes);
-    let mut filter = filters
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f.get("name").and_then(Value::as_str) == Some("understudy")))
-        .and_then(|f| f.get("typed_config"))
-        .cloned()
-        .ok_or_else(|| anyhow!("no understudy filter in the chain"))?;
+    let mut filter = crate::watch::filter_config("", &c.plugin_config_text, a.max_body_bytes)?;
     let scheme = if a.plain_http { "http" } else { "https" };
     let code = json!({"remote": {
         "http_uri": {
@@ -399,15 +409,7 @@ fn ecds_resource(c: &Common, a: &ManifestsArgs) -> Result<Value> {
     }});
     let vm = filter.pointer_mut("/config/vm_config").and_then(Value::as_object_mut);
     vm.ok_or_else(|| anyhow!("the understudy filter has no vm_config"))?.insert("code".into(), code);
-    let version = sha256_hex(serde_json::to_string(&filter)?.as_bytes());
-    Ok(json!({
-        "version_info": version.get(..16).unwrap_or(&version),
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": "understudy",
-            "typed_config": filter
-        }]
-    }))
+    crate::watch::ecds_document(&filter)
 }
 
 /// A plain Envoy bootstrap: `understudy up`'s routes and filters, the Understudy filter over ECDS from a file.
@@ -425,32 +427,13 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         collector: None,
         pacer: None,
     });
-    // File-based xDS subscriptions need a node identity.
+    crate::watch::use_ecds(&mut boot, &a.ecds_path)?;
     if let Some(m) = boot.as_object_mut() {
         m.insert("node".into(), json!({"id": c.name, "cluster": "understudy"}));
     }
     let listener = boot.pointer_mut("/static_resources/listeners/0").ok_or_else(|| anyhow!("no listener"))?;
     if let Some(addr) = listener.pointer_mut("/address/socket_address/address") {
         *addr = json!(a.listen);
-    }
-    let filters = listener
-        .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| anyhow!("no http_filters"))?;
-    let watched = a.ecds_path.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".into());
-    for f in filters.iter_mut() {
-        if f.get("name").and_then(Value::as_str) == Some("understudy") {
-            *f = json!({
-                "name": "understudy",
-                "config_discovery": {
-                    "config_source": {
-                        "path_config_source": {"path": a.ecds_path, "watched_directory": {"path": watched}},
-                        "resource_api_version": "V3"
-                    },
-                    "type_urls": [WASM_TYPE_URL]
-                }
-            });
-        }
     }
     let scheme = if a.plain_http { "http" } else { "https" };
     let registry = Upstream::parse(&format!("{scheme}://{}", c.image.api_host()))?;
@@ -459,6 +442,9 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         .and_then(Value::as_array_mut)
         .ok_or_else(|| anyhow!("no clusters"))?;
     clusters.push(crate::envoy::cluster("understudy_registry", &registry));
+    if let Some((cluster, loc)) = &c.store {
+        clusters.push(crate::envoy::cluster(cluster, &loc.upstream));
+    }
     Ok(boot)
 }
 
@@ -468,7 +454,10 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
     dns_label(&namespace, "--namespace")?;
     let image = ImageRef::parse(&a.image)?;
     let wasm = crate::launcher::find_wasm(a.wasm.clone())?;
-    let module = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    let assets = a.assets.clone().unwrap_or_else(crate::launcher::default_assets);
+    // With --embed, the image's module carries the bundle (what `understudy package --assets` pushes).
+    let embedded = a.embed.then_some(assets.as_path());
+    let module = crate::package::module_with(&wasm, embedded, a.normalization.as_deref())?;
     let computed = if a.compat { compat_image(&module)?.digest() } else { wasm_artifact(&module)?.digest() };
     let digest = a.sha256.clone().or_else(|| image.digest.clone()).unwrap_or(computed);
     let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_string();
@@ -480,15 +469,37 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
             bail!("--image pins {d} but --sha256 is {digest}");
         }
     }
-    let assets = a.assets.clone().unwrap_or_else(crate::launcher::default_assets);
-    let text = crate::plugin_config(
-        &assets,
-        a.on_miss,
-        a.normalization.as_deref(),
-        a.synthesize.as_deref(),
-        a.prices.as_deref(),
-        &crate::RecordArgs::default(),
-    )?;
+    let given = a.normalization.as_deref().map(|p| crate::bundle::load_normalization(Some(p))).transpose()?;
+    let mut normalization = given.clone().unwrap_or_default();
+    let store = match &a.store {
+        Some(url) => {
+            let loc = crate::publish::StoreLocation::parse(url)?;
+            let manifest = loc.manifest()?;
+            normalization = crate::store_normalization(given, &manifest)?;
+            let cluster = a
+                .store_cluster
+                .clone()
+                .unwrap_or_else(|| format!("outbound|{}||{}", loc.upstream.port, loc.upstream.host));
+            let section = loc.section(&cluster, &manifest, &a.store_tuning);
+            Some((cluster, loc, section))
+        }
+        None => None,
+    };
+    // The bundle goes inline unless it is embedded, or a store stands in for the assets.
+    let inline = (!a.embed && (a.assets.is_some() || store.is_none())).then_some(assets.as_path());
+    let text = crate::build_plugin_config(&crate::ConfigSpec {
+        assets: inline,
+        store: store.as_ref().map(|(_, _, s)| s.clone()),
+        on_miss: a.on_miss,
+        normalization,
+        synthesize: a.synthesize.as_deref(),
+        prices: a.prices.as_deref(),
+        record: &crate::RecordArgs::default(),
+    })?;
+    if a.embed && store.is_none() {
+        let payload = crate::embed::extract(&module)?.map(String::from_utf8).transpose()?;
+        understudy_matcher::Runtime::from_json_sealed_embedded(&text, payload.as_deref())?;
+    }
     let plugin_config: Value = serde_json::from_str(&text)?;
     Ok(Common {
         name: format!("understudy-{}", a.env),
@@ -503,6 +514,7 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
         module_sha256: sha256_hex(&module),
         plugin_config_text: text,
         plugin_config,
+        store: store.map(|(cluster, loc, _)| (cluster, loc)),
     })
 }
 

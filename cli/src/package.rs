@@ -54,6 +54,29 @@ pub struct PackageArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Embed this assets directory's bundle in the module, so the image carries filter and assets; the plugin
+    /// configuration then needs no bundle (docs/store.md).
+    #[arg(long)]
+    assets: Option<PathBuf>,
+    /// Normalization settings for --assets (JSON: ignore_fields, scrubbers).
+    #[arg(long, requires = "assets")]
+    normalization: Option<PathBuf>,
+    /// Also write the packaged module to this file (for `understudy up --wasm` or Envoy's vm_config).
+    #[arg(long)]
+    module_out: Option<PathBuf>,
+}
+
+/// The module to package: the filter, with the assets' bundle embedded when `assets` is given.
+pub fn module_with(wasm: &Path, assets: Option<&Path>, normalization: Option<&Path>) -> Result<Vec<u8>> {
+    let module = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    if !module.starts_with(b"\0asm") {
+        bail!("{} is not a WebAssembly module", wasm.display());
+    }
+    let Some(dir) = assets else { return Ok(module) };
+    let (payload, count) = crate::embed::payload(dir, &crate::bundle::load_normalization(normalization)?)?;
+    let out = crate::embed::embed(&module, payload.as_bytes())?;
+    eprintln!("embedded {count} assets ({} bytes) in the module", payload.len());
+    Ok(out)
 }
 
 /// A content-addressed blob.
@@ -208,9 +231,9 @@ pub fn write_layout(dir: &Path, images: &[(&str, &Image)]) -> Result<()> {
 
 pub fn run(a: PackageArgs) -> Result<()> {
     let wasm = crate::launcher::find_wasm(a.wasm.clone())?;
-    let module = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
-    if !module.starts_with(b"\0asm") {
-        bail!("{} is not a WebAssembly module", wasm.display());
+    let module = module_with(&wasm, a.assets.as_deref(), a.normalization.as_deref())?;
+    if let Some(out) = &a.module_out {
+        std::fs::write(out, &module).with_context(|| format!("cannot write {}", out.display()))?;
     }
     let artifact = wasm_artifact(&module)?;
     let compat = compat_image(&module)?;
@@ -230,7 +253,8 @@ pub fn run(a: PackageArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "module": {"path": wasm, "size": module.len(), "sha256": module_sha},
+                "module": {"path": wasm, "size": module.len(), "sha256": module_sha, "assets": a.assets,
+                           "written_to": a.module_out},
                 "layout": a.output,
                 "wasm_artifact": {"ref": a.tag, "digest": artifact.digest()},
                 "compat_image": {"ref": compat_tag, "digest": compat.digest()},
@@ -239,7 +263,12 @@ pub fn run(a: PackageArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!("module        {} ({} bytes)", wasm.display(), module.len());
+    match &a.assets {
+        Some(dir) => {
+            println!("module        {} with {} embedded ({} bytes)", wasm.display(), dir.display(), module.len())
+        }
+        None => println!("module        {} ({} bytes)", wasm.display(), module.len()),
+    }
     println!("module sha256 {module_sha}");
     println!("OCI layout    {} (tags {} and {compat_tag})", a.output.display(), a.tag);
     println!("wasm artifact {}  (Istio/Envoy Gateway oci variant: config + module layers)", artifact.digest());

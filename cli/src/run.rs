@@ -103,12 +103,13 @@ fn run(a: RunArgs) -> Result<u8> {
     };
     eprintln!(
         "understudy run: serving {} at http://127.0.0.1:{} (on_miss={}); Envoy log: {}",
-        plan.assets.display(),
+        plan.serving,
         envoy.port,
         plan.on_miss.name(),
         envoy_log.display()
     );
 
+    let _watching = plan.watch(&envoy)?;
     let env = clientenv::environment(envoy.port, &envoy.admin, |n| std::env::var_os(n));
     let mut child = match Command::new(program).args(args).envs(env).spawn() {
         Ok(c) => c,

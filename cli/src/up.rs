@@ -21,7 +21,7 @@ pub struct UpArgs {
 }
 
 pub fn run(a: UpArgs) -> Result<()> {
-    let mut plan = a.envoy.plan(&Defaults { port: 10000, admin_port: 9901, access_log: None })?;
+    let plan = a.envoy.plan(&Defaults { port: 10000, admin_port: 9901, access_log: None })?;
     if let Some(out) = &a.print_config {
         std::fs::write(out, &plan.bootstrap).with_context(|| format!("cannot write {}", out.display()))?;
         return Ok(());
@@ -29,6 +29,7 @@ pub fn run(a: UpArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    let mut plan = plan;
     let Some(mut envoy) = plan.start(&Output::Inherit, false, &mut || stop.load(Ordering::Relaxed))? else {
         // Stopped by a signal while starting.
         return Ok(());
@@ -37,7 +38,7 @@ pub fn run(a: UpArgs) -> Result<()> {
     println!(
         "Understudy is up: Envoy {} serving {} (on_miss={})",
         envoy.binary.display(),
-        plan.assets.display(),
+        plan.serving,
         plan.on_miss.name()
     );
     println!("  OpenAI base URL:    http://127.0.0.1:{port}/v1   (OPENAI_BASE_URL)");
@@ -50,6 +51,7 @@ pub fn run(a: UpArgs) -> Result<()> {
     if let Some(speed) = a.envoy.record.replay_speed {
         println!("  Pacing:             recorded streams replay at {speed}x their recorded pace");
     }
+    let _watching = plan.watch(&envoy)?;
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 

@@ -7,6 +7,7 @@ use understudy_matcher::record::PACE_HEADER;
 use understudy_matcher::{classify, error_answer, Decision, LocalResponse, Mode, Outcome, Route, Runtime};
 
 use crate::host::{Counter, Host};
+use crate::store::{self, Reply};
 
 /// What the filter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,8 @@ enum State {
     Buffering(Route),
     /// An LLM call with a compressed body: rejected once the body has arrived.
     Compressed(Route, String),
+    /// Waiting for the remote asset store's answer for `key` (store.rs); the body stays in Envoy's buffer.
+    Fetching { route: Route, key: String, body_size: usize, started_nanos: u64, timeout_ms: u64 },
     /// Forwarded upstream after the decision.
     Forwarded,
     /// Answered locally.
@@ -181,8 +184,55 @@ impl Flow {
             // Record mode: every LLM call goes live and is captured as it passes (no asset is consulted).
             return self.act(host, route, Decision::Forward(Outcome::Miss));
         }
-        let decision = runtime.decide_at(route, body, host.now_nanos());
+        let mut decision = runtime.decide_at(route, body, host.now_nanos());
+        // Remote asset store (store.rs): the key is not among this VM's assets. Ask the store and hold the
+        // request until it answers; a fetch that can't even start is a store error, decided at once.
+        if let Decision::Fetch(fetch) = decision {
+            match store::start(host, &fetch) {
+                Ok(()) => {
+                    let (started_nanos, timeout_ms) = (host.now_nanos(), fetch.timeout_ms);
+                    self.state = State::Fetching {
+                        route: route.clone(),
+                        key: fetch.key,
+                        body_size: body.len(),
+                        started_nanos,
+                        timeout_ms,
+                    };
+                    return Next::Pause;
+                }
+                Err(why) => decision = store::decide(runtime, host, route, body, &fetch.key, &Reply::Failed(why)),
+            }
+        }
         self.act(host, route, decision)
+    }
+
+    /// The remote asset store answered a held request (or the call failed or timed out: `status` is then
+    /// `None`). `read_body` reads that many bytes of the answer. Decides the request and acts on it; a request
+    /// forwarded after waiting is resumed here, and its body size returned (record modes capture it).
+    pub fn on_store_reply(
+        &mut self,
+        host: &dyn Host,
+        num_headers: usize,
+        status: Option<String>,
+        body_size: usize,
+        read_body: impl FnOnce(usize) -> Option<Vec<u8>>,
+    ) -> Option<usize> {
+        let State::Fetching { route, key, body_size: size, started_nanos, timeout_ms } =
+            std::mem::replace(&mut self.state, State::Start)
+        else {
+            return None;
+        };
+        let runtime = self.runtime.clone()?;
+        let waited_ms = host.now_nanos().saturating_sub(started_nanos) / 1_000_000;
+        let reply = Reply::read(num_headers, status, body_size, waited_ms, timeout_ms, read_body);
+        // The body stayed in Envoy's buffer while the filter held the request.
+        let body = host.request_body(size).unwrap_or_default();
+        let decision = store::decide(&runtime, host, &route, &body, &key, &reply);
+        if self.act(host, &route, decision) == Next::Continue {
+            host.resume_request();
+            return Some(size);
+        }
+        None
     }
 
     fn act(&mut self, host: &dyn Host, route: &Route, decision: Decision) -> Next {
@@ -200,6 +250,7 @@ impl Flow {
         let outcome = match &decision {
             Decision::Respond(r) => r.outcome,
             Decision::Forward(o) => *o,
+            Decision::Fetch(_) => Outcome::Miss,
         };
         host.increment(match outcome {
             Outcome::Hit => Counter::Hits,
@@ -237,6 +288,15 @@ impl Flow {
                 host.increment(Counter::Passthroughs);
                 self.state = State::Forwarded;
                 Next::Continue
+            }
+            // A second fetch for one request: the runtime never asks for it (decide_fetched doesn't fetch).
+            Decision::Fetch(f) => {
+                let message = format!("Understudy asked the asset store twice for key {}: a bug; not forwarded", f.key);
+                let (headers, body) =
+                    error_answer(route, "miss", "api_error", &message, "understudy_store_unavailable");
+                host.send_response(503, &headers, &body);
+                self.state = State::Answered;
+                Next::Pause
             }
         }
     }
@@ -301,6 +361,9 @@ mod tests {
         request_changes: RefCell<Vec<(String, Option<String>)>>,
         paced: RefCell<Option<Vec<u8>>>,
         replaced: RefCell<Option<Replaced>>,
+        fetches: RefCell<Vec<understudy_matcher::Fetch>>,
+        fetch_error: Option<String>,
+        resumed: std::cell::Cell<bool>,
     }
 
     impl Host for FakeHost {
@@ -348,6 +411,13 @@ mod tests {
         fn log_error(&self, message: &str) {
             self.errors.borrow_mut().push(message.into());
         }
+        fn fetch(&self, fetch: &understudy_matcher::Fetch) -> Result<(), String> {
+            self.fetches.borrow_mut().push(fetch.clone());
+            self.fetch_error.clone().map_or(Ok(()), Err)
+        }
+        fn resume_request(&self) {
+            self.resumed.set(true);
+        }
     }
 
     const REQ: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
@@ -390,7 +460,8 @@ mod tests {
         let cfg = PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
-            bundle: Bundle::sealed(vec![asset]),
+            bundle: Some(Bundle::sealed(vec![asset])),
+            store: None,
             synthesize: Vec::new(),
             prices: Default::default(),
             mode,
@@ -647,5 +718,104 @@ mod tests {
             assert_eq!(f.on_request_body(&h, stream_req.len(), true), Next::Pause);
         }
         assert!(h.paced.borrow().is_none());
+    }
+
+    // ---- the remote asset store (store.rs) ----------------------------------------------------------------
+
+    /// A runtime with no assets of its own and a store holding the REQ asset; the store's files by key.
+    fn store_runtime(on_miss: OnMiss) -> (Rc<Runtime>, Vec<(String, String)>) {
+        let route = classify("POST", "/v1/chat/completions").unwrap();
+        let (key, _) = Normalizer::default().key(&route, REQ.as_bytes()).unwrap();
+        let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
+        let asset: BundledAsset = serde_json::from_value(serde_json::json!({
+            "key": key, "source": "t.json#0",
+            "asset": {"request": {"path": "/v1/chat/completions", "body": body}, "response": {"body": {"id": "x", "choices": []}}, "refresh": false},
+        }))
+        .unwrap();
+        let (sha256, files) = understudy_matcher::store::remote::layout(&[asset], &NormalizationConfig::default());
+        let cfg = serde_json::json!({
+            "on_miss": on_miss,
+            "store": {"cluster": "store", "prefix": "/s", "sha256": sha256, "timeout_ms": 100},
+        });
+        (Rc::new(Runtime::from_json_sealed(&cfg.to_string()).unwrap()), files)
+    }
+
+    fn held(f: &mut Flow, h: &FakeHost, body: &str) -> understudy_matcher::Fetch {
+        f.on_request_headers(h, false);
+        assert_eq!(f.on_request_body(h, body.len(), true), Next::Pause, "held while the store is asked");
+        assert!(h.sent.borrow().is_none());
+        h.fetches.borrow().last().cloned().expect("a fetch")
+    }
+
+    #[test]
+    fn a_key_missing_locally_is_fetched_from_the_store_then_served_from_the_cache() {
+        let (rt, files) = store_runtime(OnMiss::Error);
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(rt.clone());
+        let fetch = held(&mut f, &h, REQ);
+        assert_eq!((fetch.cluster.as_str(), fetch.timeout_ms), ("store", 100));
+        assert_eq!(fetch.path, format!("/s/{}/{}.json", &fetch.key[..2], fetch.key));
+        let file = files[0].1.clone().into_bytes();
+        f.on_store_reply(&h, 3, Some("200".into()), file.len(), |n| Some(file[..n].to_vec()));
+        let (status, headers, _) = h.sent.borrow().clone().unwrap();
+        assert_eq!(status, 200);
+        assert!(headers.contains(&("x-understudy-store".into(), "fetched".into())), "{headers:?}");
+        assert_eq!(*h.counters.borrow(), vec![Counter::StoreFetches, Counter::Requests, Counter::Hits]);
+        // The next request is answered from the VM's cache, without a fetch.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(rt);
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        assert!(h.fetches.borrow().is_empty());
+        assert!(h.sent.borrow().as_ref().unwrap().1.contains(&("x-understudy-store".into(), "cached".into())));
+    }
+
+    #[test]
+    fn a_404_is_a_miss_and_an_outage_a_counted_store_error_never_a_forward_in_strict_mode() {
+        let other = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"bye"}]}"#;
+        let (rt, files) = store_runtime(OnMiss::Error);
+        let h = host("/v1/chat/completions", other);
+        let mut f = Flow::new(rt.clone());
+        held(&mut f, &h, other);
+        f.on_store_reply(&h, 3, Some("404".into()), 0, |_| None);
+        let (status, _, body) = h.sent.borrow().clone().unwrap();
+        assert_eq!(status, 404);
+        assert!(String::from_utf8(body).unwrap().contains("the store has no entry for this key"));
+        assert!(!h.resumed.get());
+        // An outage (no answer), a tampered entry, a dispatch that can't start: 503, counted, not forwarded.
+        let tampered = files[0].1.replace("\"choices\":[]", "\"choices\":[1]").into_bytes();
+        let replies: [(usize, Option<String>, Vec<u8>); 2] = [(0, None, Vec::new()), (3, Some("200".into()), tampered)];
+        for (n, status, file) in replies {
+            let h = host("/v1/chat/completions", REQ);
+            let mut f = Flow::new(rt.clone());
+            held(&mut f, &h, REQ);
+            f.on_store_reply(&h, n, status, file.len(), |k| Some(file[..k].to_vec()));
+            assert_eq!(h.sent.borrow().as_ref().unwrap().0, 503);
+            assert!(h.counters.borrow().contains(&Counter::StoreErrors));
+            assert_eq!(h.errors.borrow().len(), 1, "{:?}", h.errors.borrow());
+            assert!(!h.resumed.get());
+        }
+        let h = FakeHost { fetch_error: Some("no such cluster".into()), ..host("/v1/chat/completions", REQ) };
+        let mut f = Flow::new(rt);
+        f.on_request_headers(&h, false);
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 503);
+        assert!(h.errors.borrow()[0].contains("no such cluster"));
+    }
+
+    #[test]
+    fn under_passthrough_a_store_miss_or_outage_resumes_the_held_request() {
+        let (rt, _) = store_runtime(OnMiss::Passthrough);
+        // Two bodies: a 404 is remembered (a published store never changes), so the same body is not asked twice.
+        for (n, status, word) in [(3, Some("404".to_string()), "bye"), (0, None, "ciao")] {
+            let other = REQ.replace("hi", word);
+            let h = host("/v1/chat/completions", &other);
+            let mut f = Flow::new(rt.clone());
+            held(&mut f, &h, &other);
+            f.on_store_reply(&h, n, status, 0, |_| None);
+            assert!(h.sent.borrow().is_none());
+            assert!(h.resumed.get(), "the held request goes on to the upstream");
+            assert!(h.counters.borrow().contains(&Counter::Passthroughs));
+        }
     }
 }

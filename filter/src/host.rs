@@ -20,11 +20,16 @@ pub enum Counter {
     /// Refused by a memory budget (request, answer or latency queue; `understudy_matcher::limits`): answered
     /// with a typed error, or forwarded under passthrough when the request body was over budget.
     OverBudget,
+    /// Entries asked of the remote asset store (store.rs).
+    StoreFetches,
+    /// Fetches that failed: no answer, a timeout, an HTTP status other than 200 or 404, or an entry refused
+    /// by verification. The request then got the miss policy.
+    StoreErrors,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Requests,
         Counter::Hits,
         Counter::Misses,
@@ -33,6 +38,8 @@ impl Counter {
         Counter::Passthroughs,
         Counter::Misconfigured,
         Counter::OverBudget,
+        Counter::StoreFetches,
+        Counter::StoreErrors,
     ];
 
     /// Stat name as Envoy shows it.
@@ -46,6 +53,8 @@ impl Counter {
             Counter::Passthroughs => "understudy.passthroughs",
             Counter::Misconfigured => "understudy.misconfigured",
             Counter::OverBudget => "understudy.over_budget",
+            Counter::StoreFetches => "understudy.store_fetches",
+            Counter::StoreErrors => "understudy.store_errors",
         }
     }
 }
@@ -81,4 +90,9 @@ pub trait Host {
     fn account(&self, accounting: &understudy_matcher::Accounting);
     /// Logs at error level (never request data beyond method and path).
     fn log_error(&self, message: &str);
+    /// Starts a GET to the remote asset store (store.rs); its answer comes back through
+    /// `Flow::on_store_reply`. An error means no answer will come.
+    fn fetch(&self, fetch: &understudy_matcher::Fetch) -> Result<(), String>;
+    /// Lets a request held while the store was asked go on (to the buffer filter and the router).
+    fn resume_request(&self);
 }

@@ -10,10 +10,12 @@
 //! is detected (the upstream answers while a decision is pending, or an upstream host is already chosen when
 //! the body ends) and reported loudly: a critical log line and the `understudy.misconfigured` counter.
 
+pub mod embedded;
 pub mod flow;
 pub mod host;
 pub mod metrics;
 pub mod record;
+pub mod store;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;

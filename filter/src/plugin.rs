@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use understudy_matcher::Runtime;
 
 use crate::flow::{Flow, Next};
@@ -19,7 +19,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
         Box::new(Root {
             runtime: None,
-            metrics: Rc::new([0; 8]),
+            metrics: Rc::new([0; Counter::ALL.len()]),
             memory_gauge: None,
             memory_seen: Rc::new(Cell::new(0)),
             delayed: Rc::new(RefCell::new(Vec::new())),
@@ -47,7 +47,7 @@ const TICK: Duration = Duration::from_millis(5);
 
 struct Root {
     runtime: Option<Rc<Runtime>>,
-    metrics: Rc<[u32; 8]>,
+    metrics: Rc<[u32; Counter::ALL.len()]>,
     /// `understudy.wasm_memory_bytes`: the largest linear memory of any of this plugin's VMs.
     memory_gauge: Option<u32>,
     /// Memory size last recorded by this VM.
@@ -103,7 +103,7 @@ fn record_memory(gauge: Option<u32>, seen: &Cell<u64>) {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let mut ids = [0u32; 8];
+        let mut ids = [0u32; Counter::ALL.len()];
         for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
             match hostcalls::define_metric(MetricType::Counter, c.stat_name()) {
                 Ok(id) => *slot = id,
@@ -130,7 +130,15 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let loaded = Runtime::from_json_sealed(text);
+        // Without an inline bundle, the one `understudy package --assets` embedded in this module (if any).
+        let embedded = match crate::embedded::bundle() {
+            Ok(e) => e,
+            Err(e) => {
+                log(LogLevel::Critical, &format!("understudy: {e}; package the module again"));
+                return false;
+            }
+        };
+        let loaded = Runtime::from_json_sealed_embedded(text, embedded);
         drop(bytes);
         match loaded {
             Ok(rt) => {
@@ -138,10 +146,11 @@ impl RootContext for Root {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "understudy: loaded {} assets in {ms} ms (wasm memory {} bytes), on_miss={:?}",
+                        "understudy: loaded {} assets in {ms} ms (wasm memory {} bytes), on_miss={:?}{}",
                         rt.asset_count(),
                         wasm_memory_bytes(),
-                        rt.on_miss()
+                        rt.on_miss(),
+                        origin(&rt)
                     ),
                 );
                 record_memory(self.memory_gauge, &self.memory_seen);
@@ -259,7 +268,34 @@ impl Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    // The remote asset store answered a fetch of this stream (store.rs), or the call failed or timed out.
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+        let read = |n| hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, n).ok().flatten();
+        // A store miss or outage under passthrough (or record_missing) sends the held request on: record it.
+        if let Some(request_size) = self.flow.on_store_reply(&self.host, num_headers, status, body_size, read) {
+            self.after_request(true, request_size);
+        }
+        record_memory(self.host.memory_gauge, &self.host.memory_seen);
+    }
+}
+
+/// Where the loaded assets came from, for the load log line: the embedded bundle, and the remote store.
+fn origin(rt: &Runtime) -> String {
+    let mut s = String::new();
+    if rt.bundle_source() == understudy_matcher::BundleSource::Embedded {
+        s.push_str(", bundle embedded in the module");
+    }
+    if let Some(store) = rt.store() {
+        s.push_str(&format!(
+            ", asset store {} via cluster {}",
+            store.sha256.get(..12).unwrap_or_default(),
+            store.cluster
+        ));
+    }
+    s
+}
 
 fn action(n: Next) -> Action {
     match n {
@@ -336,7 +372,7 @@ fn log(level: LogLevel, msg: &str) {
 }
 
 struct ProxyHost {
-    metrics: Rc<[u32; 8]>,
+    metrics: Rc<[u32; Counter::ALL.len()]>,
     memory_gauge: Option<u32>,
     memory_seen: Rc<Cell<u64>>,
     delayed: DelayQueue,
@@ -445,5 +481,17 @@ impl Host for ProxyHost {
 
     fn log_error(&self, message: &str) {
         log(LogLevel::Error, message);
+    }
+
+    fn fetch(&self, f: &understudy_matcher::Fetch) -> Result<(), String> {
+        let headers = vec![(":method", "GET"), (":path", f.path.as_str()), (":authority", f.authority.as_str())];
+        // Registered with the current (this stream's) context: the answer arrives at its on_http_call_response.
+        hostcalls::dispatch_http_call(&f.cluster, headers, None, Vec::new(), Duration::from_millis(f.timeout_ms))
+            .map(|_| ())
+            .map_err(|e| format!("Envoy refused the call to cluster {:?} ({e:?}): is the cluster defined?", f.cluster))
+    }
+
+    fn resume_request(&self) {
+        let _ = hostcalls::resume_http_request();
     }
 }

@@ -113,7 +113,8 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
     let cfg = PluginConfig {
         on_miss,
         normalization,
-        bundle: Bundle::sealed(assets),
+        bundle: Some(Bundle::sealed(assets)),
+        store: None,
         synthesize,
         prices: Default::default(),
         mode: Default::default(),

@@ -39,7 +39,8 @@ pub use error::{ConfigError, RequestError};
 pub use key::{NormalizationConfig, Normalizer, ScrubberConfig};
 pub use record::{Mode, RecordConfig, Recorder};
 pub use runtime::{
-    error_answer, Accounting, Decision, LocalResponse, OnMiss, Outcome, PluginConfig, PluginConfigOf, Runtime,
+    error_answer, Accounting, BundleSource, Decision, EmbeddedOf, Fetch, Fetched, LocalResponse, OnMiss, Outcome,
+    PluginConfig, PluginConfigOf, Runtime, StoreAnswer, StoreConfig, EMBEDDED_FORMAT, EMBED_MARKER_MAGIC,
 };
 pub use store::Store;
 

@@ -15,9 +15,10 @@
 //! + DELAY_QUEUE_BYTES  answers waiting for their simulated latency
 //! + MEMO_BYTES         exact repeated bodies remembered
 //! + RECORD_BUFFER_BYTES  record modes only: captures being recorded or waiting for the collector
+//! + STORE_CACHE_BYTES  entries fetched from a remote asset store (only with a `store` section)
 //! ```
 //!
-//! which is [`PER_VM_BUDGET`] (648 MiB) plus the store, well under 1 GiB for stores up to a few hundred MiB
+//! which is [`PER_VM_BUDGET`] (712 MiB with every optional part) plus the store, well under 1 GiB for stores up to a few hundred MiB
 //! (100k small assets take 200–260 MiB per VM).
 
 /// The linear memory a V8 wasm VM may grow to.
@@ -130,10 +131,6 @@ pub const RECORD_DELIVERY_TIMEOUT_MS: u64 = 10_000;
 /// Most chunk timings kept for one recorded stream; later chunks are merged into the last timing.
 pub const MAX_TIMING_CHUNKS: usize = 10_000;
 
-/// The budget of one VM besides its asset store.
-pub const PER_VM_BUDGET: u64 =
-    REQUEST_BUDGET + ANSWER_BUDGET + DELAY_QUEUE_BYTES as u64 + MEMO_BYTES as u64 + RECORD_BUFFER_BYTES as u64;
-
 /// Most distinct model names one Envoy labels its cost metrics with (`gen_ai_request_model`, shared by its
 /// workers' VMs); the virtual answers of later models are counted under the model `other`, so a client
 /// sending random model names can't grow Envoy's stats (or Prometheus) without bound.
@@ -141,3 +138,42 @@ pub const MAX_MODEL_LABELS: usize = 64;
 
 /// Longest model name used as a label value, in bytes; longer names are counted under `other`.
 pub const MAX_MODEL_LABEL_BYTES: usize = 160;
+
+/// Most entries one VM keeps in its cache of entries fetched from a remote asset store (`store` in the
+/// plugin configuration, `docs/store.md`): the default, and the most `store.cache_entries` may ask for. Keys
+/// the store answered 404 for are remembered in the same cache (a published store never changes).
+pub const STORE_CACHE_ENTRIES: usize = 10_000;
+
+/// Most bytes that cache holds: the default, and the most `store.cache_bytes` may ask for. Each entry counts
+/// [`STORE_ENTRY_COST`] times its file's size plus [`STORE_ENTRY_OVERHEAD`] (the canonical request, the answer
+/// text and its compiled form); the least recently used entries are evicted first.
+pub const STORE_CACHE_BYTES: usize = 64 << 20;
+
+/// How many times its file's size a cached store entry is counted as.
+pub const STORE_ENTRY_COST: usize = 3;
+
+/// Bytes a cached store entry is counted as on top of its size (label, key, index slots).
+pub const STORE_ENTRY_OVERHEAD: usize = 1 << 10;
+
+/// Largest store entry file the filter reads: a bigger answer is a store error (`store_errors`), never read
+/// into the VM.
+pub const STORE_ENTRY_BYTES: usize = 8 << 20;
+
+/// How long the filter waits for the store by default (`store.timeout_ms`); past it the request gets the miss
+/// policy and counts as a store error.
+pub const STORE_TIMEOUT_MS: u64 = 2_000;
+
+/// The longest `store.timeout_ms` may be.
+pub const MAX_STORE_TIMEOUT_MS: u64 = 30_000;
+
+/// Largest bundle `understudy package --assets` embeds in the module. The embedded bundle lives in every VM's
+/// linear memory besides its index, so bigger stores belong in a remote store (`understudy publish`).
+pub const EMBEDDED_BUNDLE_BYTES: usize = 256 << 20;
+
+/// The budget of one VM besides its asset store.
+pub const PER_VM_BUDGET: u64 = REQUEST_BUDGET
+    + ANSWER_BUDGET
+    + DELAY_QUEUE_BYTES as u64
+    + MEMO_BYTES as u64
+    + RECORD_BUFFER_BYTES as u64
+    + STORE_CACHE_BYTES as u64;

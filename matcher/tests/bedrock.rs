@@ -91,7 +91,8 @@ fn runtime(on_miss: OnMiss) -> Runtime {
     let cfg = PluginConfig {
         on_miss,
         normalization,
-        bundle: Bundle::sealed(bundled),
+        bundle: Some(Bundle::sealed(bundled)),
+        store: None,
         synthesize,
         prices: Default::default(),
         mode: Default::default(),
@@ -105,6 +106,7 @@ fn respond(rt: &Runtime, path: &str, body: &Value) -> LocalResponse {
     match rt.decide_at(&route(path), body.to_string().as_bytes(), 1_800_000_000_000_000_000) {
         Decision::Respond(r) => r,
         Decision::Forward(o) => panic!("{path}: forwarded ({o:?})"),
+        Decision::Fetch(f) => panic!("{path}: fetched {}", f.key),
     }
 }
 

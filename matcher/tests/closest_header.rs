@@ -33,7 +33,8 @@ fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
     let cfg = PluginConfig {
         on_miss,
         normalization: NormalizationConfig::default(),
-        bundle: Bundle::sealed(assets),
+        bundle: Some(Bundle::sealed(assets)),
+        store: None,
         synthesize: Vec::new(),
         prices: Default::default(),
         mode: Default::default(),

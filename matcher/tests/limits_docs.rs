@@ -10,6 +10,7 @@ const LIMITS_MD: &str = include_str!("../../docs/limits.md");
 const README: &str = include_str!("../../README.md");
 const SECURITY: &str = include_str!("../../SECURITY.md");
 const COST_MD: &str = include_str!("../../docs/cost.md");
+const STORE_MD: &str = include_str!("../../docs/store.md");
 
 /// `20000` → `20,000`, as the docs write numbers.
 fn thousands(n: u64) -> String {
@@ -82,6 +83,12 @@ fn the_limit_table_states_every_constant() {
         ("RECORD_QUEUE_ENTRIES", format!("{} captures", thousands(RECORD_QUEUE_ENTRIES as u64))),
         ("RECORD_ATTEMPTS", format!("{RECORD_ATTEMPTS} attempts")),
         ("MAX_TIMING_CHUNKS", format!("{} chunks", thousands(MAX_TIMING_CHUNKS as u64))),
+        ("STORE_CACHE_ENTRIES", format!("{} entries", thousands(STORE_CACHE_ENTRIES as u64))),
+        ("STORE_CACHE_BYTES", size(STORE_CACHE_BYTES as u64)),
+        ("STORE_ENTRY_BYTES", size(STORE_ENTRY_BYTES as u64)),
+        ("STORE_TIMEOUT_MS", format!("{} ms", thousands(STORE_TIMEOUT_MS))),
+        ("MAX_STORE_TIMEOUT_MS", format!("{} s", MAX_STORE_TIMEOUT_MS / 1000)),
+        ("EMBEDDED_BUNDLE_BYTES", size(EMBEDDED_BUNDLE_BYTES as u64)),
     ];
     table_rows(LIMITS_MD, "docs/limits.md", rows);
     // The budget table and the prose.
@@ -96,6 +103,7 @@ fn the_limit_table_states_every_constant() {
         ),
         format!("`MEMO_BYTES` = {} (bodies up to `MEMO_BODY` = {})", size(MEMO_BYTES as u64), size(MEMO_BODY as u64)),
         format!("`PER_VM_BUDGET` = {} besides the store", size(PER_VM_BUDGET)),
+        format!("`STORE_CACHE_BYTES` = {}", size(STORE_CACHE_BYTES as u64)),
         format!("`MISS_SHORTLIST` = {MISS_SHORTLIST}"),
         format!("`RECORD_BUFFER_BYTES` = {}", size(RECORD_BUFFER_BYTES as u64)),
         format!("back-off {} ms doubling up to {} s", RECORD_BACKOFF_MS, RECORD_BACKOFF_MAX_MS / 1000),
@@ -185,4 +193,29 @@ fn readme_and_security_state_the_constants() {
     );
     states(README, "README.md", r"naming `REQUEST_BUDGET` \((\d+ MiB)\)", &[size(REQUEST_BUDGET)]);
     states(README, "README.md", r"the (\d+ MiB) latency queue", &[size(DELAY_QUEUE_BYTES as u64)]);
+}
+
+#[test]
+fn the_store_page_states_the_constants() {
+    let words = ["zero", "one", "two", "three", "four", "five"];
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"at most ([\d,]+) entries and (\d+ MiB) per VM",
+        &[thousands(STORE_CACHE_ENTRIES as u64), size(STORE_CACHE_BYTES as u64)],
+    );
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"counted as (\w+) times its file's size plus (\d+ KiB)",
+        &[words[STORE_ENTRY_COST].to_string(), size(STORE_ENTRY_OVERHEAD as u64)],
+    );
+    states(STORE_MD, "docs/store.md", r"files over (\d+ MiB) are not read", &[size(STORE_ENTRY_BYTES as u64)]);
+    states(
+        STORE_MD,
+        "docs/store.md",
+        r"default ([\d,]+) ms, at most (\d+) s",
+        &[thousands(STORE_TIMEOUT_MS), (MAX_STORE_TIMEOUT_MS / 1000).to_string()],
+    );
+    states(STORE_MD, "docs/store.md", r"bundles up to (\d+ MiB)", &[size(EMBEDDED_BUNDLE_BYTES as u64)]);
 }

@@ -133,6 +133,7 @@ fn peak_memory_of_a_hostile_request_stays_under_the_documented_bound() {
             let outcome = match &decision {
                 Decision::Respond(r) => r.outcome,
                 Decision::Forward(o) => *o,
+                Decision::Fetch(f) => panic!("no store is configured, yet a fetch of {}", f.key),
             };
             drop(decision);
             let what = format!("class {class}, {} bytes, runtime {which}: {outcome:?}, peak {used}", body.len());

@@ -451,7 +451,6 @@ fn bad_plugin_config_names_the_field() {
             &["normalization.scrubbers[0].flags:"],
         ),
         (format!(r#"{{"on_miss":"sometimes","bundle":{empty}}}"#), &["on_miss:", "sometimes"]),
-        (r#"{"on_miss":"error"}"#.to_string(), &["missing field `bundle`"]),
         (format!(r#"{{"bundle":{{"format":"{BUNDLE_FORMAT}","assets":[],"extra":1}}}}"#), &["bundle.extra:"]),
         (
             format!(
@@ -472,6 +471,10 @@ fn bad_plugin_config_names_the_field() {
     }
     let e = Runtime::from_json(r#"{"bundle":{"format":"understudy.bundle/v0","assets":[]}}"#).unwrap_err();
     assert_eq!(invalid_field(e), "bundle.format");
+    // No bundle, no store (and no module with an embedded bundle): the field is named, with the three ways.
+    let e = Runtime::from_json(r#"{"on_miss":"error"}"#).unwrap_err();
+    assert!(e.to_string().contains("understudy publish"), "{e}");
+    assert_eq!(invalid_field(e), "bundle");
 }
 
 #[test]
@@ -1012,6 +1015,7 @@ fn mutated_bodies_never_panic_and_classify_consistently() {
                     resp.outcome
                 }
                 Decision::Forward(o) => panic!("error mode never forwards: {o:?}"),
+                Decision::Fetch(f) => panic!("no store is configured, yet a fetch of {}", f.key),
             };
             assert_eq!(outcome == Outcome::BadRequest, !parsed_ok, "{:?} on {path}", String::from_utf8_lossy(&body));
             outcomes[match outcome {

@@ -641,7 +641,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 def start_understudy(
     name: str,
-    assets: Path,
+    assets: Path | None,
     log_dir: Path,
     *,
     upstream: str | None,
@@ -653,7 +653,8 @@ def start_understudy(
 ) -> Understudy:
     args = [
         str(UNDERSTUDY), "up",
-        "--assets", str(assets),
+        # No --assets: the remote store or the module's embedded bundle only.
+        *(["--assets", str(assets)] if assets is not None else []),
         "--port", "0",
         "--admin-port", "0",
         "--workers", str(workers),
@@ -717,7 +718,7 @@ class UnderstudyFactory:
 
     def __call__(
         self,
-        assets: Path,
+        assets: Path | None,
         *,
         on_miss: str = "error",
         upstream: str | None = "default",

@@ -369,7 +369,8 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
     PluginConfig {
         on_miss,
         normalization: NormalizationConfig::default(),
-        bundle,
+        bundle: Some(bundle),
+        store: None,
         synthesize: Vec::new(),
         prices: Default::default(),
         mode: Default::default(),
@@ -402,6 +403,8 @@ fn outcome(d: &Decision) -> (Outcome, u16) {
     match d {
         Decision::Respond(r) => (r.outcome, r.status),
         Decision::Forward(o) => (*o, 0),
+        // No case configures a remote store.
+        Decision::Fetch(_) => (Outcome::Miss, 0),
     }
 }
 
@@ -417,7 +420,7 @@ fn expect(what: &str, d: &Decision, want: (Outcome, u16)) -> Result<(), String> 
 fn decision_len(d: &Decision) -> usize {
     match d {
         Decision::Respond(r) => r.body.len() + r.headers.len(),
-        Decision::Forward(_) => 1,
+        Decision::Forward(_) | Decision::Fetch(_) => 1,
     }
 }
 

@@ -103,6 +103,42 @@ pub(crate) fn hash_mismatch(stored: &str, computed: &str) -> ConfigError {
     )
 }
 
+/// Writes a sealed bundle's canonical JSON one asset at a time, from each asset's canonical JSON (what
+/// [`Bundle::sealed`] serialized canonically would be, without holding the typed assets): for tools that build
+/// big bundles and must stop at a size.
+#[derive(Default)]
+pub struct CanonicalBundleWriter {
+    assets: String,
+    hasher: ContentHasher,
+}
+
+impl CanonicalBundleWriter {
+    /// Adds an asset (`{"key", "source", "asset"}` as canonical JSON).
+    pub fn push(&mut self, canonical_asset: &str) {
+        if !self.assets.is_empty() {
+            self.assets.push(',');
+        }
+        self.assets.push_str(canonical_asset);
+        self.hasher.add_text(canonical_asset);
+    }
+
+    /// Bytes of the assets so far.
+    pub fn len(&self) -> usize {
+        self.assets.len()
+    }
+
+    /// No asset yet.
+    pub fn is_empty(&self) -> bool {
+        self.assets.is_empty()
+    }
+
+    /// The sealed bundle's canonical JSON (keys in byte order: `assets`, `format`, `sha256`).
+    pub fn finish(self) -> String {
+        let sha = self.hasher.finish();
+        format!("{{\"assets\":[{}],\"format\":\"{BUNDLE_FORMAT}\",\"sha256\":\"{sha}\"}}", self.assets)
+    }
+}
+
 /// Computes [`Bundle::content_hash`] one asset at a time, so a huge bundle is never held twice in memory:
 /// the digest is that of the canonical JSON array `[a0,a1,...]`.
 #[derive(Default)]

@@ -12,7 +12,7 @@
 mod bundle;
 
 pub(crate) use bundle::{check_format, hash_mismatch, ContentHasher, RawBundle};
-pub use bundle::{Bundle, BundleOf, BundledAsset, BundledOf, BUNDLE_FORMAT};
+pub use bundle::{Bundle, BundleOf, BundledAsset, BundledOf, CanonicalBundleWriter, BUNDLE_FORMAT};
 
 use std::collections::BTreeMap;
 

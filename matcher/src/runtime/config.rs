@@ -15,6 +15,7 @@ use crate::cost::{PriceOverrides, Prices};
 use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
 use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
+use crate::store::remote::{Remote, StoreConfig};
 use crate::store::Store;
 use crate::synth::{SynthRule, Synthesizer};
 
@@ -39,8 +40,13 @@ pub struct PluginConfigOf<B> {
     /// Normalization settings; keys in `bundle` must have been computed with the same ones.
     #[serde(default)]
     pub normalization: NormalizationConfig,
-    /// The asset bundle, as written by `understudy bundle`.
-    pub bundle: B,
+    /// The asset bundle, as written by `understudy bundle`. Without one the filter serves the bundle embedded
+    /// in its module (`understudy package --assets`), else only what `store` holds.
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<B>,
+    /// A remote asset store (`understudy publish`) asked for keys the bundle lacks (docs/store.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     /// Rules that synthesize an answer for requests no asset matches (before `on_miss` applies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub synthesize: Vec<SynthRule>,
@@ -57,6 +63,11 @@ pub struct PluginConfigOf<B> {
     /// Paced replay of recorded streams through the pacer; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<PacingConfig>,
+}
+
+/// `Option::None` for any `B` (serde's `default` on a generic field would require `B: Default`).
+fn none<B>() -> Option<B> {
+    None
 }
 
 /// The plugin configuration as JSON.
@@ -80,58 +91,154 @@ pub(crate) struct Compiled {
     pub(crate) prices: Prices,
     pub(crate) recorder: Recorder,
     pub(crate) pacing: Option<f64>,
+    pub(crate) remote: Option<Remote>,
+    pub(crate) source: BundleSource,
+}
+
+/// Where a runtime's own assets came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleSource {
+    /// The plugin configuration's `bundle`.
+    Inline,
+    /// The bundle embedded in the filter's module (`understudy package --assets`).
+    Embedded,
+    /// None: only the remote store's.
+    None,
+}
+
+/// The start of the marker record the filter reserves for an embedded bundle (`filter/src/embedded.rs`):
+/// these 32 bytes, then the bundle's offset in linear memory and its length (little-endian `u32`s, both
+/// `u32::MAX` until `understudy package --assets` patches them).
+pub const EMBED_MARKER_MAGIC: [u8; 32] = *b"understudy:embedded-bundle:v1\0\0\0";
+
+/// Version tag of what `understudy package --assets` embeds in the module.
+pub const EMBEDDED_FORMAT: &str = "understudy.embedded/v1";
+
+/// The bundle embedded in a module: its normalization settings travel with it, so a plugin configuration
+/// with other settings is refused at load with a clear message instead of failing on the first key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedOf<B> {
+    /// Always [`EMBEDDED_FORMAT`].
+    pub format: String,
+    /// The normalization settings its keys were computed with.
+    #[serde(default)]
+    pub normalization: NormalizationConfig,
+    /// The sealed bundle.
+    pub bundle: B,
 }
 
 /// Streams the bundle: each asset is parsed from its slice of `text`, hashed, compiled and dropped, so the
 /// peak is the text plus the compiled store (a 100k-asset bundle would not fit a wasm VM twice). `sealed`
 /// requires the content hash.
-pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
+pub(crate) fn load(text: &str, sealed: bool, embedded: Option<&str>) -> Result<Compiled, ConfigError> {
     let raw: PluginConfigOf<RawBundle<'_>> = from_str_strict_borrowed(text, SOURCE)?;
-    if sealed && raw.bundle.sha256.is_none() {
+    let normalizer = Normalizer::compile(&raw.normalization)?;
+    let synth = Synthesizer::compile(&raw.synthesize)?;
+    let prices = Prices::new(&raw.prices)?;
+    let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
+    let pacing = check_pacing(raw.pacing)?;
+    let remote = raw.store.clone().map(|s| Remote::new(s, &raw.normalization)).transpose()?;
+    let (store, source) = match (&raw.bundle, embedded) {
+        (Some(bundle), _) => (load_bundle(bundle, sealed, &normalizer)?, BundleSource::Inline),
+        (None, Some(text)) => {
+            let e: EmbeddedOf<RawBundle<'_>> = from_str_strict_borrowed(text, "embedded bundle")?;
+            if e.format != EMBEDDED_FORMAT {
+                return Err(ConfigError::invalid(
+                    "embedded bundle",
+                    format!("format {:?} is not {EMBEDDED_FORMAT:?}: package the module with this version", e.format),
+                ));
+            }
+            if e.normalization != raw.normalization {
+                return Err(ConfigError::invalid(
+                    "normalization",
+                    "differs from the normalization settings the module's embedded bundle was built with: pass the \
+                     same --normalization to `understudy package --assets` and to the plugin configuration",
+                ));
+            }
+            (load_bundle(&e.bundle, true, &normalizer)?, BundleSource::Embedded)
+        }
+        (None, None) if remote.is_some() => (Store::default(), BundleSource::None),
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "bundle",
+                "missing: the plugin configuration needs a `bundle` (`understudy plugin-config`), a `store` \
+                 (`understudy publish`), or a module with a bundle embedded in it (`understudy package --assets`)",
+            ))
+        }
+    };
+    Ok(Compiled {
+        on_miss: on_miss(raw.on_miss, raw.mode),
+        normalizer,
+        store,
+        synth,
+        prices,
+        recorder,
+        pacing,
+        remote,
+        source,
+    })
+}
+
+/// A bundle's assets, streamed out of the text they are slices of.
+fn load_bundle(bundle: &RawBundle<'_>, sealed: bool, normalizer: &Normalizer) -> Result<Store, ConfigError> {
+    if sealed && bundle.sha256.is_none() {
         return Err(ConfigError::invalid(
             "bundle.sha256",
             "missing: the filter loads only sealed bundles; build the bundle with `understudy bundle` \
              (or `understudy plugin-config`)",
         ));
     }
-    check_format(&raw.bundle.format)?;
-    let normalizer = Normalizer::compile(&raw.normalization)?;
-    let synth = Synthesizer::compile(&raw.synthesize)?;
-    let prices = Prices::new(&raw.prices)?;
-    let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
-    let pacing = check_pacing(raw.pacing)?;
-    let store = match raw.bundle.sha256.as_deref() {
-        Some(stored) => load_sealed(&raw.bundle.assets, stored, &normalizer)?,
+    check_format(&bundle.format)?;
+    match bundle.sha256.as_deref() {
+        Some(stored) => load_sealed(&bundle.assets, stored, normalizer),
         None => {
             // Unsealed (tools, tests): every asset compiled now, so any problem fails the load.
             let mut store = Store::default();
-            store.reserve(raw.bundle.assets.len());
-            for (i, slice) in raw.bundle.assets.iter().enumerate() {
+            store.reserve(bundle.assets.len());
+            for (i, slice) in bundle.assets.iter().enumerate() {
                 let b: BundledAsset = from_str_strict(slice.get(), SOURCE).map_err(|e| in_asset(i, e))?;
                 let label = format!("bundle.assets[{i}] from {}", b.source);
-                store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
+                store.add_owned(normalizer, &label, b.asset, Some(&b.key))?;
             }
-            store
+            Ok(store)
         }
-    };
-    Ok(Compiled { on_miss: on_miss(raw.on_miss, raw.mode), normalizer, store, synth, prices, recorder, pacing })
+    }
 }
 
 /// Compiles a parsed configuration.
 pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
-    check_format(&cfg.bundle.format)?;
-    cfg.bundle.verify()?;
     let normalizer = Normalizer::compile(&cfg.normalization)?;
     let synth = Synthesizer::compile(&cfg.synthesize)?;
     let prices = Prices::new(&cfg.prices)?;
+    let remote = cfg.store.map(|s| Remote::new(s, &cfg.normalization)).transpose()?;
+    let mut store = Store::default();
+    let source = match cfg.bundle {
+        Some(bundle) => {
+            check_format(&bundle.format)?;
+            bundle.verify()?;
+            for (i, b) in bundle.assets.into_iter().enumerate() {
+                let label = format!("bundle.assets[{i}] from {}", b.source);
+                store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
+            }
+            BundleSource::Inline
+        }
+        None if remote.is_some() => BundleSource::None,
+        None => return Err(ConfigError::invalid("bundle", "missing: needs a `bundle` or a `store`")),
+    };
     let recorder = Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?;
     let pacing = check_pacing(cfg.pacing)?;
-    let mut store = Store::default();
-    for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
-        let label = format!("bundle.assets[{i}] from {}", b.source);
-        store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
-    }
-    Ok(Compiled { on_miss: on_miss(cfg.on_miss, cfg.mode), normalizer, store, synth, prices, recorder, pacing })
+    Ok(Compiled {
+        on_miss: on_miss(cfg.on_miss, cfg.mode),
+        normalizer,
+        store,
+        synth,
+        prices,
+        recorder,
+        pacing,
+        remote,
+        source,
+    })
 }
 
 /// `record_missing` forwards misses (to record them) whatever `on_miss` says.

@@ -4,13 +4,16 @@
 
 mod config;
 mod memo;
+#[cfg(test)]
+mod store_tests;
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
 
 use serde_json::Value;
 
-pub use config::{OnMiss, PluginConfig, PluginConfigOf};
+pub use crate::store::remote::{Fetch, Fetched, StoreAnswer, StoreConfig};
+pub use config::{BundleSource, EmbeddedOf, OnMiss, PluginConfig, PluginConfigOf, EMBEDDED_FORMAT, EMBED_MARKER_MAGIC};
 
 use crate::asset::{Latency, Sequence};
 use crate::budget::{answer_cost, to_vec_exact, Budgets, Processing};
@@ -20,6 +23,7 @@ use crate::error::{ConfigError, RequestError};
 use crate::key::Normalizer;
 use crate::record::{Pace, Recorder};
 use crate::store::answer::{at_path, output_tokens, refresh};
+use crate::store::remote::{FetchedKind, Lookup, Remote};
 use crate::store::{Compiled, Store, KEEP_CANONICAL};
 use crate::stream::StreamOptions;
 use crate::synth::Synthesizer;
@@ -88,6 +92,35 @@ pub enum Decision {
     Respond(LocalResponse),
     /// Forward to the upstream (passthrough mode); the outcome says why.
     Forward(Outcome),
+    /// The key is not among the assets loaded in this VM and the configuration has a remote `store`: fetch
+    /// its entry, hold the request meanwhile (nothing goes upstream), then pass what the store answered to
+    /// [`Runtime::take_fetched`] and decide again with [`Runtime::decide_fetched`].
+    Fetch(Fetch),
+}
+
+/// Whether a decision may ask the remote store, or comes after it answered.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    MayFetch,
+    Fetched(&'a Fetched),
+}
+
+/// What the remote store has for a request: an entry (and whether it was `cached` or just `fetched`), a
+/// fetch to make first, or nothing to serve.
+enum FromStore {
+    Entry(std::rc::Rc<Compiled>, &'static str),
+    Fetch(Fetch),
+    Nothing(StoreNote),
+}
+
+/// Why a request that no loaded asset matches was not answered from the remote store either.
+enum StoreNote {
+    /// No store configured.
+    None,
+    /// The store has no entry for the key (it answered 404, now or earlier).
+    NotFound,
+    /// The store could not be asked or its answer was refused; says why.
+    Failed(String),
 }
 
 /// What the answer needs to know of a request besides its match.
@@ -147,6 +180,10 @@ pub struct Runtime {
     recorder: Recorder,
     /// Replay speed of paced recorded streams, when pacing is on.
     pacing: Option<f64>,
+    /// The remote asset store and its per-VM cache, if configured.
+    remote: Option<Remote>,
+    /// Where the assets loaded in the VM came from.
+    source: BundleSource,
 }
 
 impl Runtime {
@@ -154,13 +191,19 @@ impl Runtime {
     /// A bundle without a content hash is accepted here (tools and tests build them); the filter uses
     /// [`Runtime::from_json_sealed`].
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        config::load(text, false).map(Self::assemble)
+        config::load(text, false, None).map(Self::assemble)
     }
 
     /// As [`Runtime::from_json`], but the bundle must carry its content hash (`bundle.sha256`), so deleting
     /// the hash can't switch the integrity check off. What the filter loads.
     pub fn from_json_sealed(text: &str) -> Result<Self, ConfigError> {
-        config::load(text, true).map(Self::assemble)
+        config::load(text, true, None).map(Self::assemble)
+    }
+
+    /// As [`Runtime::from_json_sealed`], with the bundle embedded in the filter's module (what `understudy
+    /// package --assets` writes: [`EmbeddedOf`] JSON) used when the configuration carries no `bundle`.
+    pub fn from_json_sealed_embedded(text: &str, embedded: Option<&str>) -> Result<Self, ConfigError> {
+        config::load(text, true, embedded).map(Self::assemble)
     }
 
     /// Compiles a parsed configuration.
@@ -183,6 +226,8 @@ impl Runtime {
             budgets: Budgets::default(),
             recorder: c.recorder,
             pacing: c.pacing,
+            remote: c.remote,
+            source: c.source,
         }
     }
 
@@ -194,6 +239,31 @@ impl Runtime {
     /// The replay speed of paced recorded streams, when pacing is on.
     pub fn pacing(&self) -> Option<f64> {
         self.pacing
+    }
+
+    /// Where the assets loaded in this VM came from.
+    pub fn bundle_source(&self) -> BundleSource {
+        self.source
+    }
+
+    /// The remote store's configuration, if there is one.
+    pub fn store(&self) -> Option<&StoreConfig> {
+        self.remote.as_ref().map(|r| &r.config)
+    }
+
+    /// Turns what the store answered for `key` (after a [`Decision::Fetch`]) into a verified entry, cached in
+    /// this VM, a remembered absence (404), or a store error ([`Fetched::error`]: the filter counts it).
+    pub fn take_fetched(&self, key: &str, answer: StoreAnswer<'_>) -> Fetched {
+        match &self.remote {
+            Some(r) => r.take(&self.normalizer, key, answer),
+            None => Fetched { kind: FetchedKind::Failed("no store is configured".into()) },
+        }
+    }
+
+    /// Decides a request again once the store has answered for it: a hit from the fetched entry, else the
+    /// miss policy (never another fetch). `body` is the same request body.
+    pub fn decide_fetched(&self, route: &Route, body: &[u8], now_nanos: u64, fetched: &Fetched) -> Decision {
+        self.decide_with(route, body, now_nanos, Ask::Fetched(fetched))
     }
 
     /// Replaces the memory budgets (`crate::limits::REQUEST_BUDGET`, `ANSWER_BUDGET`); tests lower them to
@@ -234,6 +304,10 @@ impl Runtime {
     /// Decides what to do with a complete LLM request body for `route`, at Unix time `now_nanos`.
     /// Never panics on any input.
     pub fn decide_at(&self, route: &Route, body: &[u8], now_nanos: u64) -> Decision {
+        self.decide_with(route, body, now_nanos, Ask::MayFetch)
+    }
+
+    fn decide_with(&self, route: &Route, body: &[u8], now_nanos: u64, ask: Ask<'_>) -> Decision {
         match self.memo.get(route, body) {
             Some(Remembered::Hit(i, facts)) => {
                 if let Some(asset) = self.store.get(i) {
@@ -268,16 +342,32 @@ impl Runtime {
             Err(e) => return self.bad_request(route, &e),
         };
         let Some((i, asset)) = found else {
-            if let Some(r) = self.synthesized(route, &request, &mut key, now_nanos) {
-                return Decision::Respond(r);
+            // Not among the assets loaded here: the remote store's (cached, fetched, or to fetch).
+            let note = match self.store_entry(ask, key.get()) {
+                FromStore::Entry(entry, how) => {
+                    let facts = Facts::of(route, &request);
+                    let mut r = self.serve(&entry, route, &facts, Some(&request), entry.key.clone(), now_nanos);
+                    r.headers.push(("x-understudy-store".into(), how.into()));
+                    return Decision::Respond(r);
+                }
+                FromStore::Fetch(fetch) => return Decision::Fetch(fetch),
+                FromStore::Nothing(note) => note,
+            };
+            // A store that could not be asked says nothing about whether an asset exists: no synthesized
+            // stand-in for what may be a recorded answer.
+            if !matches!(note, StoreNote::Failed(_)) {
+                if let Some(r) = self.synthesized(route, &request, &mut key, now_nanos) {
+                    return Decision::Respond(r);
+                }
             }
             if self.on_miss == OnMiss::Passthrough {
-                if self.synth.is_empty() {
+                // A published store never changes under its content hash: its 404 may be remembered too.
+                if self.synth.is_empty() && !matches!(note, StoreNote::Failed(_)) {
                     self.memo.put(route, body, Remembered::Forward);
                 }
                 return Decision::Forward(Outcome::Miss);
             }
-            return self.strict_miss(route, request, key.get());
+            return self.strict_miss(route, request, key.get(), note);
         };
         let facts = Facts::of(route, &request);
         let response = self.serve(asset, route, &facts, Some(&request), key.get(), now_nanos);
@@ -288,19 +378,66 @@ impl Runtime {
         Decision::Respond(response)
     }
 
-    /// The 404 of a strict miss, explaining it: the key, the closest asset and where it differs.
-    fn strict_miss(&self, route: &Route, mut request: Value, key: String) -> Decision {
+    /// What the remote store has for a request that no loaded asset matches.
+    fn store_entry(&self, ask: Ask<'_>, key: String) -> FromStore {
+        let Some(remote) = &self.remote else { return FromStore::Nothing(StoreNote::None) };
+        match ask {
+            Ask::Fetched(f) => match &f.kind {
+                FetchedKind::Entry(e) if e.key == key => FromStore::Entry(e.clone(), "fetched"),
+                FetchedKind::Entry(e) => FromStore::Nothing(StoreNote::Failed(format!(
+                    "it was asked for key {} but this request's key is {key}",
+                    e.key
+                ))),
+                FetchedKind::NotFound => FromStore::Nothing(StoreNote::NotFound),
+                FetchedKind::Failed(why) => FromStore::Nothing(StoreNote::Failed(why.clone())),
+            },
+            Ask::MayFetch => match remote.lookup(&key) {
+                Lookup::Present(e) => FromStore::Entry(e, "cached"),
+                Lookup::Absent => FromStore::Nothing(StoreNote::NotFound),
+                Lookup::Unknown => FromStore::Fetch(remote.fetch(key)),
+            },
+        }
+    }
+
+    /// The 404 of a strict miss, explaining it: the key, the closest asset and where it differs. When the
+    /// remote store could not be asked, a 503 that says why (the request may well have an asset there).
+    fn strict_miss(&self, route: &Route, mut request: Value, key: String, note: StoreNote) -> Decision {
+        let op = route.operation;
+        if let (StoreNote::Failed(why), Some(remote)) = (&note, &self.remote) {
+            let message = format!(
+                "Understudy has no asset for this {op} request (key {key}) among the {} assets loaded in the filter, \
+                 and could not ask the asset store (cluster {}, content hash {}…): {why}. The request was not \
+                 forwarded; this counts in understudy.store_errors.",
+                self.store.len(),
+                remote.config.cluster,
+                remote.short_hash()
+            );
+            let mut r = local_error(route, Outcome::Miss, 503, Some(&key), &message, "understudy_store_unavailable");
+            r.headers.push(("x-understudy-store".into(), "error".into()));
+            return Decision::Respond(r);
+        }
         // The request is not needed any more: normalize it in place (no copy of a big tree).
         if let Err(e) = self.normalizer.normalize(route, &mut request) {
             return self.bad_request(route, &e);
         }
-        let op = route.operation;
         let mut message = format!("Understudy has no asset for this {op} request (key {key}).");
+        if let Some(remote) = &self.remote {
+            message.push_str(&format!(
+                " Neither the {} assets loaded in the filter nor the asset store (content hash {}…) hold it: \
+                 the store has no entry for this key.",
+                self.store.len(),
+                remote.short_hash()
+            ));
+        }
         let closest = self.store.closest(op, &request);
+        let scope =
+            if self.remote.is_some() { " loaded in the filter (the store's assets are not compared)" } else { "" };
         match &closest {
-            Some(c) => {
-                message.push_str(&format!(" Closest asset: {} (key {}), first difference at {}.", c.label, c.key, c.at))
-            }
+            Some(c) => message.push_str(&format!(
+                " Closest asset{scope}: {} (key {}), first difference at {}.",
+                c.label, c.key, c.at
+            )),
+            None if self.remote.is_some() => {}
             None => message.push_str(&format!(" No asset for {op} is loaded.")),
         }
         message.push_str(
@@ -310,6 +447,9 @@ impl Runtime {
         );
         let mut r = local_error(route, Outcome::Miss, 404, Some(&key), &message, "understudy_no_matching_asset");
         r.headers.push(("x-understudy-operation".into(), op.name().into()));
+        if self.remote.is_some() {
+            r.headers.push(("x-understudy-store".into(), "miss".into()));
+        }
         if let Some(c) = closest {
             r.headers.push(("x-understudy-closest".into(), c.header_value()));
         }
@@ -589,7 +729,8 @@ mod tests {
         let cfg = PluginConfig {
             on_miss: OnMiss::Error,
             normalization: NormalizationConfig::default(),
-            bundle: Bundle::sealed(assets),
+            bundle: Some(Bundle::sealed(assets)),
+            store: None,
             synthesize: Vec::new(),
             prices: Default::default(),
             mode: Default::default(),
@@ -720,6 +861,7 @@ mod tests {
                         r.body.len(),
                     ),
                     Decision::Forward(o) => (o, 0, None, false, 0),
+                    Decision::Fetch(_) => panic!("no store"),
                 });
             }
             let remembered: usize = rt.memo.entries.borrow().values().map(Vec::len).sum();

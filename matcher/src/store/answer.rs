@@ -64,6 +64,30 @@ impl Response {
         }
     }
 
+    /// Feeds what [`Response::same_as`] compares into a hash (duplicate detection without keeping answers).
+    pub(crate) fn fingerprint(&self, h: &mut sha2::Sha256) {
+        use sha2::Digest;
+        h.update(self.status.to_le_bytes());
+        for (k, v) in &self.headers {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+        let source = self.source();
+        h.update([0xff, u8::from(self.is_error)]);
+        h.update((source.len() as u64).to_le_bytes());
+        h.update(&source);
+        match &self.stream {
+            Some(s) => {
+                h.update([1]);
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s);
+            }
+            None => h.update([0]),
+        }
+    }
+
     /// Same answers (for duplicate-vs-conflict detection of two assets with one key).
     fn same_as(&self, other: &Response) -> bool {
         self.status == other.status

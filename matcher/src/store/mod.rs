@@ -2,6 +2,7 @@
 //! detection, lookup, and the closest asset for a miss's explanation. Shared by the bundler and the filter.
 
 pub(crate) mod answer;
+pub mod remote;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -119,15 +120,7 @@ impl Store {
         asset: Asset,
         stored_key: Option<&str>,
     ) -> Result<String, ConfigError> {
-        self.insert(normalizer, label, asset, stored_key, |route, response, responses, refresh| {
-            let many = responses.is_some();
-            let all = match (response, responses) {
-                (Some(r), _) => vec![r],
-                (None, Some(rs)) => rs,
-                (None, None) => Vec::new(),
-            };
-            Answers::compile(route, all, many, refresh)
-        })
+        self.insert(normalizer, label, asset, stored_key, typed_answers)
     }
 
     /// Adds a sealed bundle's asset with its answers deferred (see [`Answers::Deferred`]).
@@ -138,13 +131,7 @@ impl Store {
         asset: RawAsset<'_>,
         stored_key: &str,
     ) -> Result<String, ConfigError> {
-        self.insert(normalizer, label, asset, Some(stored_key), |_, response, responses, _| {
-            match (response, responses) {
-                (Some(r), _) => Ok(Answers::deferred(r.get(), false)),
-                (None, Some(rs)) => Ok(Answers::deferred(rs.get(), true)),
-                (None, None) => Err("needs `response` (or `responses`, a list)".into()),
-            }
-        })
+        self.insert(normalizer, label, asset, Some(stored_key), raw_answers)
     }
 
     /// Validates, keys and compiles an asset, then indexes it.
@@ -156,44 +143,8 @@ impl Store {
         stored_key: Option<&str>,
         answers: impl FnOnce(&Route, Option<R>, Option<L>, bool) -> Result<Answers, String>,
     ) -> Result<String, ConfigError> {
-        let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
-        let route = validate(&asset, label)?;
-        let AssetOf { name, request, response, responses, sequence, seed, refresh, latency } = asset;
-        let answers = answers(&route, response, responses, refresh).map_err(bad)?;
-        let model = route.model_of(&request.body).map(Box::from);
-        let input_estimate = route.operation.dialect().prompt_tokens(route.operation, &request.body);
-        let mut normalized = request.body;
-        normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
-        // Too big to be worth its memory in every VM: matched by key only.
-        let (key, canonical) = Normalizer::key_and_canonical(route.operation, &normalized, KEEP_CANONICAL);
-        drop(normalized);
-        if let Some(stored) = stored_key.filter(|s| *s != key) {
-            return Err(ConfigError::KeyMismatch {
-                asset: label.to_string(),
-                stored: stored.to_string(),
-                computed: key,
-            });
-        }
-        let display = match &name {
-            Some(n) => format!("{n:?} ({label})"),
-            None => label.to_string(),
-        };
-        let seed = seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
-        let operation = route.operation;
-        let candidate = Compiled {
-            label: display,
-            key: key.clone(),
-            route,
-            normalized: canonical.unwrap_or_default().into(),
-            model,
-            input_estimate,
-            answers,
-            sequence,
-            seed,
-            refresh,
-            latency,
-            calls: Cell::new(0),
-        };
+        let candidate = build(normalizer, label, asset, stored_key, answers)?;
+        let key = candidate.key.clone();
         if let Some(&i) = self.index.get(&key) {
             let Some(prev) = self.assets.get(i) else { return Ok(key) };
             if prev.same_as(&candidate) {
@@ -203,6 +154,7 @@ impl Store {
             return Err(ConfigError::Conflict { key, first: prev.label.clone(), second: candidate.label });
         }
         let idx = self.assets.len();
+        let operation = candidate.route.operation;
         if !candidate.normalized.is_empty() {
             self.by_text.entry(operation).or_default().insert(candidate.normalized.clone(), idx);
         }
@@ -289,6 +241,132 @@ impl Store {
             at.push('…');
         }
         Some(Closest { label: a.label.clone(), key: a.key.clone(), at })
+    }
+}
+
+/// One asset validated, keyed and compiled on its own (then dropped): how `understudy bundle` and
+/// `understudy publish` check every asset without holding a compiled store of them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Its key.
+    pub key: String,
+    /// Its operation.
+    pub operation: Operation,
+    /// Its name and `file#index`, as messages show it.
+    pub label: String,
+    /// A hash of what two assets of one key must share to be identical duplicates rather than a conflict
+    /// (the compiled answers, sequence, seed, refresh and latency: what [`Store::add`] compares).
+    fingerprint: [u8; 32],
+}
+
+impl Checked {
+    /// `other` is an identical duplicate (same key and answers), not a conflict.
+    pub fn same_answers(&self, other: &Checked) -> bool {
+        self.key == other.key && self.fingerprint == other.fingerprint
+    }
+}
+
+/// Validates, keys and compiles `asset` (`label` is its `file#index`) exactly as [`Store::add`] does.
+pub fn check(normalizer: &Normalizer, label: &str, asset: &Asset) -> Result<Checked, ConfigError> {
+    let compiled = build(normalizer, label, asset.clone(), None, typed_answers)?;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for r in compiled.answers().unwrap_or_default() {
+        r.fingerprint(&mut h);
+    }
+    h.update(
+        format!("{:?}|{}|{}|{:?}", compiled.sequence, compiled.seed, compiled.refresh, compiled.latency).as_bytes(),
+    );
+    Ok(Checked {
+        key: compiled.key,
+        operation: compiled.route.operation,
+        label: compiled.label,
+        fingerprint: h.finalize().into(),
+    })
+}
+
+/// Validates, keys and compiles one asset (without indexing it): what [`Store::insert`] indexes, and what the
+/// remote store's cache holds (`remote.rs`). `stored_key`, when given, must equal the computed key.
+fn build<R, L: AnswerList>(
+    normalizer: &Normalizer,
+    label: &str,
+    asset: AssetOf<R, L>,
+    stored_key: Option<&str>,
+    answers: impl FnOnce(&Route, Option<R>, Option<L>, bool) -> Result<Answers, String>,
+) -> Result<Compiled, ConfigError> {
+    let bad = |reason: String| ConfigError::Asset { asset: label.to_string(), reason };
+    let route = validate(&asset, label)?;
+    let AssetOf { name, request, response, responses, sequence, seed, refresh, latency } = asset;
+    let answers = answers(&route, response, responses, refresh).map_err(bad)?;
+    let model = route.model_of(&request.body).map(Box::from);
+    let input_estimate = route.operation.dialect().prompt_tokens(route.operation, &request.body);
+    let mut normalized = request.body;
+    normalizer.normalize(&route, &mut normalized).map_err(|e| bad(format!("request.body: {e}")))?;
+    // Too big to be worth its memory in every VM: matched by key only.
+    let (key, canonical) = Normalizer::key_and_canonical(route.operation, &normalized, KEEP_CANONICAL);
+    drop(normalized);
+    if let Some(stored) = stored_key.filter(|s| *s != key) {
+        return Err(ConfigError::KeyMismatch { asset: label.to_string(), stored: stored.to_string(), computed: key });
+    }
+    let display = match &name {
+        Some(n) => format!("{n:?} ({label})"),
+        None => label.to_string(),
+    };
+    let seed = seed.unwrap_or_else(|| u64::from_str_radix(key.get(..16).unwrap_or("0"), 16).unwrap_or(0));
+    Ok(Compiled {
+        label: display,
+        key,
+        route,
+        normalized: canonical.unwrap_or_default().into(),
+        model,
+        input_estimate,
+        answers,
+        sequence,
+        seed,
+        refresh,
+        latency,
+        calls: Cell::new(0),
+    })
+}
+
+/// A sealed entry's asset compiled on its own, answers deferred (see [`Store::add_raw`]): what the remote
+/// store's cache holds.
+pub(crate) fn build_raw(
+    normalizer: &Normalizer,
+    label: &str,
+    asset: RawAsset<'_>,
+    stored_key: &str,
+) -> Result<Compiled, ConfigError> {
+    build(normalizer, label, asset, Some(stored_key), raw_answers)
+}
+
+/// Answers of a typed asset, compiled now.
+fn typed_answers(
+    route: &Route,
+    response: Option<crate::asset::AssetResponse>,
+    responses: Option<Vec<crate::asset::AssetResponse>>,
+    refresh: bool,
+) -> Result<Answers, String> {
+    let many = responses.is_some();
+    let all = match (response, responses) {
+        (Some(r), _) => vec![r],
+        (None, Some(rs)) => rs,
+        (None, None) => Vec::new(),
+    };
+    Answers::compile(route, all, many, refresh)
+}
+
+/// Answers of a sealed asset, kept as their JSON text and compiled on first use.
+fn raw_answers(
+    _: &Route,
+    response: Option<&serde_json::value::RawValue>,
+    responses: Option<&serde_json::value::RawValue>,
+    _: bool,
+) -> Result<Answers, String> {
+    match (response, responses) {
+        (Some(r), _) => Ok(Answers::deferred(r.get(), false)),
+        (None, Some(rs)) => Ok(Answers::deferred(rs.get(), true)),
+        (None, None) => Err("needs `response` (or `responses`, a list)".into()),
     }
 }
 

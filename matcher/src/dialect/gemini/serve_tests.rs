@@ -30,7 +30,8 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
     let cfg = PluginConfig {
         on_miss: OnMiss::Error,
         normalization: NormalizationConfig::default(),
-        bundle: Bundle::sealed(assets),
+        bundle: Some(Bundle::sealed(assets)),
+        store: None,
         synthesize,
         prices: Default::default(),
         mode: Default::default(),
@@ -62,6 +63,7 @@ fn send(rt: &Runtime, path: &str, body: &Value) -> LocalResponse {
     match rt.decide_at(&route, body.to_string().as_bytes(), NOW) {
         Decision::Respond(r) => r,
         Decision::Forward(o) => panic!("forwarded: {o:?}"),
+        Decision::Fetch(f) => panic!("fetched {}", f.key),
     }
 }
 
