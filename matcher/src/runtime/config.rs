@@ -133,14 +133,10 @@ pub struct EmbeddedOf<B> {
 /// requires the content hash.
 pub(crate) fn load(text: &str, sealed: bool, embedded: Option<&str>) -> Result<Compiled, ConfigError> {
     let raw: PluginConfigOf<RawBundle<'_>> = from_str_strict_borrowed(text, SOURCE)?;
-    let normalizer = Normalizer::compile(&raw.normalization)?;
-    let synth = Synthesizer::compile(&raw.synthesize)?;
-    let prices = Prices::new(&raw.prices)?;
-    let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
-    let pacing = check_pacing(raw.pacing)?;
-    let remote = raw.store.clone().map(|s| Remote::new(s, &raw.normalization)).transpose()?;
+    let parts = Parts::compile(&raw)?;
+    let (normalizer, remote) = (&parts.normalizer, &parts.remote);
     let (store, source) = match (&raw.bundle, embedded) {
-        (Some(bundle), _) => (load_bundle(bundle, sealed, &normalizer)?, BundleSource::Inline),
+        (Some(bundle), _) => (load_bundle(bundle, sealed, normalizer)?, BundleSource::Inline),
         (None, Some(text)) => {
             let e: EmbeddedOf<RawBundle<'_>> = from_str_strict_borrowed(text, "embedded bundle")?;
             if e.format != EMBEDDED_FORMAT {
@@ -156,7 +152,7 @@ pub(crate) fn load(text: &str, sealed: bool, embedded: Option<&str>) -> Result<C
                      same --normalization to `understudy package --assets` and to the plugin configuration",
                 ));
             }
-            (load_bundle(&e.bundle, true, &normalizer)?, BundleSource::Embedded)
+            (load_bundle(&e.bundle, true, normalizer)?, BundleSource::Embedded)
         }
         (None, None) if remote.is_some() => (Store::default(), BundleSource::None),
         (None, None) => {
@@ -167,17 +163,7 @@ pub(crate) fn load(text: &str, sealed: bool, embedded: Option<&str>) -> Result<C
             ))
         }
     };
-    Ok(Compiled {
-        on_miss: on_miss(raw.on_miss, raw.mode),
-        normalizer,
-        store,
-        synth,
-        prices,
-        recorder,
-        pacing,
-        remote,
-        source,
-    })
+    Ok(parts.with(store, source))
 }
 
 /// A bundle's assets, streamed out of the text they are slices of.
@@ -208,10 +194,8 @@ fn load_bundle(bundle: &RawBundle<'_>, sealed: bool, normalizer: &Normalizer) ->
 
 /// Compiles a parsed configuration.
 pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
-    let normalizer = Normalizer::compile(&cfg.normalization)?;
-    let synth = Synthesizer::compile(&cfg.synthesize)?;
-    let prices = Prices::new(&cfg.prices)?;
-    let remote = cfg.store.map(|s| Remote::new(s, &cfg.normalization)).transpose()?;
+    let parts = Parts::compile(&cfg)?;
+    let normalizer = &parts.normalizer;
     let mut store = Store::default();
     let source = match cfg.bundle {
         Some(bundle) => {
@@ -219,26 +203,44 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
             bundle.verify()?;
             for (i, b) in bundle.assets.into_iter().enumerate() {
                 let label = format!("bundle.assets[{i}] from {}", b.source);
-                store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
+                store.add_owned(normalizer, &label, b.asset, Some(&b.key))?;
             }
             BundleSource::Inline
         }
-        None if remote.is_some() => BundleSource::None,
+        None if parts.remote.is_some() => BundleSource::None,
         None => return Err(ConfigError::invalid("bundle", "missing: needs a `bundle` or a `store`")),
     };
-    let recorder = Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?;
-    let pacing = check_pacing(cfg.pacing)?;
-    Ok(Compiled {
-        on_miss: on_miss(cfg.on_miss, cfg.mode),
-        normalizer,
-        store,
-        synth,
-        prices,
-        recorder,
-        pacing,
-        remote,
-        source,
-    })
+    Ok(parts.with(store, source))
+}
+
+/// Everything a configuration compiles to besides its assets, whichever way the bundle arrives.
+struct Parts {
+    on_miss: OnMiss,
+    normalizer: Normalizer,
+    synth: Synthesizer,
+    prices: Prices,
+    recorder: Recorder,
+    pacing: Option<f64>,
+    remote: Option<Remote>,
+}
+
+impl Parts {
+    fn compile<B>(cfg: &PluginConfigOf<B>) -> Result<Parts, ConfigError> {
+        Ok(Parts {
+            on_miss: on_miss(cfg.on_miss, cfg.mode),
+            normalizer: Normalizer::compile(&cfg.normalization)?,
+            synth: Synthesizer::compile(&cfg.synthesize)?,
+            prices: Prices::new(&cfg.prices)?,
+            recorder: Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?,
+            pacing: check_pacing(cfg.pacing)?,
+            remote: cfg.store.clone().map(|s| Remote::new(s, &cfg.normalization)).transpose()?,
+        })
+    }
+
+    fn with(self, store: Store, source: BundleSource) -> Compiled {
+        let Parts { on_miss, normalizer, synth, prices, recorder, pacing, remote } = self;
+        Compiled { on_miss, normalizer, store, synth, prices, recorder, pacing, remote, source }
+    }
 }
 
 /// `record_missing` forwards misses (to record them) whatever `on_miss` says.
