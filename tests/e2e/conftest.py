@@ -779,6 +779,15 @@ def passthrough(upstream, assets_dir, log_dir) -> Iterator[Understudy]:
 # --------------------------------------------------------------------------------------------------
 
 
+def print_config(out: Path, assets: Path, *extra: str, port: int = 10000, admin_port: int = 9901) -> dict:
+    """The bootstrap `understudy up --print-config` writes for `assets` (and `extra` flags), parsed."""
+    cmd = [str(UNDERSTUDY), "up", "--assets", str(assets), "--port", str(port), "--admin-port", str(admin_port),
+           "--print-config", str(out), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=str(out.parent))
+    assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
+    return json.loads(out.read_text())
+
+
 def load_asset(rel: str, index: int = 0) -> dict:
     """An asset from examples/assets or tests/e2e/assets by relative path (`openai/chat-capital.json`)."""
     for base in (EXAMPLE_ASSETS, E2E_ASSETS):

@@ -18,20 +18,13 @@ from conftest import (
     http_request,
     load_asset,
     parse_stats,
+    print_config,
     register_log,
     stop_process,
     tail,
 )
 
 SHIPPED = sorted((ROOT / "envoy").glob("*.yaml")) + sorted((ROOT / "envoy").glob("*.yml"))
-
-
-def print_config(out: Path, assets: Path, *extra: str, port: int = 10000, admin_port: int = 9901) -> dict:
-    cmd = [str(UNDERSTUDY), "up", "--assets", str(assets), "--port", str(port), "--admin-port", str(admin_port),
-           "--print-config", str(out), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=str(out.parent))
-    assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
-    return json.loads(out.read_text())
 
 
 def validate(path: Path) -> subprocess.CompletedProcess:

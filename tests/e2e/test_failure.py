@@ -30,6 +30,7 @@ from conftest import (
     free_port,
     http_request,
     load_asset,
+    print_config,
     register_log,
     stop_process,
     tail,
@@ -56,14 +57,6 @@ def two_free_ports() -> tuple[int, int]:
     while admin == port:
         admin = free_port()
     return port, admin
-
-
-def print_config(out: Path, assets: Path, port: int, admin_port: int, *extra: str) -> dict:
-    cmd = [str(UNDERSTUDY), "up", "--assets", str(assets), "--port", str(port), "--admin-port", str(admin_port),
-           "--print-config", str(out), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=str(out.parent))
-    assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
-    return json.loads(out.read_text())
 
 
 def hcm_of(listener: dict) -> dict:
@@ -247,7 +240,7 @@ def test_other_failure_policies_for_contrast(request, tmp_path, assets_dir, upst
     uses FAIL_RELOAD."""
     port, admin_port = two_free_ports()
     cfg = tmp_path / "bootstrap.json"
-    boot = print_config(cfg, assets_dir, port, admin_port, "--upstream", upstream.url, "--wasm", str(FAULT_WASM))
+    boot = print_config(cfg, assets_dir, "--upstream", upstream.url, "--wasm", str(FAULT_WASM), port=port, admin_port=admin_port)
     listener = boot["static_resources"]["listeners"][0]
     assert wasm_config(listener)["failure_policy"] == "FAIL_RELOAD"
     wasm_config(listener)["failure_policy"] = policy
@@ -294,7 +287,7 @@ def test_other_failure_policies_for_contrast(request, tmp_path, assets_dir, upst
 def good_bootstrap(tmp_path_factory, assets_dir) -> dict:
     d = tmp_path_factory.mktemp("failure-bootstrap")
     port, admin_port = two_free_ports()
-    return print_config(d / "bootstrap.json", assets_dir, port, admin_port, "--upstream", "http://127.0.0.1:9")
+    return print_config(d / "bootstrap.json", assets_dir, "--upstream", "http://127.0.0.1:9", port=port, admin_port=admin_port)
 
 
 def drop_sha_and(fn: Callable[[dict], None]) -> Callable[[dict], None]:
@@ -430,7 +423,7 @@ class LdsEnvoy:
 def lds_envoy(tmp_path_factory, assets_dir, upstream, log_dir):
     root = tmp_path_factory.mktemp("lds")
     port, admin_port = two_free_ports()
-    boot = print_config(root / "bootstrap-static.json", assets_dir, port, admin_port, "--upstream", upstream.url)
+    boot = print_config(root / "bootstrap-static.json", assets_dir, "--upstream", upstream.url, port=port, admin_port=admin_port)
     listener = boot["static_resources"].pop("listeners")[0]
     xds = root / "xds"
     xds.mkdir()
@@ -509,7 +502,7 @@ def test_bad_lds_update_is_rejected_and_old_config_keeps_serving(request, lds_en
     shutil.copytree(assets_dir, assets2)
     (assets2 / "lds-new.json").write_text(json.dumps(NEW_ASSET))
     port, admin_port = e.port, int(e.admin.rsplit(":", 1)[1])
-    boot2 = print_config(tmp_path / "bootstrap2.json", assets2, port, admin_port, "--upstream", upstream.url)
+    boot2 = print_config(tmp_path / "bootstrap2.json", assets2, "--upstream", upstream.url, port=port, admin_port=admin_port)
     e.publish(boot2["static_resources"]["listeners"][0])
     attempts += 1
     s = e.wait_attempts(attempts)
