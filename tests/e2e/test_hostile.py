@@ -366,7 +366,7 @@ def test_hostile_body_strict(strict, upstream, capital_key, case):
 
 
 def test_depth_limit_is_as_documented(strict, upstream):
-    """README: bodies nested 128 levels deep or more are rejected; 127 levels are read."""
+    """docs/keys.md: bodies nested 128 levels deep or more are rejected; 127 levels are read."""
     before = upstream.snapshot()
     r = send(strict.port, "POST", CHAT, nested(127))
     assert r.status == 404 and r.header("x-understudy") == "miss", r.body[:300]
@@ -632,7 +632,7 @@ def test_h2_single_frame_body_over_limit_is_answered_locally(request, limited, u
 
 @needs_h2
 @pytest.mark.xfail(strict=True, reason=(
-    "README: 'Requests larger than max_request_bytes get a 413'; over HTTP/2 a body sent as a single DATA frame with "
+    "docs/envoy.md: 'Requests larger than max_request_bytes get a 413'; over HTTP/2 a body sent as a single DATA frame with "
     "END_STREAM (<= 16 KiB) is handed whole to the understudy filter, which decides at end of stream (404 here) "
     "before the buffer filter after it counts any bytes; HTTP/1 delivers end-of-stream separately, so it gets 413"))
 def test_h2_single_frame_body_over_limit_is_413(limited, upstream):

@@ -3,7 +3,7 @@
 No errors, exact stats (requests = hits + misses + bad_requests, and each equals what was sent), nothing
 sent upstream, and flat memory: Envoy's resident set (which holds both wasm VMs) is measured after a
 warm-up and again at the end. SOAK_REQUESTS sets the total (default 1,000,000). Results go to
-tests/soak/.last-run.json for the README table.
+tests/soak/.last-run.json for the hardening table in SECURITY.md.
 """
 
 from __future__ import annotations
