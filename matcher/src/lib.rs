@@ -25,6 +25,7 @@ pub mod error;
 pub mod headers;
 pub mod key;
 pub mod limits;
+pub mod parity;
 pub mod record;
 mod runtime;
 pub mod store;
