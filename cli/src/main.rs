@@ -294,6 +294,7 @@ fn plugin_config(
         mode: record.mode.mode(),
         record: record.config()?,
         pacing: record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
+        policy: None,
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.

@@ -396,6 +396,7 @@ mod tests {
             mode,
             record: Default::default(),
             pacing,
+            policy: None,
         };
         Rc::new(Runtime::compile(cfg).unwrap())
     }

@@ -119,6 +119,7 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
     };
     Runtime::compile(cfg).expect("runtime compiles")
 }

@@ -26,6 +26,7 @@ pub mod headers;
 pub mod key;
 pub mod limits;
 pub mod parity;
+pub mod policy;
 pub mod record;
 mod runtime;
 pub mod store;

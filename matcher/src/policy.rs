@@ -147,7 +147,7 @@ pub struct PolicyConfig {
     #[serde(default = "default_label")]
     pub label: String,
     /// How parity is checked.
-    #[serde(default, skip_serializing_if = "ParityConfig::is_default")]
+    #[serde(default, skip_serializing_if = "is_default_parity")]
     pub parity: ParityConfig,
     /// The per-request override; none when absent.
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
@@ -156,6 +156,10 @@ pub struct PolicyConfig {
 
 fn default_label() -> String {
     DEFAULT_ENV_LABEL.into()
+}
+
+fn is_default_parity(p: &ParityConfig) -> bool {
+    *p == ParityConfig::default()
 }
 
 /// What Envoy's node metadata says about the environment (the filter reads it; absent keys are `None`).
@@ -197,7 +201,7 @@ impl EnvSource {
 /// A VM's environment and the policy that applies to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Active {
-    /// The environment's name (the stats' `deployment_environment_name`).
+    /// The environment's name (the stats' `understudy_env` label).
     pub name: String,
     /// Where it came from.
     pub source: EnvSource,
@@ -292,7 +296,7 @@ impl Policy {
             environments: cfg.environments.clone(),
             default,
             label: cfg.label.clone(),
-            parity: Parity::compile(&cfg.parity)?,
+            parity: cfg.parity.compile()?,
             override_digest,
         })
     }

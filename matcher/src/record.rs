@@ -401,6 +401,11 @@ impl Recorder {
         self.mode
     }
 
+    /// The environment's policy sets the mode (the settings stay).
+    pub(crate) fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
     /// The Envoy cluster of the collector.
     pub fn collector(&self) -> &str {
         &self.collector

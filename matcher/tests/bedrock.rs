@@ -97,6 +97,7 @@ fn runtime(on_miss: OnMiss) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
     };
     Runtime::compile(cfg).unwrap()
 }

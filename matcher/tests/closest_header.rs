@@ -39,6 +39,7 @@ fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -375,6 +375,7 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
     }
 }
 

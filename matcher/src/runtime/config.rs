@@ -16,6 +16,7 @@ use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
 use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
 use crate::store::Store;
+use crate::policy::{Policy, PolicyConfig};
 use crate::synth::{SynthRule, Synthesizer};
 
 /// What to do when no asset matches.
@@ -57,6 +58,10 @@ pub struct PluginConfigOf<B> {
     /// Paced replay of recorded streams through the pacer; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<PacingConfig>,
+    /// Per-environment policy (docs/policy.md): each environment's mode, `on_miss` and `live_sample`, parity
+    /// settings and the per-request override. Absent: `mode` and `on_miss` apply everywhere, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
 }
 
 /// The plugin configuration as JSON.
@@ -80,6 +85,7 @@ pub(crate) struct Compiled {
     pub(crate) prices: Prices,
     pub(crate) recorder: Recorder,
     pub(crate) pacing: Option<f64>,
+    pub(crate) policy: Option<Policy>,
 }
 
 /// Streams the bundle: each asset is parsed from its slice of `text`, hashed, compiled and dropped, so the
@@ -100,6 +106,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
     let prices = Prices::new(&raw.prices)?;
     let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
     let pacing = check_pacing(raw.pacing)?;
+    let policy = compile_policy(raw.policy.as_ref(), raw.mode, raw.on_miss, &raw.record)?;
     let store = match raw.bundle.sha256.as_deref() {
         Some(stored) => load_sealed(&raw.bundle.assets, stored, &normalizer)?,
         None => {
@@ -114,7 +121,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
             store
         }
     };
-    Ok(Compiled { on_miss: on_miss(raw.on_miss, raw.mode), normalizer, store, synth, prices, recorder, pacing })
+    Ok(Compiled { on_miss: on_miss(raw.on_miss, raw.mode), normalizer, store, synth, prices, recorder, pacing, policy })
 }
 
 /// Compiles a parsed configuration.
@@ -126,16 +133,32 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
     let prices = Prices::new(&cfg.prices)?;
     let recorder = Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?;
     let pacing = check_pacing(cfg.pacing)?;
+    let policy = compile_policy(cfg.policy.as_ref(), cfg.mode, cfg.on_miss, &cfg.record)?;
     let mut store = Store::default();
     for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
         let label = format!("bundle.assets[{i}] from {}", b.source);
         store.add_owned(&normalizer, &label, b.asset, Some(&b.key))?;
     }
-    Ok(Compiled { on_miss: on_miss(cfg.on_miss, cfg.mode), normalizer, store, synth, prices, recorder, pacing })
+    Ok(Compiled { on_miss: on_miss(cfg.on_miss, cfg.mode), normalizer, store, synth, prices, recorder, pacing, policy })
+}
+
+/// The policy, compiled; an environment that records needs the collector's cluster.
+fn compile_policy(
+    policy: Option<&PolicyConfig>,
+    mode: Mode,
+    on_miss: OnMiss,
+    record: &RecordConfig,
+) -> Result<Option<Policy>, ConfigError> {
+    let Some(cfg) = policy else { return Ok(None) };
+    let p = Policy::compile(cfg, mode, on_miss)?;
+    if p.records() && record.collector.trim().is_empty() {
+        return Err(ConfigError::invalid("record.collector", "names no Envoy cluster, and an environment records"));
+    }
+    Ok(Some(p))
 }
 
 /// `record_missing` forwards misses (to record them) whatever `on_miss` says.
-fn on_miss(on_miss: OnMiss, mode: Mode) -> OnMiss {
+pub(crate) fn on_miss(on_miss: OnMiss, mode: Mode) -> OnMiss {
     if mode == Mode::RecordMissing {
         OnMiss::Passthrough
     } else {

@@ -36,6 +36,7 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
     };
     Runtime::compile(cfg).unwrap()
 }
