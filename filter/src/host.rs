@@ -20,11 +20,24 @@ pub enum Counter {
     /// Refused by a memory budget (request, answer or latency queue; `understudy_matcher::limits`): answered
     /// with a typed error, or forwarded under passthrough when the request body was over budget.
     OverBudget,
+    /// LLM calls left alone because the environment's policy is `live` (not buffered, decided or recorded).
+    Live,
+    /// Would-be-virtual calls (hits, synthesized answers) sent live instead, as the `live_sample` chose them.
+    LiveSampled,
+    /// Parity checks whose live answer matched what Understudy would have served.
+    ParityMatch,
+    /// Parity checks that found a difference (logged with the key, the asset and the paths; sent to the
+    /// collector).
+    ParityMismatch,
+    /// Per-request overrides honoured (the secret matched).
+    OverrideApplied,
+    /// Override headers ignored: no override configured, no or a wrong secret, an unknown value.
+    OverrideRefused,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Requests,
         Counter::Hits,
         Counter::Misses,
@@ -33,6 +46,12 @@ impl Counter {
         Counter::Passthroughs,
         Counter::Misconfigured,
         Counter::OverBudget,
+        Counter::Live,
+        Counter::LiveSampled,
+        Counter::ParityMatch,
+        Counter::ParityMismatch,
+        Counter::OverrideApplied,
+        Counter::OverrideRefused,
     ];
 
     /// Stat name as Envoy shows it.
@@ -46,6 +65,12 @@ impl Counter {
             Counter::Passthroughs => "understudy.passthroughs",
             Counter::Misconfigured => "understudy.misconfigured",
             Counter::OverBudget => "understudy.over_budget",
+            Counter::Live => "understudy.live",
+            Counter::LiveSampled => "understudy.live_sampled",
+            Counter::ParityMatch => "understudy.parity_match",
+            Counter::ParityMismatch => "understudy.parity_mismatch",
+            Counter::OverrideApplied => "understudy.override_applied",
+            Counter::OverrideRefused => "understudy.override_refused",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! is detected (the upstream answers while a decision is pending, or an upstream host is already chosen when
 //! the body ends) and reported loudly: a critical log line and the `understudy.misconfigured` counter.
 
+pub mod env;
 pub mod flow;
 pub mod host;
 pub mod metrics;

@@ -26,10 +26,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::dialect::Route;
 use crate::error::ConfigError;
-use crate::parity::{Parity, ParityConfig};
-use crate::record::Mode;
-use crate::OnMiss;
+use crate::parity::{Observed, Parity, ParityConfig, ParityRecord, PARITY_FORMAT};
+use crate::record::{Delivery, Mode};
+use crate::{LocalResponse, OnMiss};
 
 /// Understudy's own node metadata key naming the environment.
 pub const ENV_METADATA_KEY: &str = "UNDERSTUDY_ENV";
@@ -45,6 +46,8 @@ pub const DEFAULT_ENVIRONMENT: &str = "default";
 pub const MAX_ENV_NAME: usize = 63;
 /// The request header forcing one request `live` or `virtual` (with [`OVERRIDE_TOKEN_HEADER`]).
 pub const OVERRIDE_HEADER: &str = "x-understudy-override";
+/// The collector's path parity records are posted to.
+pub const PARITY_PATH: &str = "/v1/parity";
 /// The request header carrying the override's secret.
 pub const OVERRIDE_TOKEN_HEADER: &str = "x-understudy-override-token";
 
@@ -379,6 +382,100 @@ pub fn check_override(digest: Option<&[u8; 32]>, value: Option<&str>, token: Opt
     } else {
         OverrideCheck::Refused("the token does not match")
     }
+}
+
+/// What a parity check keeps of the answer Understudy would have served, until the live answer has come.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParityCheck {
+    route: Route,
+    key: String,
+    asset: Option<String>,
+    model: Option<String>,
+    status: u16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl ParityCheck {
+    /// The virtual answer `r` to a request on `route`, from the asset labeled `asset` (`None`: synthesized).
+    pub fn new(route: &Route, r: LocalResponse, asset: Option<&str>) -> ParityCheck {
+        let key = r.key().unwrap_or_default().to_string();
+        let content_type =
+            r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.clone());
+        let model = r.accounting.map(|a| a.model).filter(|m| !m.is_empty());
+        ParityCheck {
+            route: route.clone(),
+            key,
+            asset: asset.map(str::to_string),
+            model,
+            status: r.status,
+            content_type,
+            body: r.body,
+        }
+    }
+
+    /// The request's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The bytes it holds while it waits (charged to the record buffer).
+    pub fn held_bytes(&self) -> usize {
+        self.body.len() + self.key.len() + 256
+    }
+
+    /// Compares the live answer with the kept one.
+    pub fn judge(&self, parity: &Parity, env: &str, live: Observed<'_>, at_ms: u64) -> ParityRecord {
+        let expected = Observed { status: self.status, content_type: self.content_type.as_deref(), body: &self.body };
+        let verdict = parity.compare(&self.route, expected, live);
+        ParityRecord {
+            format: PARITY_FORMAT.into(),
+            key: self.key.clone(),
+            asset: self.asset.clone(),
+            provider: self.route.provider.into(),
+            operation: self.route.operation.name().into(),
+            model: self.model.clone(),
+            env: env.into(),
+            at_ms,
+            verdict,
+        }
+    }
+}
+
+/// The log line of a mismatch: the key, the asset and the differing paths with their kinds (never values:
+/// they are model output).
+pub fn mismatch_message(r: &ParityRecord) -> String {
+    let paths: Vec<String> = r
+        .verdict
+        .diffs
+        .iter()
+        .take(MAX_LOGGED_DIFFS)
+        .map(|d| format!("{} ({})", if d.path.is_empty() { "/" } else { &d.path }, kind_name(d.kind)))
+        .collect();
+    let more = r.verdict.diffs.len().saturating_sub(MAX_LOGGED_DIFFS);
+    format!(
+        "understudy: parity MISMATCH in {env}: {provider} {op} key {key} asset {asset}: {paths}{more}",
+        env = r.env,
+        provider = r.provider,
+        op = r.operation,
+        key = r.key,
+        asset = r.asset.as_deref().unwrap_or("(synthesized)"),
+        paths = paths.join(", "),
+        more = if more > 0 { format!(" and {more} more") } else { String::new() },
+    )
+}
+
+/// Differences named in one log line (all of them go to the collector).
+pub const MAX_LOGGED_DIFFS: usize = 8;
+
+fn kind_name(k: crate::parity::DiffKind) -> String {
+    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// A parity record as a delivery to the collector's [`PARITY_PATH`], under the delivery id `id`.
+pub fn parity_delivery(r: &ParityRecord, id: String) -> Result<Delivery, String> {
+    let body = serde_json::to_vec(r).map_err(|e| format!("parity record not serializable: {e}"))?;
+    Ok(Delivery { path: PARITY_PATH, id, key: r.key.clone(), body })
 }
 
 /// Is a request with this key in a `fraction` sample? Deterministic: the key's first 64 bits (16 hex digits of a
