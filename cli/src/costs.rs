@@ -257,7 +257,8 @@ fn named(reading: &mut Reading, uptime: &mut Option<u64>, name: &str, value: u64
         *uptime = Some(value);
     } else if let Some(s) = stats::parse_stat_name(name) {
         reading.add(s, value);
-    } else if let Some(bare) = name.strip_prefix("wasmcustom.understudy.") {
+    } else if let Some(bare) = stats::strip_env(name).0.strip_prefix("wasmcustom.understudy.") {
+        // Summed over environments, like the cost metrics.
         reading.outcome(bare, value);
     }
 }

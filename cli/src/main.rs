@@ -89,9 +89,34 @@ pub(crate) struct RecordArgs {
     /// pacer). Off by default: answers leave at once.
     #[arg(long, value_name = "SPEED")]
     pub replay_speed: Option<f64>,
+    /// Per-environment policy (JSON or YAML: environments, default, label, parity, override); see
+    /// docs/policy.md.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 impl RecordArgs {
+    /// The policy file, parsed strictly (YAML when it is not a JSON object).
+    pub(crate) fn policy(&self) -> Result<Option<understudy_matcher::policy::PolicyConfig>> {
+        let Some(p) = &self.policy else { return Ok(None) };
+        let name = p.display().to_string();
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {name}"))?;
+        let json = if text.trim_start().starts_with('{') {
+            text
+        } else {
+            serde_json::to_string(&import::yaml_to_json(&text).with_context(|| format!("{name}: not JSON or YAML"))?)?
+        };
+        Ok(Some(understudy_matcher::asset::from_str_strict(&json, &name)?))
+    }
+
+    /// Does the environment `env` record (and so need a collector and an assets directory)?
+    pub(crate) fn records(&self, on_miss: OnMissArg, env: Option<&str>) -> Result<bool> {
+        let Some(cfg) = self.policy()? else { return Ok(self.mode.mode().records()) };
+        let policy = understudy_matcher::policy::Policy::compile(&cfg, self.mode.mode(), on_miss.on_miss())?;
+        let node = understudy_matcher::policy::NodeInfo { understudy_env: env.map(str::to_string), ..Default::default() };
+        Ok(policy.resolve(&node).mode.recorder_mode().records())
+    }
+
     /// The record settings file, or the defaults.
     pub(crate) fn config(&self) -> Result<understudy_matcher::RecordConfig> {
         let Some(p) = &self.record_config else { return Ok(Default::default()) };
@@ -283,10 +308,7 @@ fn plugin_config(
     let built = bundle::build(dir, &norm)?;
     eprintln!("{}", bundle::report(&built));
     let cfg = understudy_matcher::PluginConfig {
-        on_miss: match on_miss {
-            OnMissArg::Error => understudy_matcher::OnMiss::Error,
-            OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
-        },
+        on_miss: on_miss.on_miss(),
         normalization: norm,
         bundle: built.bundle,
         synthesize: bundle::load_synthesize(synthesize)?,
@@ -294,7 +316,7 @@ fn plugin_config(
         mode: record.mode.mode(),
         record: record.config()?,
         pacing: record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
-        policy: None,
+        policy: record.policy()?,
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader.
