@@ -656,6 +656,52 @@ mod tests {
         assert_eq!(threshold(0.5), 1 << 63);
     }
 
+    fn plugin_config(extra: serde_json::Value) -> String {
+        let mut cfg = json!({"bundle": {"format": crate::BUNDLE_FORMAT, "assets": []}});
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        cfg.to_string()
+    }
+
+    #[test]
+    fn a_plugin_configuration_with_a_bad_policy_fails_to_load_with_a_typed_error_naming_the_field() {
+        use crate::{ConfigError, Runtime};
+        let cases = [
+            (json!({"policy": {"environments": {"ci": {"mode": "shadow"}}}}), "policy.environments.ci.mode"),
+            (json!({"policy": {"environments": {"ci": {"mode": "replay", "on_miss": "maybe"}}}}), "policy.environments.ci.on_miss"),
+            (json!({"policy": {"environmnets": {}}}), "policy"),
+            (json!({"policy": {"environments": {"ci": {"mode": "replay", "live_sample": 2}}}}), "policy.environments.ci.live_sample"),
+            (json!({"policy": {"override": {"secret_sha256": "not-a-digest"}}}), "policy.override.secret_sha256"),
+            (json!({"mode": "record", "policy": {"default": {"mode": "replay"}}}), "policy.default"),
+        ];
+        for (extra, field) in cases {
+            let e = Runtime::from_json(&plugin_config(extra.clone())).unwrap_err();
+            let named = match &e {
+                ConfigError::Parse { field: f, .. } | ConfigError::Invalid { field: f, .. } => f.clone(),
+                other => panic!("{extra}: untyped {other:?}"),
+            };
+            assert!(named.starts_with(field), "{extra}: {named} ({e})");
+        }
+    }
+
+    #[test]
+    fn without_a_policy_nothing_changes_and_with_one_the_environment_sets_mode_and_on_miss() {
+        let mut rt = crate::Runtime::from_json(&plugin_config(json!({"on_miss": "passthrough"}))).unwrap();
+        assert!(rt.enter(&NodeInfo { understudy_env: Some("ci".into()), ..Default::default() }).is_none());
+        assert_eq!((rt.on_miss(), rt.recorder().mode()), (OnMiss::Passthrough, Mode::Replay));
+        let policy = json!({"environments": {"staging": {"mode": "parity"}, "ci": {"mode": "replay"}}});
+        let text = plugin_config(json!({"policy": policy}));
+        let mut rt = crate::Runtime::from_json(&text).unwrap();
+        let a = rt.enter(&NodeInfo { namespace: Some("staging".into()), ..Default::default() }).unwrap();
+        assert_eq!((a.mode, a.live_sample), (PolicyMode::Parity, 1.0));
+        // Parity grows the store like record_missing: misses go live whatever on_miss says.
+        assert_eq!((rt.on_miss(), rt.recorder().mode()), (OnMiss::Passthrough, Mode::RecordMissing));
+        let mut rt = crate::Runtime::from_json(&text).unwrap();
+        rt.enter(&NodeInfo { namespace: Some("ci".into()), ..Default::default() });
+        assert_eq!((rt.on_miss(), rt.recorder().mode()), (OnMiss::Error, Mode::Replay));
+    }
+
     #[test]
     fn the_override_needs_the_secret_and_a_known_value() {
         let secret = "correct horse battery staple";
