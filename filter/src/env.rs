@@ -24,11 +24,17 @@ pub fn stat_name(name: &str) -> String {
 /// What the node metadata says about the environment; `property` reads a property path (proxy-wasm's
 /// `get_property`), `label` is the workload label to look up in Istio's `LABELS` (empty: none).
 pub fn node_info(property: &dyn Fn(&[&str]) -> Option<Vec<u8>>, label: &str) -> NodeInfo {
-    let text = |path: &[&str]| property(path).and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty());
+    // Envoy 1.40 names the node `xds.node` (its CEL attribute); older Envoys and Istio's proxies `node`.
+    let text = |path: &[&str]| {
+        [&["xds", "node", "metadata"][..], &["node", "metadata"][..]].iter().find_map(|prefix| {
+            let full: Vec<&str> = prefix.iter().chain(path).copied().collect();
+            property(&full).and_then(|b| String::from_utf8(b).ok()).filter(|s| !s.is_empty())
+        })
+    };
     NodeInfo {
-        understudy_env: text(&["node", "metadata", ENV_METADATA_KEY]),
-        label: if label.is_empty() { None } else { text(&["node", "metadata", ISTIO_LABELS, label]) },
-        namespace: text(&["node", "metadata", ISTIO_NAMESPACE]),
+        understudy_env: text(&[ENV_METADATA_KEY]),
+        label: if label.is_empty() { None } else { text(&[ISTIO_LABELS, label]) },
+        namespace: text(&[ISTIO_NAMESPACE]),
     }
 }
 
@@ -41,9 +47,9 @@ mod tests {
     fn node_metadata_is_read_at_istios_paths_and_stats_carry_the_environment() {
         let props = |path: &[&str]| -> Option<Vec<u8>> {
             match path {
-                ["node", "metadata", "LABELS", "understudy.io/env"] => Some(b"staging".to_vec()),
+                ["xds", "node", "metadata", "LABELS", "understudy.io/env"] => Some(b"staging".to_vec()),
                 ["node", "metadata", "NAMESPACE"] => Some(b"team-a".to_vec()),
-                ["node", "metadata", "UNDERSTUDY_ENV"] => Some(Vec::new()),
+                ["xds", "node", "metadata", "UNDERSTUDY_ENV"] => Some(Vec::new()),
                 _ => None,
             }
         };
