@@ -292,7 +292,7 @@ def test_an_override_without_the_secret_changes_nothing_and_is_counted(
     for headers in ({"x-understudy-override": "live"},
                     {"x-understudy-override": "live", "x-understudy-override-token": "wrong"}):
         r = u.post("/v1/chat/completions", body, headers=headers)
-        assert r.header("x-understudy") == "hit" and r.json() == CHAT_ANSWER
+        assert r.header("x-understudy") == "hit" and r.json()["choices"] == CHAT_ANSWER["choices"]
     assert not live.requests, "a refused override must not reach the live model"
     r = u.post("/v1/chat/completions", body,
                headers={"x-understudy-override": "live", "x-understudy-override-token": SECRET})
