@@ -12,6 +12,7 @@ mod launcher;
 mod manifests;
 mod pacer;
 mod package;
+mod parity_report;
 mod registry;
 mod report;
 mod run;
@@ -166,6 +167,11 @@ enum Command {
     Import(import::ImportArgs),
     /// Receive captures from the filter in record mode and write them as asset files into a directory.
     Collect(collect::CollectArgs),
+    /// Parity of the virtual answers with the live model, from parity mode's records: rate per provider,
+    /// operation, model and environment, and the worst drifts (docs/parity.md).
+    #[command(after_help = "Exit status: 0; 3 when the parity rate is under --min-parity (or there is no \
+                            record); 1 when DIR can't be read. See docs/parity.md.")]
+    ParityReport(parity_report::ParityReportArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
     /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
         }
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
+        Command::ParityReport(args) => return parity_report::main(args),
         Command::Report(args) => report::run(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Collect(args) => collect::run(args),

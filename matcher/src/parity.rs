@@ -242,10 +242,13 @@ pub struct ParityRecord {
 impl ParityRecord {
     /// Parses a record, refusing another format.
     pub fn parse(text: &str) -> Result<ParityRecord, String> {
-        let r: ParityRecord = serde_json::from_str(text).map_err(|e| format!("not a parity record: {e}"))?;
-        if r.format != PARITY_FORMAT {
-            return Err(format!("format is {:?}, expected {PARITY_FORMAT:?}", r.format));
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not a parity record: not JSON: {e}"))?;
+        match v.get("format").and_then(Value::as_str) {
+            Some(PARITY_FORMAT) => {}
+            Some(other) => return Err(format!("format is {other:?}, expected {PARITY_FORMAT:?}")),
+            None => return Err(format!("not a parity record: no \"format\": {PARITY_FORMAT:?}")),
         }
+        let r: ParityRecord = serde_json::from_value(v).map_err(|e| format!("not a parity record: {e}"))?;
         if r.verdict.matched != r.verdict.diffs.is_empty() {
             return Err(format!(
                 "verdict.matched is {} but it lists {} differences",
