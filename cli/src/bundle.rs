@@ -13,9 +13,8 @@ pub struct Built {
     pub duplicates: Vec<(String, String)>,
 }
 
-/// Every `*.json` file under `dir`, recursively (following symlinks; a symlink loop is an error naming it), but
-/// not the parity records in `dir/.parity/`,
-/// in a stable order.
+/// Every `*.json` file under `dir`, recursively (following symlinks; a symlink loop is an error naming it), in
+/// a stable order; not the parity records in `dir/.parity/`.
 pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("assets directory {} does not exist or is not a directory", dir.display());

@@ -175,6 +175,9 @@ fn rate(matched: u64, records: u64) -> f64 {
     matched as f64 / records as f64
 }
 
+/// Provider, operation, model, environment.
+type RowKey = (String, String, Option<String>, String);
+
 /// Builds the report of some records.
 pub fn build(
     dir: &Path,
@@ -183,7 +186,7 @@ pub fn build(
     min: Option<f64>,
     worst: usize,
 ) -> Report {
-    let mut rows: BTreeMap<(String, String, Option<String>, String), (u64, u64)> = BTreeMap::new();
+    let mut rows: BTreeMap<RowKey, (u64, u64)> = BTreeMap::new();
     let mut drifts: BTreeMap<(String, DiffKind), Drift> = BTreeMap::new();
     let matched = records.iter().filter(|r| r.verdict.matched).count() as u64;
     for r in records {
