@@ -277,6 +277,7 @@ pub fn text(r: &Report) -> String {
                 ]
             })
             .collect();
+        let _ = writeln!(s);
         write_table(&mut s, ["PROVIDER", "OPERATION", "MODEL", "ENV", "MATCHED", "RATE"], &table);
     }
     if !r.drifts.is_empty() {
@@ -340,7 +341,6 @@ fn write_table<const N: usize>(s: &mut String, head: [&str; N], rows: &[[String;
             .collect();
         let _ = writeln!(s, "{}", padded.join("  ").trim_end());
     };
-    let _ = writeln!(s);
     line(s, head.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(s, r.to_vec());
@@ -357,10 +357,11 @@ pub fn main(a: ParityReportArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for u in &report.unreadable {
-        eprintln!("understudy parity-report: warning: {}: {}", u.file, u.error);
-    }
     if a.json {
+        // The text report lists them itself.
+        for u in &report.unreadable {
+            eprintln!("understudy parity-report: warning: {}: {}", u.file, u.error);
+        }
         match serde_json::to_string_pretty(&report) {
             Ok(j) => println!("{j}"),
             Err(e) => {
