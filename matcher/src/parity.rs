@@ -5,7 +5,8 @@
 //!
 //! - the status class (2xx, 4xx, 5xx): when it differs, nothing else is compared;
 //! - the JSON shape: a key on one side only ([`DiffKind::Missing`] / [`DiffKind::Extra`]), a value of another
-//!   JSON type ([`DiffKind::Type`]; all numbers are one type). Arrays are compared by their first element's
+//!   JSON type ([`DiffKind::Type`]; all numbers are one type, and `null` goes with any type, as nullable
+//!   fields are null or not as the model's answer goes). Arrays are compared by their first element's
 //!   shape, not their length; in arrays of typed objects (`"type": "text"`, `"tool_use"`, ...) the first
 //!   element of each type present on both sides;
 //! - finish / stop reasons, tool-call names (and how many calls) and argument keys (OpenAI's arguments are a
@@ -514,6 +515,9 @@ fn walk(e: &Value, l: &Value, path: &mut Vec<String>, skip: &[Pattern], out: &mu
                 }
             }
         }
+        // Nullable fields (`content`, `refusal`, `stop_sequence`, `logprobs`) are null or not as the model's
+        // answer goes: a null on one side is not a schema change.
+        (Value::Null, _) | (_, Value::Null) => {}
         _ if type_name(e) != type_name(l) => {
             out.push(Found::new(path.clone(), DiffKind::Type, Some(type_name(e).into()), Some(type_name(l).into())));
         }
@@ -812,9 +816,11 @@ mod tests {
                 ("/usage/total_tokens", DiffKind::Type, Some("number"), Some("string")),
             ]
         );
-        // Integers and floats are one type.
+        // Integers and floats are one type; null goes with any type (nullable fields).
         live = chat();
         live["usage"]["total_tokens"] = json!(12.5);
+        live["choices"][0]["message"]["content"] = json!(null);
+        live["choices"][0]["message"]["refusal"] = json!("I can't.");
         assert!(run(&default(), &chat_route(), &chat(), &live).matched);
     }
 
