@@ -154,6 +154,34 @@ pub struct Verdict {
     pub diffs: Vec<Diff>,
 }
 
+impl Verdict {
+    /// One line for a log: `match`, or how many differences and the first few
+    /// (`2 differences: finish_reason at /choices/0/finish_reason (stop -> length), usage_missing at /usage (present -> absent)`).
+    pub fn summary(&self) -> String {
+        const SHOWN: usize = 3;
+        if self.diffs.is_empty() {
+            return "match".to_string();
+        }
+        let n = self.diffs.len();
+        let mut out = format!("{n} difference{}: ", if n == 1 { "" } else { "s" });
+        let shown: Vec<String> = self
+            .diffs
+            .iter()
+            .take(SHOWN)
+            .map(|d| {
+                let side = |v: &Option<String>| v.as_deref().map_or_else(|| "absent".to_string(), |s| cut_to(s, 40));
+                let path = if d.path.is_empty() { "the whole answer" } else { d.path.as_str() };
+                format!("{} at {path} ({} -> {})", d.kind.name(), side(&d.expected), side(&d.live))
+            })
+            .collect();
+        out.push_str(&shown.join(", "));
+        if n > SHOWN {
+            out.push_str(&format!(", and {} more", n - SHOWN));
+        }
+        out
+    }
+}
+
 /// One difference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Diff {
@@ -241,6 +269,29 @@ pub struct ParityRecord {
 }
 
 impl ParityRecord {
+    /// The record of one comparison on `route` (its provider and operation are the route's).
+    pub fn new(
+        route: &Route,
+        key: impl Into<String>,
+        asset: Option<String>,
+        model: Option<String>,
+        env: impl Into<String>,
+        at_ms: u64,
+        verdict: Verdict,
+    ) -> ParityRecord {
+        ParityRecord {
+            format: PARITY_FORMAT.to_string(),
+            key: key.into(),
+            asset,
+            provider: route.provider.to_string(),
+            operation: route.operation.name().to_string(),
+            model,
+            env: env.into(),
+            at_ms,
+            verdict,
+        }
+    }
+
     /// Parses a record, refusing another format.
     pub fn parse(text: &str) -> Result<ParityRecord, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not a parity record: not JSON: {e}"))?;
@@ -364,8 +415,16 @@ impl Found {
 /// Quotes at most [`MAX_PARITY_VALUE_CHARS`] chars of a value.
 fn cut(s: String) -> String {
     match s.char_indices().nth(MAX_PARITY_VALUE_CHARS) {
-        Some((at, _)) => format!("{}…", s.get(..at).unwrap_or_default()),
+        Some(_) => cut_to(&s, MAX_PARITY_VALUE_CHARS),
         None => s,
+    }
+}
+
+/// At most `max` chars of `s`, ending with `…` when cut.
+fn cut_to(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", s.get(..at).unwrap_or_default()),
+        None => s.to_string(),
     }
 }
 
@@ -1291,17 +1350,21 @@ mod tests {
     fn records_round_trip_and_other_formats_are_refused() {
         let mut l = chat();
         l["choices"][0]["finish_reason"] = json!("length");
-        let r = ParityRecord {
-            format: PARITY_FORMAT.into(),
-            key: "ab".repeat(32),
-            asset: Some("assets/chat.json#0 capital".into()),
-            provider: "openai".into(),
-            operation: Operation::ChatCompletions.name().into(),
-            model: Some("gpt-4o-mini".into()),
-            env: "staging".into(),
-            at_ms: 1_764_403_200_000,
-            verdict: run(&default(), &chat_route(), &chat(), &l),
-        };
+        let verdict = run(&default(), &chat_route(), &chat(), &l);
+        let route = classify("POST", "/openai/deployments/gpt4o/chat/completions").unwrap();
+        let r = ParityRecord::new(
+            &route,
+            "ab".repeat(32),
+            Some("assets/chat.json#0 capital".into()),
+            Some("gpt4o".into()),
+            "staging",
+            1_764_403_200_000,
+            verdict,
+        );
+        assert_eq!(
+            (r.format.as_str(), r.provider.as_str(), r.operation.as_str()),
+            (PARITY_FORMAT, "azure.ai.openai", "openai.chat_completions")
+        );
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""kind":"finish_reason""#), "{text}");
         assert_eq!(ParityRecord::parse(&text).unwrap(), r);
@@ -1310,6 +1373,17 @@ mod tests {
         let lying = text.replace(r#""matched":false"#, r#""matched":true"#);
         assert!(ParityRecord::parse(&lying).unwrap_err().contains("matched"));
         assert!(ParityRecord::parse("{}").is_err());
+        assert_eq!(
+            r.verdict.summary(),
+            "1 difference: finish_reason at /choices/0/finish_reason (tool_calls -> length)"
+        );
+        l.as_object_mut().unwrap().remove("usage");
+        l["x"] = json!("y".repeat(100));
+        l["z"] = json!(1);
+        let v = run(&default(), &chat_route(), &chat(), &l);
+        let s = v.summary();
+        assert!(s.starts_with("4 differences: finish_reason at /choices/0/finish_reason (tool_calls -> length), usage_missing at /usage (present -> absent), extra at /x (absent -> string), and 1 more"), "{s}");
+        assert_eq!(run(&default(), &chat_route(), &chat(), &chat()).summary(), "match");
         for k in [DiffKind::StatusClass, DiffKind::EmbeddingNorm, DiffKind::Unparsable] {
             assert_eq!(serde_json::to_value(k).unwrap(), json!(k.name()));
         }
