@@ -461,6 +461,7 @@ mod tests {
             record: Default::default(),
             pacing,
             policy: None,
+            parity: Default::default(),
         };
         RUNTIME_JSON.with(|j| *j.borrow_mut() = serde_json::to_string(&cfg).unwrap());
         Rc::new(Runtime::compile(cfg).unwrap())

@@ -120,6 +120,7 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         record: Default::default(),
         pacing: None,
         policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).expect("runtime compiles")
 }

@@ -141,3 +141,10 @@ pub const MAX_MODEL_LABELS: usize = 64;
 
 /// Longest model name used as a label value, in bytes; longer names are counted under `other`.
 pub const MAX_MODEL_LABEL_BYTES: usize = 160;
+
+/// Most differences one parity comparison reports (`docs/parity.md`); the rest are dropped, the verdict stays
+/// a mismatch.
+pub const MAX_PARITY_DIFFS: usize = 64;
+
+/// Longest value quoted in a parity difference, in chars (longer ones are cut and end with `…`).
+pub const MAX_PARITY_VALUE_CHARS: usize = 200;

@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 
 use crate::dialect::Route;
 use crate::error::ConfigError;
-use crate::parity::{Observed, Parity, ParityConfig, ParityRecord, PARITY_FORMAT};
+use crate::parity::{Observed, Parity, ParityConfig, ParityRecord};
 use crate::record::{Delivery, Mode};
 use crate::{LocalResponse, OnMiss};
 
@@ -149,9 +149,6 @@ pub struct PolicyConfig {
     /// The Istio workload label naming the environment; empty to not read labels.
     #[serde(default = "default_label")]
     pub label: String,
-    /// How parity is checked.
-    #[serde(default, skip_serializing_if = "is_default_parity")]
-    pub parity: ParityConfig,
     /// The per-request override; none when absent.
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     pub override_: Option<OverrideConfig>,
@@ -161,9 +158,7 @@ fn default_label() -> String {
     DEFAULT_ENV_LABEL.into()
 }
 
-fn is_default_parity(p: &ParityConfig) -> bool {
-    *p == ParityConfig::default()
-}
+
 
 /// What Envoy's node metadata says about the environment (the filter reads it; absent keys are `None`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -263,7 +258,8 @@ impl Policy {
     /// Validates a policy. `mode` and `on_miss` are the top-level settings, the default environment's policy
     /// unless `policy.default` sets one (then they must be left at their defaults: two defaults would be
     /// ambiguous).
-    pub fn compile(cfg: &PolicyConfig, mode: Mode, on_miss: OnMiss) -> Result<Policy, ConfigError> {
+    /// `parity` is the plugin configuration's `parity` (how parity environments compare).
+    pub fn compile(cfg: &PolicyConfig, parity: &ParityConfig, mode: Mode, on_miss: OnMiss) -> Result<Policy, ConfigError> {
         for (name, p) in &cfg.environments {
             valid_name(name).map_err(|why| ConfigError::invalid(format!("policy.environments.{name}"), why))?;
             check_env(p, &format!("policy.environments.{name}"))?;
@@ -299,7 +295,7 @@ impl Policy {
             environments: cfg.environments.clone(),
             default,
             label: cfg.label.clone(),
-            parity: cfg.parity.compile()?,
+            parity: parity.compile()?,
             override_digest,
         })
     }
@@ -428,17 +424,7 @@ impl ParityCheck {
     pub fn judge(&self, parity: &Parity, env: &str, live: Observed<'_>, at_ms: u64) -> ParityRecord {
         let expected = Observed { status: self.status, content_type: self.content_type.as_deref(), body: &self.body };
         let verdict = parity.compare(&self.route, expected, live);
-        ParityRecord {
-            format: PARITY_FORMAT.into(),
-            key: self.key.clone(),
-            asset: self.asset.clone(),
-            provider: self.route.provider.into(),
-            operation: self.route.operation.name().into(),
-            model: self.model.clone(),
-            env: env.into(),
-            at_ms,
-            verdict,
-        }
+        ParityRecord::new(&self.route, self.key.clone(), self.asset.clone(), self.model.clone(), env, at_ms, verdict)
     }
 }
 
@@ -450,7 +436,7 @@ pub fn mismatch_message(r: &ParityRecord) -> String {
         .diffs
         .iter()
         .take(MAX_LOGGED_DIFFS)
-        .map(|d| format!("{} ({})", if d.path.is_empty() { "/" } else { &d.path }, kind_name(d.kind)))
+        .map(|d| format!("{} ({})", if d.path.is_empty() { "/" } else { &d.path }, d.kind.name()))
         .collect();
     let more = r.verdict.diffs.len().saturating_sub(MAX_LOGGED_DIFFS);
     format!(
@@ -468,9 +454,6 @@ pub fn mismatch_message(r: &ParityRecord) -> String {
 /// Differences named in one log line (all of them go to the collector).
 pub const MAX_LOGGED_DIFFS: usize = 8;
 
-fn kind_name(k: crate::parity::DiffKind) -> String {
-    serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
 
 /// A parity record as a delivery to the collector's [`PARITY_PATH`], under the delivery id `id`.
 pub fn parity_delivery(r: &ParityRecord, id: String) -> Result<Delivery, String> {
@@ -548,7 +531,7 @@ mod tests {
 
     fn policy(v: serde_json::Value) -> Policy {
         let cfg: PolicyConfig = serde_json::from_value(v).unwrap();
-        Policy::compile(&cfg, Mode::Replay, OnMiss::Error).unwrap()
+        Policy::compile(&cfg, &ParityConfig::default(), Mode::Replay, OnMiss::Error).unwrap()
     }
 
     fn mesh() -> Policy {
@@ -594,14 +577,14 @@ mod tests {
     #[test]
     fn the_default_policy_is_the_top_level_settings_unless_the_policy_sets_one() {
         let cfg: PolicyConfig = serde_json::from_value(json!({"environments": {"ci": {"mode": "replay"}}})).unwrap();
-        let p = Policy::compile(&cfg, Mode::RecordMissing, OnMiss::Passthrough).unwrap();
+        let p = Policy::compile(&cfg, &ParityConfig::default(), Mode::RecordMissing, OnMiss::Passthrough).unwrap();
         let a = p.resolve(&NodeInfo::default());
         assert_eq!((a.mode, a.on_miss), (PolicyMode::RecordMissing, OnMiss::Passthrough));
         assert!(p.records());
         let cfg: PolicyConfig = serde_json::from_value(json!({"default": {"mode": "live"}})).unwrap();
-        let e = Policy::compile(&cfg, Mode::Record, OnMiss::Error).unwrap_err().to_string();
+        let e = Policy::compile(&cfg, &ParityConfig::default(), Mode::Record, OnMiss::Error).unwrap_err().to_string();
         assert!(e.contains("policy.default"), "{e}");
-        assert!(!Policy::compile(&cfg, Mode::Replay, OnMiss::Error).unwrap().records());
+        assert!(!Policy::compile(&cfg, &ParityConfig::default(), Mode::Replay, OnMiss::Error).unwrap().records());
     }
 
     #[test]
@@ -614,7 +597,7 @@ mod tests {
             (json!({"label": "a b"}), "policy.label"),
         ] {
             let cfg: PolicyConfig = serde_json::from_value(v).unwrap();
-            let e = Policy::compile(&cfg, Mode::Replay, OnMiss::Error).unwrap_err().to_string();
+            let e = Policy::compile(&cfg, &ParityConfig::default(), Mode::Replay, OnMiss::Error).unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
         assert!(serde_json::from_value::<PolicyConfig>(json!({"environments": {"x": {"mode": "shadow"}}})).is_err());

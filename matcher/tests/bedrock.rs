@@ -98,6 +98,7 @@ fn runtime(on_miss: OnMiss) -> Runtime {
         record: Default::default(),
         pacing: None,
         policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -40,6 +40,7 @@ fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
         record: Default::default(),
         pacing: None,
         policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }

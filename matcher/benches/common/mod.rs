@@ -376,6 +376,7 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
         record: Default::default(),
         pacing: None,
         policy: None,
+        parity: Default::default(),
     }
 }
 

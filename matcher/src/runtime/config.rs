@@ -16,6 +16,7 @@ use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
 use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
 use crate::store::Store;
+use crate::parity::ParityConfig;
 use crate::policy::{Policy, PolicyConfig};
 use crate::synth::{SynthRule, Synthesizer};
 
@@ -58,10 +59,17 @@ pub struct PluginConfigOf<B> {
     /// Paced replay of recorded streams through the pacer; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<PacingConfig>,
-    /// Per-environment policy (docs/policy.md): each environment's mode, `on_miss` and `live_sample`, parity
-    /// settings and the per-request override. Absent: `mode` and `on_miss` apply everywhere, as before.
+    /// Per-environment policy (docs/policy.md): each environment's mode, `on_miss` and `live_sample`, and the
+    /// per-request override. Absent: `mode` and `on_miss` apply everywhere, as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// How environments in parity mode compare live answers with virtual ones (docs/parity.md).
+    #[serde(default, skip_serializing_if = "is_default_parity")]
+    pub parity: ParityConfig,
+}
+
+fn is_default_parity(p: &ParityConfig) -> bool {
+    *p == ParityConfig::default()
 }
 
 /// The plugin configuration as JSON.
@@ -106,7 +114,7 @@ pub(crate) fn load(text: &str, sealed: bool) -> Result<Compiled, ConfigError> {
     let prices = Prices::new(&raw.prices)?;
     let recorder = Recorder::compile(raw.mode, &raw.record, &raw.normalization)?;
     let pacing = check_pacing(raw.pacing)?;
-    let policy = compile_policy(raw.policy.as_ref(), raw.mode, raw.on_miss, &raw.record)?;
+    let policy = compile_policy(raw.policy.as_ref(), &raw.parity, raw.mode, raw.on_miss, &raw.record)?;
     let store = match raw.bundle.sha256.as_deref() {
         Some(stored) => load_sealed(&raw.bundle.assets, stored, &normalizer)?,
         None => {
@@ -133,7 +141,7 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
     let prices = Prices::new(&cfg.prices)?;
     let recorder = Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?;
     let pacing = check_pacing(cfg.pacing)?;
-    let policy = compile_policy(cfg.policy.as_ref(), cfg.mode, cfg.on_miss, &cfg.record)?;
+    let policy = compile_policy(cfg.policy.as_ref(), &cfg.parity, cfg.mode, cfg.on_miss, &cfg.record)?;
     let mut store = Store::default();
     for (i, b) in cfg.bundle.assets.into_iter().enumerate() {
         let label = format!("bundle.assets[{i}] from {}", b.source);
@@ -145,12 +153,17 @@ pub(crate) fn compile(cfg: PluginConfig) -> Result<Compiled, ConfigError> {
 /// The policy, compiled; an environment that records needs the collector's cluster.
 fn compile_policy(
     policy: Option<&PolicyConfig>,
+    parity: &ParityConfig,
     mode: Mode,
     on_miss: OnMiss,
     record: &RecordConfig,
 ) -> Result<Option<Policy>, ConfigError> {
-    let Some(cfg) = policy else { return Ok(None) };
-    let p = Policy::compile(cfg, mode, on_miss)?;
+    let Some(cfg) = policy else {
+        // Checked even without a policy: a bad `parity` is a bad configuration.
+        parity.compile()?;
+        return Ok(None);
+    };
+    let p = Policy::compile(cfg, parity, mode, on_miss)?;
     if p.records() && record.collector.trim().is_empty() {
         return Err(ConfigError::invalid("record.collector", "names no Envoy cluster, and an environment records"));
     }

@@ -636,6 +636,7 @@ mod tests {
             record: Default::default(),
             pacing: None,
             policy: None,
+            parity: Default::default(),
         };
         serde_json::to_string(&cfg).unwrap()
     }

@@ -37,6 +37,7 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
         record: Default::default(),
         pacing: None,
         policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }
