@@ -131,8 +131,14 @@ impl RecordArgs {
     /// Does the environment `env` record (and so need a collector and an assets directory)?
     pub(crate) fn records(&self, on_miss: OnMissArg, env: Option<&str>) -> Result<bool> {
         let Some(cfg) = self.policy()? else { return Ok(self.mode.mode().records()) };
-        let policy = understudy_matcher::policy::Policy::compile(&cfg, &Default::default(), self.mode.mode(), on_miss.on_miss())?;
-        let node = understudy_matcher::policy::NodeInfo { understudy_env: env.map(str::to_string), ..Default::default() };
+        let policy = understudy_matcher::policy::Policy::compile(
+            &cfg,
+            &Default::default(),
+            self.mode.mode(),
+            on_miss.on_miss(),
+        )?;
+        let node =
+            understudy_matcher::policy::NodeInfo { understudy_env: env.map(str::to_string), ..Default::default() };
         Ok(policy.resolve(&node).mode.recorder_mode().records())
     }
 

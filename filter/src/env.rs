@@ -54,7 +54,10 @@ mod tests {
             }
         };
         let n = node_info(&props, "understudy.io/env");
-        assert_eq!((n.understudy_env, n.label.as_deref(), n.namespace.as_deref()), (None, Some("staging"), Some("team-a")));
+        assert_eq!(
+            (n.understudy_env, n.label.as_deref(), n.namespace.as_deref()),
+            (None, Some("staging"), Some("team-a"))
+        );
         assert_eq!(node_info(&props, "").label, None, "an empty label reads no labels");
         assert_eq!(stat_name("understudy.hits"), "understudy.hits");
         set_stat_env(Some("ci"));

@@ -234,7 +234,8 @@ impl Flow {
                 // comparison.
                 host.increment(Counter::LiveSampled);
                 if active.mode == PolicyMode::Parity {
-                    let asset = if r.outcome == Outcome::Hit { r.key().and_then(|k| runtime.asset_label(k)) } else { None };
+                    let asset =
+                        if r.outcome == Outcome::Hit { r.key().and_then(|k| runtime.asset_label(k)) } else { None };
                     let asset = asset.map(str::to_string);
                     self.parity = Some(ParityCheck::new(route, r, asset.as_deref()));
                 }

@@ -9,8 +9,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use understudy_matcher::Runtime;
 
-use crate::flow::{Flow, Next};
 use crate::env;
+use crate::flow::{Flow, Next};
 use crate::host::{Counter, Host};
 use crate::metrics::{CostMetrics, ProxyWasm};
 use crate::recording::{self, RecordCtx, Recording, SharedOutbox};
@@ -149,9 +149,9 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let started = now_nanos();
         let loaded = match self.get_plugin_configuration() {
-            None => Err(
-                "no plugin configuration; it must carry the asset bundle (see `understudy bundle`)".to_string()
-            ),
+            None => {
+                Err("no plugin configuration; it must carry the asset bundle (see `understudy bundle`)".to_string())
+            }
             Some(bytes) => match std::str::from_utf8(&bytes) {
                 Ok(text) => Runtime::from_json_sealed(text).map_err(|e| format!("invalid plugin configuration: {e}")),
                 Err(e) => Err(format!("plugin configuration is not UTF-8: {e}")),

@@ -158,8 +158,6 @@ fn default_label() -> String {
     DEFAULT_ENV_LABEL.into()
 }
 
-
-
 /// What Envoy's node metadata says about the environment (the filter reads it; absent keys are `None`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -259,7 +257,12 @@ impl Policy {
     /// unless `policy.default` sets one (then they must be left at their defaults: two defaults would be
     /// ambiguous).
     /// `parity` is the plugin configuration's `parity` (how parity environments compare).
-    pub fn compile(cfg: &PolicyConfig, parity: &ParityConfig, mode: Mode, on_miss: OnMiss) -> Result<Policy, ConfigError> {
+    pub fn compile(
+        cfg: &PolicyConfig,
+        parity: &ParityConfig,
+        mode: Mode,
+        on_miss: OnMiss,
+    ) -> Result<Policy, ConfigError> {
         for (name, p) in &cfg.environments {
             valid_name(name).map_err(|why| ConfigError::invalid(format!("policy.environments.{name}"), why))?;
             check_env(p, &format!("policy.environments.{name}"))?;
@@ -359,7 +362,9 @@ impl Policy {
 /// [`Policy::check_override`] with the configured digest, if any: without one every override is refused.
 pub fn check_override(digest: Option<&[u8; 32]>, value: Option<&str>, token: Option<&str>) -> OverrideCheck {
     let Some(value) = value else {
-        return if token.is_some() { OverrideCheck::Refused("a token without x-understudy-override") } else {
+        return if token.is_some() {
+            OverrideCheck::Refused("a token without x-understudy-override")
+        } else {
             OverrideCheck::Absent
         };
     };
@@ -454,7 +459,6 @@ pub fn mismatch_message(r: &ParityRecord) -> String {
 /// Differences named in one log line (all of them go to the collector).
 pub const MAX_LOGGED_DIFFS: usize = 8;
 
-
 /// A parity record as a delivery to the collector's [`PARITY_PATH`], under the delivery id `id`.
 pub fn parity_delivery(r: &ParityRecord, id: String) -> Result<Delivery, String> {
     let body = serde_json::to_vec(r).map_err(|e| format!("parity record not serializable: {e}"))?;
@@ -490,7 +494,10 @@ fn check_env(p: &EnvPolicy, field: &str) -> Result<(), ConfigError> {
     if matches!(p.mode, PolicyMode::Record | PolicyMode::Live) {
         return Err(ConfigError::invalid(
             format!("{field}.live_sample"),
-            format!("{} mode sends every call live already; live_sample is for replay, record_missing and parity", p.mode.name()),
+            format!(
+                "{} mode sends every call live already; live_sample is for replay, record_missing and parity",
+                p.mode.name()
+            ),
         ));
     }
     Ok(())
@@ -567,7 +574,10 @@ mod tests {
         assert_eq!((a.name.as_str(), a.source, a.listed), ("default", EnvSource::Default, false));
         // The first one present wins even when the policy does not list it: its policy is the default.
         let a = p.resolve(&node(None, None, Some("team-a")));
-        assert_eq!((a.name.as_str(), a.listed, a.mode, a.on_miss), ("team-a", false, PolicyMode::Replay, OnMiss::Error));
+        assert_eq!(
+            (a.name.as_str(), a.listed, a.mode, a.on_miss),
+            ("team-a", false, PolicyMode::Replay, OnMiss::Error)
+        );
         // A value that can't be a name is skipped, and said so.
         let a = p.resolve(&node(Some("prod;rm -rf"), None, Some("ci")));
         assert_eq!(a.name, "ci");
@@ -590,14 +600,21 @@ mod tests {
     #[test]
     fn bad_policies_are_refused_naming_the_field() {
         for (v, field) in [
-            (json!({"environments": {"ci": {"mode": "replay", "live_sample": 1.5}}}), "policy.environments.ci.live_sample"),
-            (json!({"environments": {"prod": {"mode": "live", "live_sample": 0.1}}}), "policy.environments.prod.live_sample"),
+            (
+                json!({"environments": {"ci": {"mode": "replay", "live_sample": 1.5}}}),
+                "policy.environments.ci.live_sample",
+            ),
+            (
+                json!({"environments": {"prod": {"mode": "live", "live_sample": 0.1}}}),
+                "policy.environments.prod.live_sample",
+            ),
             (json!({"environments": {"a b": {"mode": "replay"}}}), "policy.environments.a b"),
             (json!({"override": {"secret_sha256": "abc"}}), "policy.override.secret_sha256"),
             (json!({"label": "a b"}), "policy.label"),
         ] {
             let cfg: PolicyConfig = serde_json::from_value(v).unwrap();
-            let e = Policy::compile(&cfg, &ParityConfig::default(), Mode::Replay, OnMiss::Error).unwrap_err().to_string();
+            let e =
+                Policy::compile(&cfg, &ParityConfig::default(), Mode::Replay, OnMiss::Error).unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
         assert!(serde_json::from_value::<PolicyConfig>(json!({"environments": {"x": {"mode": "shadow"}}})).is_err());
@@ -652,9 +669,15 @@ mod tests {
         use crate::{ConfigError, Runtime};
         let cases = [
             (json!({"policy": {"environments": {"ci": {"mode": "shadow"}}}}), "policy.environments.ci.mode"),
-            (json!({"policy": {"environments": {"ci": {"mode": "replay", "on_miss": "maybe"}}}}), "policy.environments.ci.on_miss"),
+            (
+                json!({"policy": {"environments": {"ci": {"mode": "replay", "on_miss": "maybe"}}}}),
+                "policy.environments.ci.on_miss",
+            ),
             (json!({"policy": {"environmnets": {}}}), "policy"),
-            (json!({"policy": {"environments": {"ci": {"mode": "replay", "live_sample": 2}}}}), "policy.environments.ci.live_sample"),
+            (
+                json!({"policy": {"environments": {"ci": {"mode": "replay", "live_sample": 2}}}}),
+                "policy.environments.ci.live_sample",
+            ),
             (json!({"policy": {"override": {"secret_sha256": "not-a-digest"}}}), "policy.override.secret_sha256"),
             (json!({"mode": "record", "policy": {"default": {"mode": "replay"}}}), "policy.default"),
         ];
@@ -693,7 +716,10 @@ mod tests {
         assert_eq!(p.check_override(Some("live"), Some(secret)), OverrideCheck::Applied(Forced::Live));
         assert_eq!(p.check_override(Some(" Virtual "), Some(secret)), OverrideCheck::Applied(Forced::Virtual));
         assert!(matches!(p.check_override(Some("live"), None), OverrideCheck::Refused(_)));
-        assert!(matches!(p.check_override(Some("live"), Some("correct horse battery stapler")), OverrideCheck::Refused(_)));
+        assert!(matches!(
+            p.check_override(Some("live"), Some("correct horse battery stapler")),
+            OverrideCheck::Refused(_)
+        ));
         assert!(matches!(p.check_override(Some("shadow"), Some(secret)), OverrideCheck::Refused(_)));
         assert!(matches!(p.check_override(None, Some(secret)), OverrideCheck::Refused(_)));
         // Without an override configured, nothing is accepted.

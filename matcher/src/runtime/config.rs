@@ -14,10 +14,10 @@ use crate::asset::{
 use crate::cost::{PriceOverrides, Prices};
 use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
-use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
-use crate::store::Store;
 use crate::parity::ParityConfig;
 use crate::policy::{Policy, PolicyConfig};
+use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
+use crate::store::Store;
 use crate::synth::{SynthRule, Synthesizer};
 
 /// What to do when no asset matches.
