@@ -550,6 +550,25 @@ mod tests {
             env: None,
         });
         assert_eq!(boot["stats_config"], stats_config());
+        assert!(boot.get("node").is_none(), "no environment: no node metadata, as before");
+        let ups = Upstreams::default();
+        let with_env = Settings { env: Some("staging"), ..settings_for_test(&ups) };
+        assert_eq!(bootstrap(&with_env)["node"]["metadata"]["UNDERSTUDY_ENV"], "staging");
+    }
+
+    fn settings_for_test(upstreams: &Upstreams) -> Settings<'_> {
+        Settings {
+            port: 1,
+            admin_port: 2,
+            wasm: "/x.wasm",
+            plugin_config: "{}",
+            upstreams,
+            max_body_bytes: 10,
+            access_log: None,
+            collector: None,
+            pacer: None,
+            env: None,
+        }
     }
 
     #[test]

@@ -432,6 +432,15 @@ mod tests {
         mode: Mode,
         pacing: Option<understudy_matcher::record::PacingConfig>,
     ) -> Rc<Runtime> {
+        Rc::new(Runtime::compile(config_with(on_miss, latency_ms, mode, pacing)).unwrap())
+    }
+
+    fn config_with(
+        on_miss: OnMiss,
+        latency_ms: u64,
+        mode: Mode,
+        pacing: Option<understudy_matcher::record::PacingConfig>,
+    ) -> PluginConfig {
         let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
         let route = classify("POST", "/v1/chat/completions").unwrap();
         let (key, _) =
@@ -452,7 +461,7 @@ mod tests {
             },
         }))
         .unwrap();
-        let cfg = PluginConfig {
+        PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
             bundle: Bundle::sealed(vec![asset]),
@@ -463,25 +472,17 @@ mod tests {
             pacing,
             policy: None,
             parity: Default::default(),
-        };
-        RUNTIME_JSON.with(|j| *j.borrow_mut() = serde_json::to_string(&cfg).unwrap());
-        Rc::new(Runtime::compile(cfg).unwrap())
+        }
     }
 
     /// The test runtime under a policy, in the environment `env` names.
     fn runtime_in(policy: serde_json::Value, env: &str) -> Rc<Runtime> {
-        let rt = runtime_with(OnMiss::Error, 0, Mode::Replay, None);
-        let mut cfg: serde_json::Value = serde_json::from_str(&RUNTIME_JSON.with(|j| j.borrow().clone())).unwrap();
-        cfg["policy"] = policy;
-        drop(rt);
-        let mut rt = Runtime::from_json(&cfg.to_string()).unwrap();
+        let mut cfg = config_with(OnMiss::Error, 0, Mode::Replay, None);
+        cfg.policy = Some(serde_json::from_value(policy).unwrap());
+        let mut rt = Runtime::compile(cfg).unwrap();
         let node = understudy_matcher::policy::NodeInfo { understudy_env: Some(env.into()), ..Default::default() };
         rt.enter(&node).unwrap();
         Rc::new(rt)
-    }
-
-    thread_local! {
-        static RUNTIME_JSON: RefCell<String> = const { RefCell::new(String::new()) };
     }
 
     const SECRET: &str = "s3cret-token";
