@@ -374,11 +374,13 @@ impl Parity {
         }
         specific.retain(|d| !ignore.iter().any(|p| p.covers(&d.path)));
 
-        // Tool arguments are compared by their keys above, not by the shape of their values.
+        // Tool arguments are compared by their keys above, not by the shape of their values (their own type
+        // still counts: OpenAI's are a JSON string).
         let mut skip = ignore;
         skip.extend(fields.tools.iter().map(|t| {
             let mut p = Pattern::builtin(t.calls);
             p.0.extend(Pattern::builtin(t.arguments).0);
+            p.0.push(ANY.to_string());
             p
         }));
         let mut shape = Vec::new();
@@ -432,6 +434,9 @@ fn cut_to(s: &str, max: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pattern(Vec<String>);
 
+/// A built-in pattern segment that stands for any key or index (no JSON Pointer a user writes has it).
+const ANY: &str = "\u{0}any";
+
 impl Pattern {
     fn parse(p: &str) -> Result<Pattern, String> {
         parse_pointer(p).map(Pattern)
@@ -448,7 +453,11 @@ impl Pattern {
     /// Is `path` this pattern's value, or under it?
     fn covers(&self, path: &[String]) -> bool {
         self.0.len() <= path.len()
-            && self.0.iter().zip(path).all(|(p, s)| p == s || (p == "*" && s.bytes().all(|b| b.is_ascii_digit())))
+            && self
+                .0
+                .iter()
+                .zip(path)
+                .all(|(p, s)| p == s || p == ANY || (p == "*" && s.bytes().all(|b| b.is_ascii_digit())))
     }
 
     /// Every value the pattern selects in `v`, with its path.
@@ -1034,6 +1043,12 @@ mod tests {
                 Some("{city, unit}"),
                 Some("{city, units}")
             )]
+        );
+        l["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!({"city": "Oslo", "unit": "C"});
+        assert_eq!(
+            diffs(&default(), &chat_route(), &chat(), &l),
+            [("/choices/0/message/tool_calls/0/function/arguments".to_string(), DiffKind::Type)],
+            "same keys, but an object where OpenAI sends a JSON string"
         );
         l["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!("{\"city\":");
         let v = run(&default(), &chat_route(), &chat(), &l);
