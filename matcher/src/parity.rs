@@ -506,9 +506,12 @@ fn answer(route: &Route, o: &Observed<'_>) -> Result<Option<Value>, String> {
         None
     } else {
         match serde_json::from_slice::<Value>(o.body) {
-            // A JSON array is Gemini's stream framing; no answer of an operation that streams is one.
-            Ok(v) if !(v.is_array() && op.streams()) => return Ok(Some(v)),
-            Ok(_) => None,
+            // A JSON array is Gemini's stream framing; no answer of an operation that streams is one, but an
+            // array that is no stream is compared as the JSON it is.
+            Ok(v) if v.is_array() && op.streams() => {
+                return Ok(Some(crate::stream::assemble_recorded(route, o.body).unwrap_or(v)));
+            }
+            Ok(v) => return Ok(Some(v)),
             Err(e) => Some(format!("not JSON: {e}")),
         }
     };
@@ -1359,6 +1362,78 @@ mod tests {
         let live = v.diffs[0].live.as_deref().unwrap();
         assert_eq!(live.chars().count(), MAX_PARITY_VALUE_CHARS + 1);
         assert!(live.ends_with('…'));
+    }
+
+    /// JSON whose keys are the ones parity looks at, so arbitrary answers reach every check.
+    fn answer_strategy() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        const KEYS: &[&str] = &[
+            "choices",
+            "message",
+            "finish_reason",
+            "tool_calls",
+            "function",
+            "name",
+            "arguments",
+            "usage",
+            "type",
+            "content",
+            "input",
+            "data",
+            "embedding",
+            "embeddings",
+            "values",
+            "candidates",
+            "parts",
+            "functionCall",
+            "args",
+            "stop_reason",
+            "stopReason",
+            "output",
+            "toolUse",
+            "id",
+            "status",
+            "prompt_tokens",
+            "0",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..3).prop_map(|n| json!(n)),
+            (-2.0f64..2.0).prop_map(|f| json!(f)),
+            prop::sample::select(vec!["", "stop", "f", "{\"a\":1}", "{", "AACAPw==", "text"]).prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(5, 64, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 128, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn an_answer_matches_itself_and_nothing_panics(
+            a in answer_strategy(),
+            b in answer_strategy(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            text in proptest::prelude::any::<bool>(),
+        ) {
+            let p = ParityConfig { exact_text: text, min_similarity: Some(0.5), ..ParityConfig::default() }.compile().unwrap();
+            for op in Operation::ALL {
+                let route = Route::of(op);
+                let v = run(&p, &route, &a, &a);
+                proptest::prop_assert!(v.matched, "{op}: {a} against itself: {v:?}");
+                let v = run(&p, &route, &a, &b);
+                proptest::prop_assert_eq!(v.matched, v.diffs.is_empty());
+                proptest::prop_assert!(v.diffs.len() <= MAX_PARITY_DIFFS);
+                let v = p.compare(&route, ok(&bytes), ok(&plain(&b)));
+                proptest::prop_assert_eq!(v.matched, v.diffs.is_empty());
+            }
+        }
     }
 
     #[test]
