@@ -75,10 +75,16 @@ pub struct Counts {
     pub recorded: u64,
     pub deduplicated: u64,
     pub redelivered: u64,
-    /// Parity records written (repeated deliveries not counted again).
+    /// Parity records written (repeated deliveries not counted again); left out of the JSON while 0, so a
+    /// record-mode summary reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
     pub parity: u64,
     /// Captures refused (invalid, other normalization) or not written (disk errors).
     pub failed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The assets directory as the collector keeps it: every key's file and every capture id already on disk.
@@ -731,6 +737,11 @@ mod parity_tests {
         }
         let counts = server.stop();
         assert_eq!((counts.parity, counts.failed, counts.recorded), (1, 2, 0));
+        assert_eq!(serde_json::to_value(counts).unwrap()["parity"], 1);
+        assert!(
+            serde_json::to_value(Counts::default()).unwrap().get("parity").is_none(),
+            "record mode reads as before"
+        );
         let files: Vec<PathBuf> = std::fs::read_dir(dir.join(PARITY_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(files.len(), 1, "{files:?}");
         let name = files[0].file_name().unwrap().to_string_lossy().into_owned();

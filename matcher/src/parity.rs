@@ -374,11 +374,13 @@ impl Parity {
         }
         specific.retain(|d| !ignore.iter().any(|p| p.covers(&d.path)));
 
-        // Tool arguments are compared by their keys above, not by the shape of their values.
+        // Tool arguments are compared by their keys above, not by the shape of their values (their own type
+        // still counts: OpenAI's are a JSON string).
         let mut skip = ignore;
         skip.extend(fields.tools.iter().map(|t| {
             let mut p = Pattern::builtin(t.calls);
             p.0.extend(Pattern::builtin(t.arguments).0);
+            p.0.push(ANY.to_string());
             p
         }));
         let mut shape = Vec::new();
@@ -432,6 +434,9 @@ fn cut_to(s: &str, max: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pattern(Vec<String>);
 
+/// A built-in pattern segment that stands for any key or index (no JSON Pointer a user writes has it).
+const ANY: &str = "\u{0}any";
+
 impl Pattern {
     fn parse(p: &str) -> Result<Pattern, String> {
         parse_pointer(p).map(Pattern)
@@ -448,7 +453,11 @@ impl Pattern {
     /// Is `path` this pattern's value, or under it?
     fn covers(&self, path: &[String]) -> bool {
         self.0.len() <= path.len()
-            && self.0.iter().zip(path).all(|(p, s)| p == s || (p == "*" && s.bytes().all(|b| b.is_ascii_digit())))
+            && self
+                .0
+                .iter()
+                .zip(path)
+                .all(|(p, s)| p == s || p == ANY || (p == "*" && s.bytes().all(|b| b.is_ascii_digit())))
     }
 
     /// Every value the pattern selects in `v`, with its path.
@@ -497,9 +506,12 @@ fn answer(route: &Route, o: &Observed<'_>) -> Result<Option<Value>, String> {
         None
     } else {
         match serde_json::from_slice::<Value>(o.body) {
-            // A JSON array is Gemini's stream framing; no answer of an operation that streams is one.
-            Ok(v) if !(v.is_array() && op.streams()) => return Ok(Some(v)),
-            Ok(_) => None,
+            // A JSON array is Gemini's stream framing; no answer of an operation that streams is one, but an
+            // array that is no stream is compared as the JSON it is.
+            Ok(v) if v.is_array() && op.streams() => {
+                return Ok(Some(crate::stream::assemble_recorded(route, o.body).unwrap_or(v)));
+            }
+            Ok(v) => return Ok(Some(v)),
             Err(e) => Some(format!("not JSON: {e}")),
         }
     };
@@ -1035,6 +1047,12 @@ mod tests {
                 Some("{city, units}")
             )]
         );
+        l["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!({"city": "Oslo", "unit": "C"});
+        assert_eq!(
+            diffs(&default(), &chat_route(), &chat(), &l),
+            [("/choices/0/message/tool_calls/0/function/arguments".to_string(), DiffKind::Type)],
+            "same keys, but an object where OpenAI sends a JSON string"
+        );
         l["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = json!("{\"city\":");
         let v = run(&default(), &chat_route(), &chat(), &l);
         assert_eq!(v.diffs[0].kind, DiffKind::ToolArguments);
@@ -1344,6 +1362,78 @@ mod tests {
         let live = v.diffs[0].live.as_deref().unwrap();
         assert_eq!(live.chars().count(), MAX_PARITY_VALUE_CHARS + 1);
         assert!(live.ends_with('…'));
+    }
+
+    /// JSON whose keys are the ones parity looks at, so arbitrary answers reach every check.
+    fn answer_strategy() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        const KEYS: &[&str] = &[
+            "choices",
+            "message",
+            "finish_reason",
+            "tool_calls",
+            "function",
+            "name",
+            "arguments",
+            "usage",
+            "type",
+            "content",
+            "input",
+            "data",
+            "embedding",
+            "embeddings",
+            "values",
+            "candidates",
+            "parts",
+            "functionCall",
+            "args",
+            "stop_reason",
+            "stopReason",
+            "output",
+            "toolUse",
+            "id",
+            "status",
+            "prompt_tokens",
+            "0",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..3).prop_map(|n| json!(n)),
+            (-2.0f64..2.0).prop_map(|f| json!(f)),
+            prop::sample::select(vec!["", "stop", "f", "{\"a\":1}", "{", "AACAPw==", "text"]).prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(5, 64, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 128, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn an_answer_matches_itself_and_nothing_panics(
+            a in answer_strategy(),
+            b in answer_strategy(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            text in proptest::prelude::any::<bool>(),
+        ) {
+            let p = ParityConfig { exact_text: text, min_similarity: Some(0.5), ..ParityConfig::default() }.compile().unwrap();
+            for op in Operation::ALL {
+                let route = Route::of(op);
+                let v = run(&p, &route, &a, &a);
+                proptest::prop_assert!(v.matched, "{op}: {a} against itself: {v:?}");
+                let v = run(&p, &route, &a, &b);
+                proptest::prop_assert_eq!(v.matched, v.diffs.is_empty());
+                proptest::prop_assert!(v.diffs.len() <= MAX_PARITY_DIFFS);
+                let v = p.compare(&route, ok(&bytes), ok(&plain(&b)));
+                proptest::prop_assert_eq!(v.matched, v.diffs.is_empty());
+            }
+        }
     }
 
     #[test]
