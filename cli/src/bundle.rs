@@ -15,14 +15,16 @@ pub struct Built {
     pub duplicates: Vec<(String, String)>,
 }
 
-/// Every `*.json` file under `dir`, recursively (following symlinks; a symlink loop is an error naming it),
-/// in a stable order.
+/// Every `*.json` file under `dir`, recursively (following symlinks; a symlink loop is an error naming it), in
+/// a stable order; not the parity records in `dir/.parity/`.
 pub fn asset_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("assets directory {} does not exist or is not a directory", dir.display());
     }
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    // Parity records (`understudy collect`) live beside the assets they were compared with, but are not assets.
+    let walk = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name();
+    for entry in walk.into_iter().filter_entry(|e| e.depth() == 0 || e.file_name() != crate::collect::PARITY_DIR) {
         let entry = entry.with_context(|| format!("cannot read assets directory {}", dir.display()))?;
         if entry.file_type().is_file() && entry.path().extension().is_some_and(|x| x == "json") {
             out.push(entry.into_path());

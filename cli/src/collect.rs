@@ -8,6 +8,11 @@
 //! restart (the ids are read back from the files), and acknowledged without a second write. Deliveries are
 //! serialized per collector, so concurrent ones never interleave in a file. [`Store`] is shared with
 //! `understudy import`, so imported traffic is named, validated and deduplicated the same way.
+//!
+//! Parity mode's comparisons (`POST /v1/parity`, an `understudy.parity/v1` record) are written the same way,
+//! one file per record under `<out>/.parity/` (which asset listings skip), named by the key, the time and a
+//! hash of the record, so a repeated delivery finds its file and is acknowledged without a second write.
+//! `understudy parity-report` reads them.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -19,6 +24,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
+use understudy_matcher::parity::ParityRecord;
 use understudy_matcher::record::{first_words, CaptureDoc};
 use understudy_matcher::{classify, parse_asset_file, Asset, Normalizer};
 
@@ -68,8 +75,16 @@ pub struct Counts {
     pub recorded: u64,
     pub deduplicated: u64,
     pub redelivered: u64,
+    /// Parity records written (repeated deliveries not counted again); left out of the JSON while 0, so a
+    /// record-mode summary reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub parity: u64,
     /// Captures refused (invalid, other normalization) or not written (disk errors).
     pub failed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The assets directory as the collector keeps it: every key's file and every capture id already on disk.
@@ -185,6 +200,18 @@ impl Store {
         Ok(stored)
     }
 
+    /// Stores one parity record, `text` as delivered (already checked with [`ParityRecord::parse`]).
+    pub fn put_parity(&mut self, record: &ParityRecord, text: &str) -> Result<Stored> {
+        let value: Value = serde_json::from_str(text)?;
+        let path = self.dir.join(PARITY_DIR).join(parity_file_name(record, text));
+        if path.is_file() {
+            return Ok(Stored::Redelivered(path));
+        }
+        write_atomic(&path, &pretty(&value))?;
+        self.counts.parity += 1;
+        Ok(Stored::Written(path))
+    }
+
     /// `<dir>/<operation>/<model>--<first words>--<key, 12 hex>.json`: a person finds a recording by what
     /// was asked; the key part keeps names unique.
     fn name_for(&self, doc: &CaptureDoc) -> PathBuf {
@@ -207,6 +234,20 @@ impl Store {
         }
         path
     }
+}
+
+/// The directory of an assets directory that holds parity records (skipped when assets are listed).
+pub const PARITY_DIR: &str = ".parity";
+
+/// `<key, 16 chars>-<at_ms>-<sha256 of the record, 12 hex>.json`: the same record always gets the same name,
+/// two records never one. The key is the sender's: only its letters and digits are used.
+pub fn parity_file_name(record: &ParityRecord, text: &str) -> String {
+    let mut key = slug(&record.key, 16);
+    if key.is_empty() {
+        key = "no-key".to_string();
+    }
+    let hash: String = Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{key}-{}-{hash}.json", record.at_ms)
 }
 
 /// Adds a newer recording of an asset's request: replacing its answer, or appended to its `responses`.
@@ -312,6 +353,9 @@ fn write_pretty(v: &Value, indent: usize, out: &mut String) {
 
 /// Largest capture document accepted (the filter's capture limit, with room for base64 and JSON escaping).
 const MAX_DOCUMENT: usize = 8 * understudy_matcher::limits::MAX_CAPTURE_BYTES;
+
+/// Largest parity record accepted: a record holds at most `MAX_PARITY_DIFFS` short differences.
+const MAX_PARITY_DOCUMENT: usize = 1 << 20;
 
 /// A running collector.
 pub struct Server {
@@ -420,7 +464,54 @@ fn handle(mut request: tiny_http::Request, store: &Mutex<Store>) {
                 }
             }
         }
-        _ => respond(request, 404, serde_json::json!({"error": "POST /v1/captures or GET /v1/status"})),
+        (tiny_http::Method::Post, "/v1/parity") => handle_parity(request, store),
+        _ => {
+            respond(request, 404, serde_json::json!({"error": "POST /v1/captures, POST /v1/parity or GET /v1/status"}))
+        }
+    }
+}
+
+/// `POST /v1/parity`: 201 once a new record is on disk, 200 for a record already there, 400 for what is not a
+/// parity record, 413 over the size limit, 503 when it could not be written (the filter retries).
+fn handle_parity(mut request: tiny_http::Request, store: &Mutex<Store>) {
+    let mut body = Vec::new();
+    let read = request.as_reader().take(MAX_PARITY_DOCUMENT as u64 + 1).read_to_end(&mut body);
+    if read.is_err() || body.len() > MAX_PARITY_DOCUMENT {
+        count_failed(store);
+        let error = format!("the parity record is unreadable or larger than {MAX_PARITY_DOCUMENT} bytes");
+        return respond(request, 413, serde_json::json!({ "error": error }));
+    }
+    let record = match std::str::from_utf8(&body)
+        .map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(|t| ParityRecord::parse(t).map(|r| (r, t)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            count_failed(store);
+            eprintln!("understudy collect: refused a parity record: {e}");
+            return respond(request, 400, serde_json::json!({ "error": e }));
+        }
+    };
+    let (record, text) = record;
+    let Ok(mut s) = store.lock() else {
+        return respond(request, 500, serde_json::json!({"error": "the collector's store is unusable"}));
+    };
+    match s.put_parity(&record, text) {
+        Ok(stored) => {
+            let (status, outcome, file) = match &stored {
+                Stored::Written(p) => (201, "recorded", p),
+                Stored::Deduplicated(p) | Stored::Redelivered(p) => (200, "redelivered", p),
+            };
+            let file = file.strip_prefix(&s.dir).unwrap_or(file).display().to_string();
+            drop(s);
+            respond(request, status, serde_json::json!({"key": record.key, "outcome": outcome, "file": file}));
+        }
+        Err(e) => {
+            s.counts.failed += 1;
+            drop(s);
+            eprintln!("understudy collect: could not write the parity record of {}: {e:#}", record.key);
+            respond(request, 503, serde_json::json!({"error": format!("not written: {e:#}")}));
+        }
     }
 }
 
@@ -433,12 +524,13 @@ fn count_failed(store: &Mutex<Store>) {
 /// One line for people: what the collector did.
 pub fn report(c: &Counts, dir: &Path) -> String {
     format!(
-        "{} recorded into {} ({} deduplicated, {} repeated deliveries, {} refused or not written)",
+        "{} recorded into {} ({} deduplicated, {} repeated deliveries, {} refused or not written){}",
         c.recorded,
         dir.display(),
         c.deduplicated,
         c.redelivered,
-        c.failed
+        c.failed,
+        if c.parity > 0 { format!("; {} parity record(s) in {PARITY_DIR}", c.parity) } else { String::new() }
     )
 }
 
@@ -532,7 +624,7 @@ mod tests {
         assert!(matches!(s.put(capture("q", "first", "c1")).unwrap(), Stored::Written(_)));
         assert!(matches!(s.put(capture("q", "first", "c1")).unwrap(), Stored::Redelivered(_)));
         assert!(matches!(s.put(capture("q", "second", "c2")).unwrap(), Stored::Deduplicated(_)));
-        assert_eq!(s.counts, Counts { recorded: 1, deduplicated: 1, redelivered: 1, failed: 0 });
+        assert_eq!(s.counts, Counts { recorded: 1, deduplicated: 1, redelivered: 1, parity: 0, failed: 0 });
         // A restarted collector knows what it wrote.
         let mut s = store(&dir, OnRepeat::Sequence);
         assert!(matches!(s.put(capture("q", "first", "c1")).unwrap(), Stored::Redelivered(_)));
@@ -591,5 +683,73 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(&pretty(&v)).unwrap(), v);
         assert_eq!(slug("  GPT-4o mini: What's up?!", 40), "gpt-4o-mini-what-s-up");
         assert_eq!(slug("claude-3-5-sonnet@20240620", 10), "claude-3-5");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod parity_tests {
+    use super::*;
+    use crate::parity_report::samples::{chat, record};
+    use understudy_matcher::Operation;
+
+    fn post(port: u16, path: &str, body: &str) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    }
+
+    #[test]
+    fn parity_records_are_written_once_and_bad_ones_refused() {
+        let dir = std::env::temp_dir().join(format!("understudy-collect-parity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir, Normalizer::default(), OnRepeat::KeepFirst).unwrap();
+        let server = Server::start(store, 0).unwrap();
+        let r = record(
+            Operation::ChatCompletions,
+            "gpt-4o-mini",
+            "ab12/../../x",
+            &chat("stop", true),
+            &chat("length", true),
+            9,
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        let first = post(server.port, "/v1/parity", &text);
+        assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+        let again = post(server.port, "/v1/parity", &text);
+        assert!(again.starts_with("HTTP/1.1 200") && again.contains("redelivered"), "{again}");
+        for (bad, why) in [
+            ("{", "not a parity record"),
+            (
+                r#"{"format": "understudy.parity/v9", "key": "k", "asset": null, "provider": "p", "operation": "o", "model": null, "env": "e", "at_ms": 1, "verdict": {"matched": true, "diffs": []}}"#,
+                "format",
+            ),
+        ] {
+            let resp = post(server.port, "/v1/parity", bad);
+            assert!(resp.starts_with("HTTP/1.1 400") && resp.contains(why), "{resp}");
+        }
+        let counts = server.stop();
+        assert_eq!((counts.parity, counts.failed, counts.recorded), (1, 2, 0));
+        assert_eq!(serde_json::to_value(counts).unwrap()["parity"], 1);
+        assert!(
+            serde_json::to_value(Counts::default()).unwrap().get("parity").is_none(),
+            "record mode reads as before"
+        );
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.join(PARITY_DIR)).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("ab12-x-9-") && name.ends_with(".json"), "{name}");
+        let back = ParityRecord::parse(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // The records are not assets: listing and bundling the directory skip them.
+        assert!(crate::bundle::asset_files(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -257,7 +257,8 @@ fn named(reading: &mut Reading, uptime: &mut Option<u64>, name: &str, value: u64
         *uptime = Some(value);
     } else if let Some(s) = stats::parse_stat_name(name) {
         reading.add(s, value);
-    } else if let Some(bare) = name.strip_prefix("wasmcustom.understudy.") {
+    } else if let Some(bare) = stats::strip_env(name).0.strip_prefix("wasmcustom.understudy.") {
+        // Summed over environments, like the cost metrics.
         reading.outcome(bare, value);
     }
 }
@@ -489,6 +490,26 @@ mod tests {
             seen.push(r.rows.clone());
         }
         assert!(seen.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn stats_labeled_with_an_environment_read_the_same() {
+        let plain = format!("{}: 3\nwasmcustom.understudy.hits: 4\n", name(Metric::VirtualRequests, "gpt-4o"));
+        let env = |n: &str| {
+            let bare = n.strip_prefix("wasmcustom.").unwrap();
+            format!("wasmcustom.{}", understudy_matcher::cost::stats::with_env(bare, Some("staging")))
+        };
+        let tagged =
+            format!("{}: 3\n{}: 4\n", env(&name(Metric::VirtualRequests, "gpt-4o")), env("wasmcustom.understudy.hits"));
+        assert!(tagged.contains("understudy_env=.=staging"), "{tagged}");
+        let prom = "understudy_virtual_requests_total{understudy_env=\"staging\",gen_ai_provider_name=\"openai\",\
+                    gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o\"} 3\n\
+                    understudy_hits{understudy_env=\"staging\"} 4\n";
+        let want = parse(&plain, "plain").unwrap().reading;
+        for (form, t) in [("tagged", tagged), ("prometheus", prom.to_string())] {
+            let r = parse(&t, form).unwrap().reading;
+            assert_eq!((&r.rows, r.outcomes.hits), (&want.rows, 4), "{form}");
+        }
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Settings<'a> {
     pub collector: Option<&'a Upstream>,
     /// Paced replay: the pacer (cluster `understudy_pacer`), and the route that leads paced hits to it.
     pub pacer: Option<&'a Upstream>,
+    /// The environment the policy applies, as node metadata `UNDERSTUDY_ENV` (docs/policy.md).
+    pub env: Option<&'a str>,
 }
 
 /// The cluster of the collector (the plugin configuration's `record.collector` default).
@@ -346,7 +348,7 @@ pub fn bootstrap(s: &Settings) -> Value {
     if let (Some(path), Some(m)) = (s.access_log, hcm.as_object_mut()) {
         m.insert("access_log".into(), access_log(path));
     }
-    json!({
+    let mut boot = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": s.admin_port}}},
         "stats_config": stats_config(),
         // A connection cap is Envoy's recommended hardening (and silences its start-up warning).
@@ -368,7 +370,12 @@ pub fn bootstrap(s: &Settings) -> Value {
             }],
             "clusters": clusters
         }
-    })
+    });
+    if let (Some(env), Some(m)) = (s.env, boot.as_object_mut()) {
+        let key = understudy_matcher::policy::ENV_METADATA_KEY;
+        m.insert("node".into(), json!({"id": "understudy", "cluster": "understudy", "metadata": {key: env}}));
+    }
+    boot
 }
 
 #[cfg(test)]
@@ -540,8 +547,28 @@ mod tests {
             access_log: None,
             collector: None,
             pacer: None,
+            env: None,
         });
         assert_eq!(boot["stats_config"], stats_config());
+        assert!(boot.get("node").is_none(), "no environment: no node metadata, as before");
+        let ups = Upstreams::default();
+        let with_env = Settings { env: Some("staging"), ..settings_for_test(&ups) };
+        assert_eq!(bootstrap(&with_env)["node"]["metadata"]["UNDERSTUDY_ENV"], "staging");
+    }
+
+    fn settings_for_test(upstreams: &Upstreams) -> Settings<'_> {
+        Settings {
+            port: 1,
+            admin_port: 2,
+            wasm: "/x.wasm",
+            plugin_config: "{}",
+            upstreams,
+            max_body_bytes: 10,
+            access_log: None,
+            collector: None,
+            pacer: None,
+            env: None,
+        }
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct EnvoyArgs {
     /// (docs/deploy.md, "Locally"); a bad edit is reported and the previous assets keep serving.
     #[arg(long)]
     pub watch: bool,
+    /// The environment whose --policy applies (node metadata UNDERSTUDY_ENV of the bootstrap); see
+    /// docs/policy.md.
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
 }
 
 /// What a command adds to the shared options.
@@ -232,12 +236,19 @@ impl EnvoyArgs {
 
     /// Validates the assets into a plugin configuration and writes the bootstrap around it.
     pub fn plan(&self, d: &Defaults) -> Result<Plan> {
-        let recording = self.record.mode.mode().records();
+        if self.env.is_some() && self.record.policy.is_none() {
+            bail!("--env selects an environment of --policy: pass --policy FILE (docs/policy.md)");
+        }
+        let recording = self.record.records(self.on_miss, self.env.as_deref())?;
         if recording && self.assets.is_none() {
-            bail!("--mode {} records into the directory --assets names: pass --assets DIR", self.record.mode.name());
+            let what = match &self.record.policy {
+                Some(_) => format!("the environment {}'s policy", self.env.as_deref().unwrap_or("default")),
+                None => format!("--mode {}", self.record.mode.name()),
+            };
+            bail!("{what} records into the directory --assets names: pass --assets DIR");
         }
         if !recording && self.collector.is_some() {
-            bail!("--collector is for --mode record or record-missing");
+            bail!("--collector is for modes that record (record, record-missing, or a policy's parity)");
         }
         let wasm = find_wasm(self.wasm.clone())?;
         let upstreams = self.upstreams()?;
@@ -328,6 +339,7 @@ impl EnvoyArgs {
             access_log: access_log.as_deref(),
             collector: collector_at.as_ref(),
             pacer: pacer_at.as_ref(),
+            env: self.env.as_deref(),
         });
         if let Some(loc) = &store {
             let clusters = boot.pointer_mut("/static_resources/clusters").and_then(serde_json::Value::as_array_mut);
@@ -421,6 +433,14 @@ impl OnMissArg {
         match self {
             OnMissArg::Error => "error",
             OnMissArg::Passthrough => "passthrough",
+        }
+    }
+
+    /// The miss policy it names.
+    pub fn on_miss(self) -> understudy_matcher::OnMiss {
+        match self {
+            OnMissArg::Error => understudy_matcher::OnMiss::Error,
+            OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
         }
     }
 }
@@ -666,9 +686,10 @@ impl Envoy {
         let text = http_get(&self.admin, "/stats?filter=wasmcustom")?;
         Ok(text
             .lines()
+            .map(|l| understudy_matcher::cost::stats::strip_env(l.trim()).0.into_owned())
             .filter(|l| !understudy_matcher::cost::stats::is_labeled(l))
             .filter_map(|l| {
-                let (name, value) = l.trim().split_once(": ")?;
+                let (name, value) = l.split_once(": ")?;
                 Some((name.strip_prefix("wasmcustom.understudy.")?.to_string(), value.parse().ok()?))
             })
             .collect())

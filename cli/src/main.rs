@@ -13,6 +13,7 @@ mod launcher;
 mod manifests;
 mod pacer;
 mod package;
+mod parity_report;
 mod publish;
 mod registry;
 mod report;
@@ -92,9 +93,58 @@ pub(crate) struct RecordArgs {
     /// pacer). Off by default: answers leave at once.
     #[arg(long, value_name = "SPEED")]
     pub replay_speed: Option<f64>,
+    /// Per-environment policy (JSON or YAML: environments, default, label, parity, override); see
+    /// docs/policy.md.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 impl RecordArgs {
+    /// The policy file, parsed strictly (YAML when it is not a JSON object); its optional `parity` member is
+    /// the plugin configuration's `parity` (docs/parity.md).
+    pub(crate) fn policy(&self) -> Result<Option<understudy_matcher::policy::PolicyConfig>> {
+        Ok(self.policy_file()?.map(|(policy, _)| policy))
+    }
+
+    /// The policy file's `parity` settings, or the defaults.
+    pub(crate) fn parity(&self) -> Result<understudy_matcher::parity::ParityConfig> {
+        Ok(self.policy_file()?.map(|(_, parity)| parity).unwrap_or_default())
+    }
+
+    fn policy_file(
+        &self,
+    ) -> Result<Option<(understudy_matcher::policy::PolicyConfig, understudy_matcher::parity::ParityConfig)>> {
+        let Some(p) = &self.policy else { return Ok(None) };
+        let name = p.display().to_string();
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {name}"))?;
+        let mut doc: serde_json::Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(&text).with_context(|| format!("{name}: not JSON"))?
+        } else {
+            import::yaml_to_json(&text).with_context(|| format!("{name}: not JSON or YAML"))?
+        };
+        let parity = doc.as_object_mut().and_then(|m| m.remove("parity"));
+        let policy = understudy_matcher::asset::from_str_strict(&doc.to_string(), &name)?;
+        let parity = match parity {
+            Some(v) => understudy_matcher::asset::from_str_strict(&v.to_string(), &format!("{name} (parity)"))?,
+            None => Default::default(),
+        };
+        Ok(Some((policy, parity)))
+    }
+
+    /// Does the environment `env` record (and so need a collector and an assets directory)?
+    pub(crate) fn records(&self, on_miss: OnMissArg, env: Option<&str>) -> Result<bool> {
+        let Some(cfg) = self.policy()? else { return Ok(self.mode.mode().records()) };
+        let policy = understudy_matcher::policy::Policy::compile(
+            &cfg,
+            &Default::default(),
+            self.mode.mode(),
+            on_miss.on_miss(),
+        )?;
+        let node =
+            understudy_matcher::policy::NodeInfo { understudy_env: env.map(str::to_string), ..Default::default() };
+        Ok(policy.resolve(&node).mode.recorder_mode().records())
+    }
+
     /// The record settings file, or the defaults.
     pub(crate) fn config(&self) -> Result<understudy_matcher::RecordConfig> {
         let Some(p) = &self.record_config else { return Ok(Default::default()) };
@@ -183,6 +233,11 @@ enum Command {
     Import(import::ImportArgs),
     /// Receive captures from the filter in record mode and write them as asset files into a directory.
     Collect(collect::CollectArgs),
+    /// Parity of the virtual answers with the live model, from parity mode's records: rate per provider,
+    /// operation, model and environment, and the worst drifts (docs/parity.md).
+    #[command(after_help = "Exit status: 0; 3 when the parity rate is under --min-parity (or there is no \
+                            record); 1 when DIR can't be read. See docs/parity.md.")]
+    ParityReport(parity_report::ParityReportArgs),
     /// Package the filter as OCI images (wasm artifact and compat image) and optionally push one.
     Package(package::PackageArgs),
     /// Generate Istio, Envoy Gateway and plain Envoy (ECDS) configuration for an environment.
@@ -242,6 +297,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Up(args) => up::run(args),
         Command::Run(args) => return run::main(args),
+        Command::ParityReport(args) => return parity_report::main(args),
         Command::Report(args) => report::run(args),
         Command::Estimate(args) => estimate::run(args),
         Command::Collect(args) => collect::run(args),
@@ -394,6 +450,8 @@ pub(crate) fn build_plugin_config(spec: &ConfigSpec) -> Result<String> {
         mode: spec.record.mode.mode(),
         record: spec.record.config()?,
         pacing: spec.record.replay_speed.map(|speed| understudy_matcher::record::PacingConfig { speed }),
+        policy: spec.record.policy()?,
+        parity: spec.record.parity()?,
     };
     // Canonical JSON: the filter then verifies the bundle's content hash over the text as it is (no second,
     // canonicalizing pass over every asset). Prove the filter will accept it, through its own loader (a

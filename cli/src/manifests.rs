@@ -83,6 +83,10 @@ pub struct ManifestsArgs {
     /// Kubernetes namespace [default: the environment name].
     #[arg(long)]
     namespace: Option<String>,
+    /// Per-environment policy (JSON or YAML) carried in the plugin configuration; in Istio each proxy's
+    /// environment comes from its node metadata (docs/policy.md).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Where the filter runs in Istio.
     #[arg(long, value_enum, default_value = "gateway")]
     target: Target,
@@ -426,10 +430,13 @@ fn envoy_bootstrap(c: &Common, a: &ManifestsArgs) -> Result<Value> {
         access_log: None,
         collector: None,
         pacer: None,
+        env: None,
     });
     crate::watch::use_ecds(&mut boot, &a.ecds_path)?;
+    // File-based xDS subscriptions need a node identity; the environment a policy applies is its metadata.
     if let Some(m) = boot.as_object_mut() {
-        m.insert("node".into(), json!({"id": c.name, "cluster": "understudy"}));
+        let env = json!({understudy_matcher::policy::ENV_METADATA_KEY: a.env});
+        m.insert("node".into(), json!({"id": c.name, "cluster": "understudy", "metadata": env}));
     }
     let listener = boot.pointer_mut("/static_resources/listeners/0").ok_or_else(|| anyhow!("no listener"))?;
     if let Some(addr) = listener.pointer_mut("/address/socket_address/address") {
@@ -494,7 +501,7 @@ fn common(a: &ManifestsArgs) -> Result<Common> {
         normalization,
         synthesize: a.synthesize.as_deref(),
         prices: a.prices.as_deref(),
-        record: &crate::RecordArgs::default(),
+        record: &crate::RecordArgs { policy: a.policy.clone(), ..Default::default() },
     })?;
     if a.embed && store.is_none() {
         let payload = crate::embed::extract(&module)?.map(String::from_utf8).transpose()?;

@@ -173,3 +173,73 @@ fn run_without_a_command_is_a_usage_error_of_its_own() {
     assert_eq!(o.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&o.stderr).contains("understudy-no-such-command: command not found"));
 }
+
+/// A parity record of a chat answer compared with a live one by the real comparator.
+fn parity_record(key: &str, live_finish: &str) -> String {
+    use understudy_matcher::parity::{Observed, ParityConfig, ParityRecord, PARITY_FORMAT};
+    use understudy_matcher::{Operation, Route};
+    let answer = |finish: &str| {
+        format!(
+            r#"{{"id":"chatcmpl-{key}","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi"}},"finish_reason":"{finish}"}}],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}"#
+        )
+    };
+    let (e, l) = (answer("stop"), answer(live_finish));
+    fn ok(b: &str) -> Observed<'_> {
+        Observed { status: 200, content_type: Some("application/json"), body: b.as_bytes() }
+    }
+    let verdict =
+        ParityConfig::default().compile().unwrap().compare(&Route::of(Operation::ChatCompletions), ok(&e), ok(&l));
+    let r = ParityRecord {
+        format: PARITY_FORMAT.into(),
+        key: key.into(),
+        asset: Some("chat.json#0".into()),
+        provider: "openai".into(),
+        operation: Operation::ChatCompletions.name().into(),
+        model: Some("gpt-4o-mini".into()),
+        env: "staging".into(),
+        at_ms: 1,
+        verdict,
+    };
+    serde_json::to_string(&r).unwrap()
+}
+
+#[test]
+fn parity_report_gates_on_min_parity_and_prints_its_json_schema() {
+    let d = tmpdir("parity-report");
+    write(&d, ".parity/a.json", &parity_record("k1", "stop"));
+    write(&d, ".parity/b.json", &parity_record("k2", "stop"));
+    write(&d, ".parity/c.json", &parity_record("k3", "length"));
+    write(&d, ".parity/d.json", "not json");
+    write(&d, "asset.json", &chat("hi", "x"));
+    let dir = d.to_str().unwrap();
+    let out = understudy(&["parity-report", dir]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("Parity: 2/3 records matched (66.7%)"), "{text}");
+    assert!(text.contains("finish_reason") && text.contains("/choices/0/finish_reason"), "{text}");
+    assert!(text.contains("1 record file(s) could not be read") && text.contains("d.json"), "{text}");
+
+    let out = understudy(&["parity-report", dir, "--json", "--min-parity", "0.9", "--worst", "5"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("d.json"), "the unreadable file is reported");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["format"], "understudy.parity-report/v1");
+    assert_eq!(j["totals"]["records"], 3);
+    assert_eq!(j["totals"]["matched"], 2);
+    assert_eq!(j["totals"]["unreadable"], 1);
+    assert_eq!(j["passed"], false);
+    let row = &j["rows"][0];
+    for k in ["provider", "operation", "model", "env", "records", "matched", "rate"] {
+        assert!(row.get(k).is_some(), "rows[0].{k} in {row}");
+    }
+    let drift = &j["drifts"][0];
+    assert_eq!(
+        (drift["path"].as_str(), drift["kind"].as_str(), drift["count"].as_u64()),
+        (Some("/choices/0/finish_reason"), Some("finish_reason"), Some(1))
+    );
+    assert_eq!((drift["example_key"].as_str(), drift["example_asset"].as_str()), (Some("k3"), Some("chat.json#0")));
+
+    assert!(understudy(&["parity-report", dir, "--min-parity", "0.6"]).status.success());
+    assert_eq!(understudy(&["parity-report", dir, "--min-parity", "2"]).status.code(), Some(2), "a usage error");
+    assert_eq!(understudy(&["parity-report", d.join("nope").to_str().unwrap()]).status.code(), Some(1));
+}

@@ -3,6 +3,9 @@
 use std::rc::Rc;
 
 use understudy_matcher::limits::{DELAY_QUEUE_BYTES, DELAY_QUEUE_ENTRIES};
+use understudy_matcher::policy::{
+    self, Forced, OverrideCheck, ParityCheck, PolicyMode, OVERRIDE_HEADER, OVERRIDE_TOKEN_HEADER,
+};
 use understudy_matcher::record::PACE_HEADER;
 use understudy_matcher::{classify, error_answer, Decision, LocalResponse, Mode, Outcome, Route, Runtime};
 
@@ -44,24 +47,36 @@ pub struct Flow {
     /// `None` when the VM has no runtime (its configuration did not load): LLM calls then fail closed.
     runtime: Option<Rc<Runtime>>,
     state: State,
+    /// What an honoured `x-understudy-override` asks for this request.
+    forced: Option<Forced>,
+    /// Parity: the virtual answer kept to compare with the live one.
+    parity: Option<ParityCheck>,
 }
 
 impl Flow {
     /// A new stream using the shared runtime.
     pub fn new(runtime: Rc<Runtime>) -> Self {
-        Flow { runtime: Some(runtime), state: State::Start }
+        Flow { runtime: Some(runtime), state: State::Start, forced: None, parity: None }
     }
 
     /// A stream in a VM without a runtime: LLM calls get a 503 in the API's shape (fail closed, nothing goes
     /// upstream); other requests pass untouched.
     pub fn unavailable() -> Self {
-        Flow { runtime: None, state: State::Start }
+        Flow { runtime: None, state: State::Start, forced: None, parity: None }
     }
 
     /// Request headers arrived.
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Next {
         let method = host.request_header(":method").unwrap_or_default();
         let path = host.request_header(":path").unwrap_or_default();
+        // The override's headers never go upstream (the token is a secret), whatever the request.
+        let wanted = host.request_header(OVERRIDE_HEADER);
+        let token = host.request_header(OVERRIDE_TOKEN_HEADER);
+        for (name, present) in [(OVERRIDE_HEADER, wanted.is_some()), (OVERRIDE_TOKEN_HEADER, token.is_some())] {
+            if present {
+                host.set_request_header(name, None);
+            }
+        }
         let Some(route) = classify(&method, &path) else {
             self.state = State::Untouched;
             return Next::Continue;
@@ -82,6 +97,25 @@ impl Flow {
             host.send_response(503, &headers, &body);
             self.state = State::Answered;
             return Next::Pause;
+        }
+        let check = match self.runtime.as_ref().and_then(|r| r.policy()) {
+            Some(p) => p.check_override(wanted.as_deref(), token.as_deref()),
+            None => policy::check_override(None, wanted.as_deref(), token.as_deref()),
+        };
+        match check {
+            OverrideCheck::Absent => {}
+            OverrideCheck::Applied(f) => {
+                host.increment(Counter::OverrideApplied);
+                self.forced = Some(f);
+            }
+            OverrideCheck::Refused(_) => host.increment(Counter::OverrideRefused),
+        }
+        let live_env = self.runtime.as_ref().and_then(|r| r.active()).is_some_and(|a| a.mode == PolicyMode::Live);
+        if live_env && self.forced != Some(Forced::Virtual) {
+            // `live`: the call is left alone (not buffered, decided or recorded), only counted.
+            host.increment(Counter::Live);
+            self.state = State::Untouched;
+            return Next::Continue;
         }
         if self.runtime.as_ref().is_some_and(|r| r.recorder().mode().records()) {
             // A recording stores the answer's bytes as they pass: ask the upstream for them uncompressed.
@@ -140,9 +174,14 @@ impl Flow {
         Next::Continue
     }
 
-    /// Was the request forwarded upstream (a miss under passthrough, or record mode)?
+    /// Was the request forwarded upstream (a miss under passthrough, record mode, a sampled or forced live call)?
     pub fn forwarded(&self) -> bool {
         self.state == State::Forwarded
+    }
+
+    /// Parity: the virtual answer to compare with the live one, once the request has been forwarded.
+    pub fn take_parity(&mut self) -> Option<ParityCheck> {
+        self.parity.take()
     }
 
     /// Upstream response headers arrived.
@@ -179,8 +218,12 @@ impl Flow {
     }
 
     fn finish(&mut self, host: &dyn Host, route: &Route, body: &[u8]) -> Next {
-        let Some(runtime) = &self.runtime else { return Next::Continue };
-        if runtime.recorder().mode() == Mode::Record {
+        let Some(runtime) = self.runtime.clone() else { return Next::Continue };
+        if self.forced == Some(Forced::Live) {
+            // Forced live: no asset is consulted; captured as it passes where the mode records.
+            return self.act(host, route, Decision::Forward(Outcome::Hit));
+        }
+        if self.forced.is_none() && runtime.recorder().mode() == Mode::Record {
             // Record mode: every LLM call goes live and is captured as it passes (no asset is consulted).
             return self.act(host, route, Decision::Forward(Outcome::Miss));
         }
@@ -200,9 +243,10 @@ impl Flow {
                     };
                     return Next::Pause;
                 }
-                Err(why) => decision = store::decide(runtime, host, route, body, &fetch.key, &Reply::Failed(why)),
+                Err(why) => decision = store::decide(&runtime, host, route, body, &fetch.key, &Reply::Failed(why)),
             }
         }
+        let decision = self.sampled(host, &runtime, route, decision);
         self.act(host, route, decision)
     }
 
@@ -228,11 +272,33 @@ impl Flow {
         // The body stayed in Envoy's buffer while the filter held the request.
         let body = host.request_body(size).unwrap_or_default();
         let decision = store::decide(&runtime, host, &route, &body, &key, &reply);
+        let decision = self.sampled(host, &runtime, &route, decision);
         if self.act(host, &route, decision) == Next::Continue {
             host.resume_request();
             return Some(size);
         }
         None
+    }
+
+    /// The environment's `live_sample`: a would-be-virtual answer (hit or synthesized) whose key is in the
+    /// sample goes live instead; in parity mode its virtual answer is kept for the comparison.
+    fn sampled(&mut self, host: &dyn Host, runtime: &Runtime, route: &Route, decision: Decision) -> Decision {
+        match (self.forced, runtime.active(), decision) {
+            (None, Some(active), Decision::Respond(r))
+                if matches!(r.outcome, Outcome::Hit | Outcome::Synthesized)
+                    && r.key().is_some_and(|k| active.samples(k)) =>
+            {
+                host.increment(Counter::LiveSampled);
+                if active.mode == PolicyMode::Parity {
+                    let asset =
+                        if r.outcome == Outcome::Hit { r.key().and_then(|k| runtime.asset_label(k)) } else { None };
+                    let asset = asset.map(str::to_string);
+                    self.parity = Some(ParityCheck::new(route, r, asset.as_deref()));
+                }
+                Decision::Forward(Outcome::Hit)
+            }
+            (_, _, d) => d,
+        }
     }
 
     fn act(&mut self, host: &dyn Host, route: &Route, decision: Decision) -> Next {
@@ -252,12 +318,14 @@ impl Flow {
             Decision::Forward(o) => *o,
             Decision::Fetch(_) => Outcome::Miss,
         };
-        host.increment(match outcome {
-            Outcome::Hit => Counter::Hits,
-            Outcome::Miss => Counter::Misses,
-            Outcome::Synthesized => Counter::Synthesized,
-            Outcome::BadRequest => Counter::BadRequests,
-            Outcome::OverBudget => Counter::OverBudget,
+        host.increment(match (outcome, &decision) {
+            // Sent live by the sample: counted as `live_sampled`, not as a hit.
+            (Outcome::Hit, Decision::Forward(_)) => Counter::Passthroughs,
+            (Outcome::Hit, _) => Counter::Hits,
+            (Outcome::Miss, _) => Counter::Misses,
+            (Outcome::Synthesized, _) => Counter::Synthesized,
+            (Outcome::BadRequest, _) => Counter::BadRequests,
+            (Outcome::OverBudget, _) => Counter::OverBudget,
         });
         if let Decision::Respond(LocalResponse { accounting: Some(a), .. }) = &decision {
             host.account(a);
@@ -284,8 +352,10 @@ impl Flow {
                 self.state = State::Answered;
                 Next::Pause
             }
-            Decision::Forward(_) => {
-                host.increment(Counter::Passthroughs);
+            Decision::Forward(o) => {
+                if o != Outcome::Hit {
+                    host.increment(Counter::Passthroughs);
+                }
                 self.state = State::Forwarded;
                 Next::Continue
             }
@@ -437,6 +507,15 @@ mod tests {
         mode: Mode,
         pacing: Option<understudy_matcher::record::PacingConfig>,
     ) -> Rc<Runtime> {
+        Rc::new(Runtime::compile(config_with(on_miss, latency_ms, mode, pacing)).unwrap())
+    }
+
+    fn config_with(
+        on_miss: OnMiss,
+        latency_ms: u64,
+        mode: Mode,
+        pacing: Option<understudy_matcher::record::PacingConfig>,
+    ) -> PluginConfig {
         let body: serde_json::Value = serde_json::from_str(REQ).unwrap();
         let route = classify("POST", "/v1/chat/completions").unwrap();
         let (key, _) =
@@ -457,7 +536,7 @@ mod tests {
             },
         }))
         .unwrap();
-        let cfg = PluginConfig {
+        PluginConfig {
             on_miss,
             normalization: NormalizationConfig::default(),
             bundle: Some(Bundle::sealed(vec![asset])),
@@ -467,8 +546,120 @@ mod tests {
             mode,
             record: Default::default(),
             pacing,
+            policy: None,
+            parity: Default::default(),
+        }
+    }
+
+    /// The test runtime under a policy, in the environment `env` names.
+    fn runtime_in(policy: serde_json::Value, env: &str) -> Rc<Runtime> {
+        let mut cfg = config_with(OnMiss::Error, 0, Mode::Replay, None);
+        cfg.policy = Some(serde_json::from_value(policy).unwrap());
+        let mut rt = Runtime::compile(cfg).unwrap();
+        let node = understudy_matcher::policy::NodeInfo { understudy_env: Some(env.into()), ..Default::default() };
+        rt.enter(&node).unwrap();
+        Rc::new(rt)
+    }
+
+    const SECRET: &str = "s3cret-token";
+
+    fn mesh() -> serde_json::Value {
+        serde_json::json!({
+            "environments": {
+                "prod": {"mode": "live"},
+                "staging": {"mode": "parity"},
+                "sampled": {"mode": "replay", "live_sample": 1.0},
+                "ci": {"mode": "replay"},
+            },
+            "override": {"secret_sha256": understudy_matcher::policy::secret_sha256(SECRET)},
+        })
+    }
+
+    fn run(f: &mut Flow, h: &FakeHost) -> Next {
+        f.on_request_headers(h, false);
+        f.on_request_body(h, h.body.len(), true)
+    }
+
+    #[test]
+    fn live_environments_leave_llm_calls_alone_and_count_them() {
+        let rt = runtime_in(mesh(), "prod");
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(rt);
+        assert_eq!(f.on_request_headers(&h, false), Next::Continue);
+        assert_eq!(f.on_request_body(&h, 5, false), Next::Continue, "not buffered");
+        assert_eq!(f.on_request_body(&h, REQ.len(), true), Next::Continue);
+        assert!(h.sent.borrow().is_none() && !f.forwarded());
+        assert_eq!(*h.counters.borrow(), vec![Counter::Live]);
+        assert!(!h.request_changes.borrow().iter().any(|(k, _)| k == "accept-encoding"));
+    }
+
+    #[test]
+    fn a_sampled_hit_goes_live_counted_apart_and_parity_keeps_the_virtual_answer() {
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime_in(mesh(), "sampled"));
+        assert_eq!(run(&mut f, &h), Next::Continue);
+        assert!(f.forwarded() && h.sent.borrow().is_none());
+        assert!(f.take_parity().is_none(), "replay with a sample checks nothing");
+        assert_eq!(*h.counters.borrow(), vec![Counter::LiveSampled, Counter::Requests, Counter::Passthroughs]);
+        assert!(h.accounted.borrow().is_empty(), "a live call saved nothing");
+        // ci: no sample, answered virtually.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime_in(mesh(), "ci"));
+        assert_eq!(run(&mut f, &h), Next::Pause);
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Hits]);
+        // parity: the hit goes live (uncompressed), its virtual answer kept with its key and asset.
+        let h = host("/v1/chat/completions", REQ);
+        let mut f = Flow::new(runtime_in(mesh(), "staging"));
+        assert_eq!(run(&mut f, &h), Next::Continue);
+        assert!(h.request_changes.borrow().contains(&("accept-encoding".to_string(), None)));
+        let check = f.take_parity().unwrap();
+        assert_eq!(check.key().len(), 64);
+        // parity: a miss goes live too, to be recorded like record_missing.
+        let other = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"new"}]}"#;
+        let h = host("/v1/chat/completions", other);
+        let mut f = Flow::new(runtime_in(mesh(), "staging"));
+        assert_eq!(run(&mut f, &h), Next::Continue);
+        assert!(f.forwarded() && f.take_parity().is_none());
+        assert_eq!(*h.counters.borrow(), vec![Counter::Requests, Counter::Misses, Counter::Passthroughs]);
+    }
+
+    #[test]
+    fn an_override_needs_the_secret_and_its_headers_never_go_upstream() {
+        let stripped = |h: &FakeHost| {
+            let c = h.request_changes.borrow();
+            c.contains(&(OVERRIDE_HEADER.to_string(), None)) && c.contains(&(OVERRIDE_TOKEN_HEADER.to_string(), None))
         };
-        Rc::new(Runtime::compile(cfg).unwrap())
+        // A wrong secret: ignored and counted, the request is served as without it.
+        let mut h = host("/v1/chat/completions", REQ);
+        h.headers.push((OVERRIDE_HEADER.into(), "live".into()));
+        h.headers.push((OVERRIDE_TOKEN_HEADER.into(), "guess".into()));
+        let mut f = Flow::new(runtime_in(mesh(), "ci"));
+        assert_eq!(run(&mut f, &h), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 200);
+        assert_eq!(*h.counters.borrow(), vec![Counter::OverrideRefused, Counter::Requests, Counter::Hits]);
+        assert!(stripped(&h));
+        // Without a policy the header is refused too.
+        let mut h = host("/v1/chat/completions", REQ);
+        h.headers.push((OVERRIDE_HEADER.into(), "live".into()));
+        h.headers.push((OVERRIDE_TOKEN_HEADER.into(), SECRET.into()));
+        let mut f = Flow::new(runtime(OnMiss::Error));
+        assert_eq!(run(&mut f, &h), Next::Pause);
+        assert_eq!(h.counters.borrow()[0], Counter::OverrideRefused);
+        // With the secret: live in ci, virtual in prod.
+        let mut h = host("/v1/chat/completions", REQ);
+        h.headers.push((OVERRIDE_HEADER.into(), "live".into()));
+        h.headers.push((OVERRIDE_TOKEN_HEADER.into(), SECRET.into()));
+        let mut f = Flow::new(runtime_in(mesh(), "ci"));
+        assert_eq!(run(&mut f, &h), Next::Continue);
+        assert!(f.forwarded() && stripped(&h));
+        assert_eq!(*h.counters.borrow(), vec![Counter::OverrideApplied, Counter::Requests, Counter::Passthroughs]);
+        let mut h = host("/v1/chat/completions", REQ);
+        h.headers.push((OVERRIDE_HEADER.into(), "virtual".into()));
+        h.headers.push((OVERRIDE_TOKEN_HEADER.into(), SECRET.into()));
+        let mut f = Flow::new(runtime_in(mesh(), "prod"));
+        assert_eq!(run(&mut f, &h), Next::Pause);
+        assert_eq!(h.sent.borrow().as_ref().unwrap().0, 200);
+        assert_eq!(*h.counters.borrow(), vec![Counter::OverrideApplied, Counter::Requests, Counter::Hits]);
     }
 
     fn host(path: &str, body: &str) -> FakeHost {

@@ -25,11 +25,24 @@ pub enum Counter {
     /// Fetches that failed: no answer, a timeout, an HTTP status other than 200 or 404, or an entry refused
     /// by verification. The request then got the miss policy.
     StoreErrors,
+    /// LLM calls left alone because the environment's policy is `live` (not buffered, decided or recorded).
+    Live,
+    /// Would-be-virtual calls (hits, synthesized answers) sent live instead, as the `live_sample` chose them.
+    LiveSampled,
+    /// Parity checks whose live answer matched what Understudy would have served.
+    ParityMatch,
+    /// Parity checks that found a difference (logged with the key, the asset and the paths; sent to the
+    /// collector).
+    ParityMismatch,
+    /// Per-request overrides honoured (the secret matched).
+    OverrideApplied,
+    /// Override headers ignored: no override configured, no or a wrong secret, an unknown value.
+    OverrideRefused,
 }
 
 impl Counter {
     /// Every counter, in definition order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Requests,
         Counter::Hits,
         Counter::Misses,
@@ -40,6 +53,12 @@ impl Counter {
         Counter::OverBudget,
         Counter::StoreFetches,
         Counter::StoreErrors,
+        Counter::Live,
+        Counter::LiveSampled,
+        Counter::ParityMatch,
+        Counter::ParityMismatch,
+        Counter::OverrideApplied,
+        Counter::OverrideRefused,
     ];
 
     /// Stat name as Envoy shows it.
@@ -55,6 +74,12 @@ impl Counter {
             Counter::OverBudget => "understudy.over_budget",
             Counter::StoreFetches => "understudy.store_fetches",
             Counter::StoreErrors => "understudy.store_errors",
+            Counter::Live => "understudy.live",
+            Counter::LiveSampled => "understudy.live_sampled",
+            Counter::ParityMatch => "understudy.parity_match",
+            Counter::ParityMismatch => "understudy.parity_mismatch",
+            Counter::OverrideApplied => "understudy.override_applied",
+            Counter::OverrideRefused => "understudy.override_refused",
         }
     }
 }

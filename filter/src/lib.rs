@@ -11,6 +11,7 @@
 //! the body ends) and reported loudly: a critical log line and the `understudy.misconfigured` counter.
 
 pub mod embedded;
+pub mod env;
 pub mod flow;
 pub mod host;
 pub mod metrics;

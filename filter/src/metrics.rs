@@ -225,7 +225,7 @@ pub struct ProxyWasm;
 #[cfg(target_arch = "wasm32")]
 impl StatsHost for ProxyWasm {
     fn define_counter(&self, name: &str) -> Option<u32> {
-        proxy_wasm::hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
+        proxy_wasm::hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, &crate::env::stat_name(name)).ok()
     }
 
     fn add(&self, id: u32, n: u64) {

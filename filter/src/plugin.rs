@@ -9,6 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use understudy_matcher::Runtime;
 
+use crate::env;
 use crate::flow::{Flow, Next};
 use crate::host::{Counter, Host};
 use crate::metrics::{CostMetrics, ProxyWasm};
@@ -101,45 +102,74 @@ fn record_memory(gauge: Option<u32>, seen: &Cell<u64>) {
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
+impl Root {
+    /// Defines the counters and the memory gauge (named with the environment, once it is known).
+    fn define_metrics(&mut self) -> bool {
         let mut ids = [0u32; Counter::ALL.len()];
         for (slot, c) in ids.iter_mut().zip(Counter::ALL) {
-            match hostcalls::define_metric(MetricType::Counter, c.stat_name()) {
+            let name = env::stat_name(c.stat_name());
+            match hostcalls::define_metric(MetricType::Counter, &name) {
                 Ok(id) => *slot = id,
                 Err(e) => {
-                    log(LogLevel::Critical, &format!("understudy: cannot define metric {}: {e:?}", c.stat_name()));
+                    log(LogLevel::Critical, &format!("understudy: cannot define metric {name}: {e:?}"));
                     return false;
                 }
             }
         }
         self.metrics = Rc::new(ids);
-        self.memory_gauge = hostcalls::define_metric(MetricType::Gauge, MEMORY_GAUGE).ok();
+        self.memory_gauge = hostcalls::define_metric(MetricType::Gauge, &env::stat_name(MEMORY_GAUGE)).ok();
+        true
+    }
+}
+
+/// Reads the node metadata and applies the policy of the environment it names (once per VM).
+fn enter_environment(rt: &mut Runtime) {
+    let Some(label) = rt.policy().map(|p| p.label().to_string()) else { return };
+    let property = |path: &[&str]| hostcalls::get_property(path.to_vec()).ok().flatten();
+    let node = env::node_info(&property, &label);
+    let Some(a) = rt.enter(&node) else { return };
+    env::set_stat_env(Some(&a.name));
+    for why in &a.ignored {
+        log(LogLevel::Warn, &format!("understudy: node metadata ignored: {why}"));
+    }
+    log(
+        LogLevel::Info,
+        &format!(
+            "understudy: environment {} (from {}{}): mode {}, live_sample {}",
+            a.name,
+            a.source.describe(&label),
+            if a.listed { "" } else { "; not in the policy: its default applies" },
+            a.mode.name(),
+            a.live_sample
+        ),
+    );
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
         let started = now_nanos();
-        let Some(bytes) = self.get_plugin_configuration() else {
-            log(
-                LogLevel::Critical,
-                "understudy: no plugin configuration; it must carry the asset bundle (see `understudy bundle`)",
-            );
+        let loaded = match self.get_plugin_configuration() {
+            None => {
+                Err("no plugin configuration; it must carry the asset bundle (see `understudy bundle`)".to_string())
+            }
+            Some(bytes) => match std::str::from_utf8(&bytes) {
+                // Without an inline bundle, the one `understudy package --assets` embedded in this module (if any).
+                Ok(text) => match crate::embedded::bundle() {
+                    Ok(embedded) => Runtime::from_json_sealed_embedded(text, embedded)
+                        .map_err(|e| format!("invalid plugin configuration: {e}")),
+                    Err(e) => Err(format!("{e}; package the module again")),
+                },
+                Err(e) => Err(format!("plugin configuration is not UTF-8: {e}")),
+            },
+        };
+        // The environment first: every stat name carries it.
+        let mut loaded = loaded;
+        if let Ok(rt) = loaded.as_mut() {
+            enter_environment(rt);
+        }
+        if !self.define_metrics() {
             return false;
-        };
-        let text = match std::str::from_utf8(&bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                log(LogLevel::Critical, &format!("understudy: plugin configuration is not UTF-8: {e}"));
-                return false;
-            }
-        };
-        // Without an inline bundle, the one `understudy package --assets` embedded in this module (if any).
-        let embedded = match crate::embedded::bundle() {
-            Ok(e) => e,
-            Err(e) => {
-                log(LogLevel::Critical, &format!("understudy: {e}; package the module again"));
-                return false;
-            }
-        };
-        let loaded = Runtime::from_json_sealed_embedded(text, embedded);
-        drop(bytes);
+        }
         match loaded {
             Ok(rt) => {
                 let ms = now_nanos().saturating_sub(started) / 1_000_000;
@@ -198,7 +228,7 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                log(LogLevel::Critical, &format!("understudy: invalid plugin configuration: {e}"));
+                log(LogLevel::Critical, &format!("understudy: {e}"));
                 false
             }
         }
@@ -262,7 +292,8 @@ impl Http {
     fn after_request(&mut self, end_of_stream: bool, body_size: usize) {
         if let (true, true, Some(r)) = (end_of_stream, self.flow.forwarded(), &self.record) {
             if !self.recording.active() {
-                self.recording.begin(r, body_size);
+                let parity = self.flow.take_parity();
+                self.recording.begin(r, body_size, parity);
             }
         }
     }
@@ -354,7 +385,11 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         if let Some(r) = &self.record {
-            self.recording.done(r);
+            match self.recording.done(r) {
+                Some(true) => self.host.increment(Counter::ParityMatch),
+                Some(false) => self.host.increment(Counter::ParityMismatch),
+                None => {}
+            }
         }
     }
 }

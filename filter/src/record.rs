@@ -213,7 +213,7 @@ mod tests {
     use super::*;
 
     fn d(id: &str, len: usize) -> Delivery {
-        Delivery { id: id.into(), key: "k".into(), body: vec![b'x'; len] }
+        Delivery { path: "/v1/captures", id: id.into(), key: "k".into(), body: vec![b'x'; len] }
     }
 
     #[test]

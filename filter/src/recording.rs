@@ -9,6 +9,8 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 use understudy_matcher::limits::RECORD_DELIVERY_TIMEOUT_MS;
+use understudy_matcher::parity::Observed;
+use understudy_matcher::policy::{mismatch_message, parity_delivery, ParityCheck};
 use understudy_matcher::record::Capture;
 use understudy_matcher::{classify, Runtime};
 
@@ -16,9 +18,6 @@ use crate::record::{Answered, Outbox, RecordStat, PENDING_GAUGE};
 
 /// This VM's outbox, shared by the root context and every HTTP context.
 pub(crate) type SharedOutbox = Rc<RefCell<Outbox>>;
-
-/// The path captures are posted to on the collector.
-pub(crate) const CAPTURE_PATH: &str = "/v1/captures";
 
 /// Record-mode metric ids.
 pub(crate) struct Metrics {
@@ -31,10 +30,10 @@ impl Metrics {
     pub(crate) fn define() -> Result<Metrics, String> {
         let mut counters = [0u32; 4];
         for (slot, s) in counters.iter_mut().zip(RecordStat::ALL) {
-            *slot = hostcalls::define_metric(MetricType::Counter, s.stat_name())
+            *slot = hostcalls::define_metric(MetricType::Counter, &crate::env::stat_name(s.stat_name()))
                 .map_err(|e| format!("cannot define metric {}: {e:?}", s.stat_name()))?;
         }
-        let pending = hostcalls::define_metric(MetricType::Gauge, PENDING_GAUGE)
+        let pending = hostcalls::define_metric(MetricType::Gauge, &crate::env::stat_name(PENDING_GAUGE))
             .map_err(|e| format!("cannot define metric {PENDING_GAUGE}: {e:?}"))?;
         Ok(Metrics { counters, pending })
     }
@@ -90,6 +89,8 @@ pub(crate) struct Recording {
     /// Bytes charged to the outbox's buffer for it.
     charged: usize,
     ended: bool,
+    /// Parity: the answer is compared with this virtual one instead of being recorded.
+    parity: Option<ParityCheck>,
 }
 
 impl Recording {
@@ -99,8 +100,9 @@ impl Recording {
         self.request = Some((get(":method"), get(":path")));
     }
 
-    /// The request has been forwarded upstream: start capturing it.
-    pub(crate) fn begin(&mut self, r: &RecordCtx, body_size: usize) {
+    /// The request has been forwarded upstream: start capturing it (for a parity check, to compare it with
+    /// `parity`; the virtual answer's bytes are charged to the record buffer too).
+    pub(crate) fn begin(&mut self, r: &RecordCtx, body_size: usize, parity: Option<ParityCheck>) {
         let Some((method, path)) = self.request.take() else { return };
         let Some(route) = classify(&method, &path) else { return };
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
@@ -108,10 +110,11 @@ impl Recording {
         r.metrics.pending(1);
         match r.runtime.recorder().begin(&route, &path, &body, now, None) {
             Ok(c) => {
-                let held = c.held_bytes();
+                let held = c.held_bytes() + parity.as_ref().map_or(0, ParityCheck::held_bytes);
                 if r.outbox.borrow_mut().reserve(held) {
                     self.charged = held;
                     self.capture = Some(c);
+                    self.parity = parity;
                 } else {
                     r.metrics.pending(-1);
                     r.metrics.dropped(
@@ -173,6 +176,7 @@ impl Recording {
 
     fn give_up(&mut self, r: &RecordCtx, stat: RecordStat, what: &str) {
         self.capture = None;
+        self.parity = None;
         r.outbox.borrow_mut().release(std::mem::take(&mut self.charged));
         r.metrics.pending(-1);
         r.metrics.dropped(stat, what);
@@ -180,23 +184,51 @@ impl Recording {
 
     /// The stream is over: a whole answer becomes a capture for the collector; one that never ended (a
     /// reset stream, a client that hung up) is counted as truncated.
-    pub(crate) fn done(&mut self, r: &RecordCtx) {
-        let Some(c) = self.capture.take() else { return };
+    /// A parity check answers whether the live answer matched (`None`: no check was made).
+    pub(crate) fn done(&mut self, r: &RecordCtx) -> Option<bool> {
+        let c = self.capture.take()?;
+        let parity = self.parity.take();
         r.outbox.borrow_mut().release(std::mem::take(&mut self.charged));
         let id = c.id().to_string();
         if !self.ended {
             r.metrics.pending(-1);
             r.metrics.dropped(RecordStat::Truncated, &format!("capture {id}: the answer never ended (stream reset)"));
-            return;
+            return None;
         }
         let now = now_nanos();
-        let delivery = match r.runtime.recorder().finish(c, now) {
-            Ok(d) => d,
-            Err(skip) => {
-                r.metrics.pending(-1);
-                r.metrics.dropped(RecordStat::of_skip(&skip), &format!("capture {id}: {skip}"));
-                return;
+        let mut matched = None;
+        let delivery = match parity {
+            Some(check) => {
+                let (status, content_type, body) = c.answer();
+                let live = Observed { status, content_type, body };
+                let env = r.runtime.active().map_or("default", |a| a.name.as_str());
+                let parity = r.runtime.policy().map(|p| p.parity());
+                let Some(parity) = parity else {
+                    r.metrics.pending(-1);
+                    return None;
+                };
+                let record = check.judge(parity, env, live, now / 1_000_000);
+                matched = Some(record.verdict.matched);
+                if !record.verdict.matched {
+                    log(LogLevel::Warn, &mismatch_message(&record));
+                }
+                match parity_delivery(&record, format!("parity-{id}")) {
+                    Ok(d) => d,
+                    Err(why) => {
+                        r.metrics.pending(-1);
+                        r.metrics.dropped(RecordStat::Failed, &format!("{id}: {why}"));
+                        return matched;
+                    }
+                }
             }
+            None => match r.runtime.recorder().finish(c, now) {
+                Ok(d) => d,
+                Err(skip) => {
+                    r.metrics.pending(-1);
+                    r.metrics.dropped(RecordStat::of_skip(&skip), &format!("capture {id}: {skip}"));
+                    return None;
+                }
+            },
         };
         let was_idle = r.outbox.borrow().is_idle();
         match r.outbox.borrow_mut().push(delivery, now) {
@@ -204,12 +236,13 @@ impl Recording {
             Err(why) => {
                 r.metrics.pending(-1);
                 r.metrics.dropped(RecordStat::Failed, &format!("capture {id} FAILED: {why}"));
-                return;
+                return matched;
             }
         }
         if was_idle {
             (r.start_tick)();
         }
+        matched
     }
 }
 
@@ -221,7 +254,7 @@ pub(crate) fn pump(r: &RecordCtx) {
         let id = p.delivery.id.clone();
         let headers = vec![
             (":method", "POST"),
-            (":path", CAPTURE_PATH),
+            (":path", p.delivery.path),
             (":authority", "understudy-collector"),
             ("content-type", "application/json"),
             ("x-understudy-capture", id.as_str()),
@@ -261,9 +294,11 @@ pub(crate) fn on_answer(r: &RecordCtx, token: u32, body_size: usize) {
 
 fn settle(r: &RecordCtx, a: Answered) {
     match a {
-        Answered::Delivered(_) => {
+        Answered::Delivered(id) => {
             r.metrics.pending(-1);
-            r.metrics.count(RecordStat::Recorded);
+            if !id.starts_with("parity-") {
+                r.metrics.count(RecordStat::Recorded);
+            }
         }
         Answered::GaveUp(id, why) => {
             r.metrics.pending(-1);

@@ -120,6 +120,8 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).expect("runtime compiles")
 }

@@ -25,6 +25,8 @@ pub mod error;
 pub mod headers;
 pub mod key;
 pub mod limits;
+pub mod parity;
+pub mod policy;
 pub mod record;
 mod runtime;
 pub mod store;

@@ -177,3 +177,9 @@ pub const PER_VM_BUDGET: u64 = REQUEST_BUDGET
     + MEMO_BYTES as u64
     + RECORD_BUFFER_BYTES as u64
     + STORE_CACHE_BYTES as u64;
+/// Most differences one parity comparison reports (`docs/parity.md`); the rest are dropped, the verdict stays
+/// a mismatch.
+pub const MAX_PARITY_DIFFS: usize = 64;
+
+/// Longest value quoted in a parity difference, in chars (longer ones are cut and end with `…`).
+pub const MAX_PARITY_VALUE_CHARS: usize = 200;

@@ -40,6 +40,9 @@ use crate::limits::{ANSWER_BUDGET, MAX_CAPTURE_BYTES, MAX_TIMING_CHUNKS, REQUEST
 /// Version tag of a capture, the document the filter sends the collector.
 pub const CAPTURE_FORMAT: &str = "understudy.capture/v1";
 
+/// The collector's path captures are posted to.
+pub const CAPTURE_PATH: &str = "/v1/captures";
+
 /// What the replacement of a redacted JSON value is, unless configured.
 pub const DEFAULT_REPLACEMENT: &str = "[REDACTED]";
 
@@ -401,6 +404,11 @@ impl Recorder {
         self.mode
     }
 
+    /// The environment's policy sets the mode (the settings stay).
+    pub(crate) fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
     /// The Envoy cluster of the collector.
     pub fn collector(&self) -> &str {
         &self.collector
@@ -632,7 +640,7 @@ impl Recorder {
         }
         let doc = json!({"format": CAPTURE_FORMAT, "id": c.id, "key": c.key, "asset": asset});
         let bytes = crate::budget::to_vec_exact(&doc);
-        Ok(Delivery { id: c.id, key: c.key, body: bytes })
+        Ok(Delivery { path: CAPTURE_PATH, id: c.id, key: c.key, body: bytes })
     }
 
     /// Redacts a JSON answer: the response pointers, then the patterns in every string.
@@ -788,6 +796,12 @@ impl Capture {
             + self.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>()
     }
 
+    /// The answer as received so far: status, `content-type` and body (what a parity check compares).
+    pub fn answer(&self) -> (u16, Option<&str>, &[u8]) {
+        let ct = self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.as_str());
+        (self.status, ct, &self.body)
+    }
+
     /// The answer's status and headers.
     pub fn response_headers(&mut self, status: u16, headers: Vec<(String, String)>) {
         self.status = status;
@@ -827,6 +841,9 @@ impl Capture {
 /// A finished capture, ready for the collector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The collector's path it is posted to ([`CAPTURE_PATH`], or `crate::policy::PARITY_PATH` for a parity
+    /// record).
+    pub path: &'static str,
     /// The capture id (a repeated delivery of it is recognized by the collector).
     pub id: String,
     /// The key.

@@ -98,6 +98,8 @@ fn runtime(on_miss: OnMiss) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -40,6 +40,8 @@ fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -81,6 +81,8 @@ fn the_limit_table_states_every_constant() {
         ("MAX_MODEL_LABELS", format!("{MAX_MODEL_LABELS} models")),
         ("MAX_MODEL_LABEL_BYTES", format!("{MAX_MODEL_LABEL_BYTES} bytes")),
         ("MAX_CAPTURE_BYTES", size(MAX_CAPTURE_BYTES as u64)),
+        ("MAX_PARITY_DIFFS", format!("{MAX_PARITY_DIFFS} differences")),
+        ("MAX_PARITY_VALUE_CHARS", format!("{MAX_PARITY_VALUE_CHARS} chars")),
         ("RECORD_BUFFER_BYTES", size(RECORD_BUFFER_BYTES as u64)),
         ("RECORD_QUEUE_ENTRIES", format!("{} captures", thousands(RECORD_QUEUE_ENTRIES as u64))),
         ("RECORD_ATTEMPTS", format!("{RECORD_ATTEMPTS} attempts")),

@@ -60,7 +60,25 @@ def generated(request, tmp_path_factory) -> dict[str, Path]:
     extra = ["--target", request.param, "--listen", "127.0.0.1"]
     if request.param == "sidecar":
         extra += ["--selector", "app=checkout-tests", "--port", "18080"]
+        # A mesh-wide policy (docs/policy.md) rides in the plugin configuration: schema-checked and loaded below.
+        policy = out.parent / f"policy-{request.param}.json"
+        policy.write_text(json.dumps(POLICY))
+        extra += ["--policy", str(policy)]
     return manifests(out, *extra)
+
+
+POLICY = {"environments": {"ci": {"mode": "replay"}, "staging": {"mode": "parity", "live_sample": 0.02},
+                           "prod": {"mode": "live"}}}
+
+
+def test_the_policy_and_the_environment_travel_with_the_manifests(generated):
+    plugin = docs(generated["istio.yaml"])[0]["spec"]["pluginConfig"]
+    with_policy = "sidecar" in generated["istio.yaml"].parent.name
+    assert ("policy" in plugin) == with_policy
+    if with_policy:
+        assert plugin["policy"]["environments"]["staging"] == POLICY["environments"]["staging"]
+    boot = yaml.safe_load(generated["envoy.yaml"].read_text())
+    assert boot["node"]["metadata"] == {"UNDERSTUDY_ENV": "ci"}
 
 
 def test_every_istio_manifest_validates_against_istios_schemas(generated):

@@ -376,6 +376,8 @@ fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
+        parity: Default::default(),
     }
 }
 

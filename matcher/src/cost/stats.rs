@@ -43,9 +43,32 @@ pub const TAG_OPERATION: &str = "gen_ai_operation_name";
 /// OpenTelemetry `gen_ai.request.model`.
 pub const TAG_MODEL: &str = "gen_ai_request_model";
 
+/// The environment of the VM that counted (docs/policy.md): on every stat when a policy is configured, first
+/// after `understudy.`. Bounded: one environment per Envoy, a name of at most 63 safe characters.
+pub const TAG_ENV: &str = "understudy_env";
+
+/// `name` (a stat name under `understudy.`) labeled with the environment `env`, when there is one.
+pub fn with_env(name: &str, env: Option<&str>) -> String {
+    match (env, name.strip_prefix(PREFIX).and_then(|n| n.strip_prefix('.'))) {
+        (Some(env), Some(rest)) => format!("{PREFIX}.{TAG_ENV}=.={env};.;{rest}"),
+        _ => name.to_string(),
+    }
+}
+
+/// A stat name without its environment label (with or without `wasmcustom.` in front), and the environment.
+pub fn strip_env(name: &str) -> (Cow<'_, str>, Option<&str>) {
+    let tag = format!("{PREFIX}.{TAG_ENV}=.=");
+    let Some(at) = name.find(&tag) else { return (Cow::Borrowed(name), None) };
+    let value_at = at + tag.len();
+    let Some(rest) = name.get(value_at..) else { return (Cow::Borrowed(name), None) };
+    let Some((env, after)) = rest.split_once(";.;") else { return (Cow::Borrowed(name), None) };
+    let head = name.get(..at).unwrap_or_default();
+    (Cow::Owned(format!("{head}{PREFIX}.{after}")), Some(env))
+}
+
 /// Every label, in the order they are written into a name (the model last, so no other tag's regex can
 /// match inside a model name).
-pub const TAGS: [&str; 4] = [TAG_TOKEN_TYPE, TAG_PROVIDER, TAG_OPERATION, TAG_MODEL];
+pub const TAGS: [&str; 5] = [TAG_ENV, TAG_TOKEN_TYPE, TAG_PROVIDER, TAG_OPERATION, TAG_MODEL];
 
 /// The regex an Envoy `stats_tags` entry needs to extract `tag`: the first group is removed from the name,
 /// the second is the value (Istio's `extraStatTags` form).
@@ -194,6 +217,9 @@ pub struct Series {
 /// Reads a stat name as `/stats` shows it (with or without `wasmcustom.`) back into its metric and labels;
 /// `None` for any other stat.
 pub fn parse_stat_name(name: &str) -> Option<Series> {
+    // Summed over environments: `understudy report` answers for the whole Envoy.
+    let (name, _env) = strip_env(name);
+    let name = name.as_ref();
     let name = name.strip_prefix(ENVOY_NAMESPACE).and_then(|n| n.strip_prefix('.')).unwrap_or(name);
     let mut rest = name.strip_prefix(PREFIX)?.strip_prefix('.')?;
     let (mut token_type, mut provider, mut operation, mut model) = (None, None, None, None);
@@ -269,6 +295,25 @@ mod tests {
         let kept: String =
             name.char_indices().filter(|(i, _)| !remove.iter().any(|r| r.contains(i))).map(|(_, c)| c).collect();
         (kept, tags)
+    }
+
+    #[test]
+    fn the_environment_label_is_extracted_by_envoy_and_ignored_by_the_parser() {
+        let name = stat_name(Metric::VirtualRequests, &labels("openai", "chat", "gpt-4.1"));
+        let tagged = with_env(&name, Some("staging"));
+        assert!(tagged.starts_with("understudy.understudy_env=.=staging;.;gen_ai_provider_name"), "{tagged}");
+        let (kept, tags) = envoy_extract(&format!("wasmcustom.{tagged}"));
+        assert_eq!(kept, "wasmcustom.understudy.virtual_requests_total");
+        assert!(tags.contains(&(TAG_ENV.to_string(), "staging".to_string())));
+        assert_eq!(parse_stat_name(&tagged), parse_stat_name(&name));
+        assert!(parse_stat_name(&name).is_some());
+        let counter = with_env("understudy.hits", Some("ci"));
+        assert_eq!(counter, "understudy.understudy_env=.=ci;.;hits");
+        assert_eq!(strip_env(&format!("wasmcustom.{counter}")), ("wasmcustom.understudy.hits".into(), Some("ci")));
+        assert_eq!(strip_env("wasmcustom.understudy.hits"), ("wasmcustom.understudy.hits".into(), None));
+        assert_eq!(with_env("understudy.hits", None), "understudy.hits");
+        let (kept, _) = envoy_extract(&format!("wasmcustom.{counter}"));
+        assert_eq!(kept, "wasmcustom.understudy.hits");
     }
 
     #[test]

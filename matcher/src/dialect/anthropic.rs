@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::shape::{append, as_object, bad, copy_keys, last_user_text, map, obj, opt_str, pieces, req_array, req_str};
 use super::sse::{event_error, json_events, parse_sse, upstream, Sse};
-use super::{Dialect, Operation, PathView, Route, SynthInput, Usage};
+use super::{Dialect, Operation, ParityFields, PathView, Route, SynthInput, ToolCalls, Usage};
 use crate::stream::{StreamError, StreamOptions};
 use crate::template::Rng;
 use crate::tokens::{estimate_tokens, messages_tokens, value_tokens};
@@ -94,6 +94,17 @@ impl Dialect for Anthropic {
 
     fn fresh_id(&self, _op: Operation, rng: &mut Rng) -> String {
         format!("msg_01{}", rng.base62(22))
+    }
+
+    fn parity_fields(&self, _op: Operation) -> ParityFields {
+        ParityFields {
+            finish: &["/stop_reason"],
+            tools: &[ToolCalls { calls: "/content/*", name: "/name", arguments: "/input" }],
+            usage: "/usage",
+            volatile: &["/content/*/id"],
+            text: "/content",
+            ..ParityFields::default()
+        }
     }
 
     fn synthesize(&self, _op: Operation, input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value> {

@@ -352,6 +352,39 @@ pub enum Refresh {
     IsoTime,
 }
 
+/// Where parity ([`crate::parity`]) finds, in a plain answer of one operation, what tests rely on besides
+/// the answer's JSON shape. Every path is a JSON Pointer in which `*` stands for any array index.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ParityFields {
+    /// Finish / stop reasons (`finish_reason`, `stop_reason`, `finishReason`, `stopReason`, ...).
+    pub finish: &'static [&'static str],
+    /// Tool calls.
+    pub tools: &'static [ToolCalls],
+    /// Embedding vectors: arrays of numbers, or base64 of little-endian f32 (OpenAI's `encoding_format`).
+    pub vectors: &'static [&'static str],
+    /// Where usage is reported (where a usage present on one side only is reported; presence itself is
+    /// [`Dialect::usage`]).
+    pub usage: &'static str,
+    /// Fields that differ on every call (ids, timestamps, fingerprints, timings) besides the top-level
+    /// [`Dialect::refreshed`] ones: neither their presence nor their values count.
+    pub volatile: &'static [&'static str],
+    /// Where the generated text is (where a text difference is reported; the text is [`Dialect::output_text`]).
+    pub text: &'static str,
+}
+
+/// Where an answer holds tool calls: every value `calls` selects that has a string at `name` is one call,
+/// whose argument keys are the keys of the object at `arguments` (or of the JSON object that string holds,
+/// as OpenAI sends them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ToolCalls {
+    /// The calls (a pattern with `*`).
+    pub calls: &'static str,
+    /// The tool's name, relative to a call.
+    pub name: &'static str,
+    /// Its arguments, relative to a call.
+    pub arguments: &'static str,
+}
+
 /// What a `synthesize` rule asks of an API module for one request.
 pub(crate) struct SynthInput<'a> {
     /// The request body.
@@ -499,6 +532,12 @@ pub(crate) trait Dialect: Sync {
     /// Rewrites an embeddings answer's vectors to `want`; false when one could not be converted.
     fn convert_embeddings(&self, _op: Operation, _body: &mut Value, _want: EmbeddingEncoding) -> bool {
         true
+    }
+
+    /// Where parity finds `op`'s finish reasons, tool calls, vectors, usage and volatile fields. By default:
+    /// nowhere (only the answer's shape, usage presence and status class are compared).
+    fn parity_fields(&self, _op: Operation) -> ParityFields {
+        ParityFields::default()
     }
 
     /// A schema-correct plain answer to a request no asset matches; `None` if it can't be made.

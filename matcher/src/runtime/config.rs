@@ -14,6 +14,8 @@ use crate::asset::{
 use crate::cost::{PriceOverrides, Prices};
 use crate::error::ConfigError;
 use crate::key::{NormalizationConfig, Normalizer};
+use crate::parity::ParityConfig;
+use crate::policy::{Policy, PolicyConfig};
 use crate::record::{Mode, PacingConfig, RecordConfig, Recorder};
 use crate::store::remote::{Remote, StoreConfig};
 use crate::store::Store;
@@ -63,6 +65,17 @@ pub struct PluginConfigOf<B> {
     /// Paced replay of recorded streams through the pacer; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pacing: Option<PacingConfig>,
+    /// Per-environment policy (docs/policy.md): each environment's mode, `on_miss` and `live_sample`, and the
+    /// per-request override. Absent: `mode` and `on_miss` apply everywhere, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+    /// How environments in parity mode compare live answers with virtual ones (docs/parity.md).
+    #[serde(default, skip_serializing_if = "is_default_parity")]
+    pub parity: ParityConfig,
+}
+
+fn is_default_parity(p: &ParityConfig) -> bool {
+    *p == ParityConfig::default()
 }
 
 /// `Option::None` for any `B` (serde's `default` on a generic field would require `B: Default`).
@@ -93,6 +106,7 @@ pub(crate) struct Compiled {
     pub(crate) pacing: Option<f64>,
     pub(crate) remote: Option<Remote>,
     pub(crate) source: BundleSource,
+    pub(crate) policy: Option<Policy>,
 }
 
 /// Where a runtime's own assets came from.
@@ -222,6 +236,7 @@ struct Parts {
     recorder: Recorder,
     pacing: Option<f64>,
     remote: Option<Remote>,
+    policy: Option<Policy>,
 }
 
 impl Parts {
@@ -234,17 +249,38 @@ impl Parts {
             recorder: Recorder::compile(cfg.mode, &cfg.record, &cfg.normalization)?,
             pacing: check_pacing(cfg.pacing)?,
             remote: cfg.store.clone().map(|s| Remote::new(s, &cfg.normalization)).transpose()?,
+            policy: compile_policy(cfg.policy.as_ref(), &cfg.parity, cfg.mode, cfg.on_miss, &cfg.record)?,
         })
     }
 
     fn with(self, store: Store, source: BundleSource) -> Compiled {
-        let Parts { on_miss, normalizer, synth, prices, recorder, pacing, remote } = self;
-        Compiled { on_miss, normalizer, store, synth, prices, recorder, pacing, remote, source }
+        let Parts { on_miss, normalizer, synth, prices, recorder, pacing, remote, policy } = self;
+        Compiled { on_miss, normalizer, store, synth, prices, recorder, pacing, remote, source, policy }
     }
 }
 
+/// The policy, compiled; an environment that records needs the collector's cluster.
+fn compile_policy(
+    policy: Option<&PolicyConfig>,
+    parity: &ParityConfig,
+    mode: Mode,
+    on_miss: OnMiss,
+    record: &RecordConfig,
+) -> Result<Option<Policy>, ConfigError> {
+    let Some(cfg) = policy else {
+        // Checked even without a policy: a bad `parity` is a bad configuration.
+        parity.compile()?;
+        return Ok(None);
+    };
+    let p = Policy::compile(cfg, parity, mode, on_miss)?;
+    if p.records() && record.collector.trim().is_empty() {
+        return Err(ConfigError::invalid("record.collector", "names no Envoy cluster, and an environment records"));
+    }
+    Ok(Some(p))
+}
+
 /// `record_missing` forwards misses (to record them) whatever `on_miss` says.
-fn on_miss(on_miss: OnMiss, mode: Mode) -> OnMiss {
+pub(crate) fn on_miss(on_miss: OnMiss, mode: Mode) -> OnMiss {
     if mode == Mode::RecordMissing {
         OnMiss::Passthrough
     } else {

@@ -21,6 +21,7 @@ use crate::cost::Prices;
 use crate::dialect::{error_kind, EmbeddingEncoding, Operation, Route, Usage};
 use crate::error::{ConfigError, RequestError};
 use crate::key::Normalizer;
+use crate::policy::{Active, NodeInfo, Policy};
 use crate::record::{Pace, Recorder};
 use crate::store::answer::{at_path, output_tokens, refresh};
 use crate::store::remote::{FetchedKind, Lookup, Remote};
@@ -63,6 +64,13 @@ pub struct LocalResponse {
     pub accounting: Option<Accounting>,
     /// A recorded stream to send at its recorded pace (through the pacer), when pacing is on.
     pub pace: Option<Box<Pace>>,
+}
+
+impl LocalResponse {
+    /// The request's key, when the answer names it (`x-understudy-key`: hits, synthesized answers, misses).
+    pub fn key(&self) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == "x-understudy-key").map(|(_, v)| v.as_str())
+    }
 }
 
 /// The live call a virtual answer stood in for: who, what, and the tokens and dollars it would have cost.
@@ -184,6 +192,10 @@ pub struct Runtime {
     remote: Option<Remote>,
     /// Where the assets loaded in the VM came from.
     source: BundleSource,
+    /// The per-environment policy, when configured.
+    policy: Option<Policy>,
+    /// This VM's environment and its policy, once [`Runtime::enter`] has resolved it.
+    active: Option<Active>,
 }
 
 impl Runtime {
@@ -228,7 +240,35 @@ impl Runtime {
             pacing: c.pacing,
             remote: c.remote,
             source: c.source,
+            policy: c.policy,
+            active: None,
         }
+    }
+
+    /// The per-environment policy, when the configuration has one.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    /// This VM's environment and its policy (after [`Runtime::enter`]; `None` without a policy).
+    pub fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
+    /// Resolves the environment the node metadata names (once per VM, before serving) and applies its policy:
+    /// its recording mode and miss policy replace the top-level ones. Without a policy nothing changes.
+    pub fn enter(&mut self, node: &NodeInfo) -> Option<&Active> {
+        let active = self.policy.as_ref()?.resolve(node);
+        let mode = active.mode.recorder_mode();
+        self.recorder.set_mode(mode);
+        self.on_miss = config::on_miss(active.on_miss, mode);
+        self.active = Some(active);
+        self.active.as_ref()
+    }
+
+    /// The label (name and `file#index`) of the asset with this key, if one is loaded.
+    pub fn asset_label(&self, key: &str) -> Option<&str> {
+        self.store.by_key(key).map(|(_, a)| a.label.as_str())
     }
 
     /// Record mode and its settings.
@@ -736,6 +776,8 @@ mod tests {
             mode: Default::default(),
             record: Default::default(),
             pacing: None,
+            policy: None,
+            parity: Default::default(),
         };
         serde_json::to_string(&cfg).unwrap()
     }

@@ -26,7 +26,7 @@ mod invoke;
 use serde_json::{json, Value};
 
 use super::eventstream::{self, looks_like};
-use super::{Api, Dialect, Framing, Operation, PathView, Refresh, Route, SynthInput, Usage};
+use super::{Api, Dialect, Framing, Operation, ParityFields, PathView, Refresh, Route, SynthInput, ToolCalls, Usage};
 use crate::stream::{StreamError, StreamOptions};
 use crate::template::Rng;
 
@@ -164,6 +164,33 @@ impl Dialect for Bedrock {
         match op {
             Operation::BedrockInvokeModel => &[("id", Refresh::Id), ("created", Refresh::UnixSeconds)],
             _ => &[],
+        }
+    }
+
+    fn parity_fields(&self, op: Operation) -> ParityFields {
+        match op {
+            Operation::BedrockConverse => ParityFields {
+                finish: &["/stopReason"],
+                tools: &[ToolCalls { calls: "/output/message/content/*/toolUse", name: "/name", arguments: "/input" }],
+                usage: "/usage",
+                // `metrics.latencyMs` is a timing.
+                volatile: &["/metrics", "/output/message/content/*/toolUse/toolUseId"],
+                text: "/output/message/content",
+                ..ParityFields::default()
+            },
+            Operation::BedrockTitanEmbeddings => {
+                ParityFields { vectors: &["/embedding"], usage: "/inputTextTokenCount", ..ParityFields::default() }
+            }
+            // Other model families: the stop fields Llama, Mistral, Cohere and OpenAI-style bodies use.
+            _ => ParityFields {
+                finish: &["/stop_reason", "/outputs/*/stop_reason", "/choices/*/finish_reason", "/finish_reason"],
+                usage: "/usage",
+                volatile: &[
+                    "/amazon-bedrock-invocationMetrics/invocationLatency",
+                    "/amazon-bedrock-invocationMetrics/firstByteLatency",
+                ],
+                ..ParityFields::default()
+            },
         }
     }
 

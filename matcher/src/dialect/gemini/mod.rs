@@ -28,7 +28,7 @@ mod generate;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
-use super::{Api, Dialect, Framing, Operation, PathView, Refresh, Route, SynthInput, Usage};
+use super::{Api, Dialect, Framing, Operation, ParityFields, PathView, Refresh, Route, SynthInput, ToolCalls, Usage};
 use crate::stream::{StreamError, StreamOptions};
 use crate::template::Rng;
 
@@ -164,6 +164,31 @@ impl Dialect for Gemini {
         match op {
             Operation::GenerateContent => &[("responseId", Refresh::Id), ("createTime", Refresh::IsoTime)],
             _ => &[],
+        }
+    }
+
+    fn parity_fields(&self, op: Operation) -> ParityFields {
+        match op {
+            Operation::GenerateContent => ParityFields {
+                finish: &["/candidates/*/finishReason"],
+                tools: &[ToolCalls {
+                    calls: "/candidates/*/content/parts/*/functionCall",
+                    name: "/name",
+                    arguments: "/args",
+                }],
+                usage: "/usageMetadata",
+                // `modelVersion` names the serving snapshot (`gemini-2.0-flash-001`), not the API's shape.
+                volatile: &["/modelVersion", "/candidates/*/content/parts/*/functionCall/id"],
+                text: "/candidates/0/content/parts",
+                ..ParityFields::default()
+            },
+            Operation::EmbedContent => {
+                ParityFields { vectors: &["/embedding/values"], usage: "/usageMetadata", ..ParityFields::default() }
+            }
+            Operation::BatchEmbedContents => {
+                ParityFields { vectors: &["/embeddings/*/values"], usage: "/usageMetadata", ..ParityFields::default() }
+            }
+            _ => ParityFields { usage: "/usageMetadata", ..ParityFields::default() },
         }
     }
 

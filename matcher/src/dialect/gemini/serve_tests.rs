@@ -37,6 +37,8 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
         mode: Default::default(),
         record: Default::default(),
         pacing: None,
+        policy: None,
+        parity: Default::default(),
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -22,7 +22,7 @@ mod ndjson;
 use serde_json::{json, Map, Value};
 
 use super::shape::{content_text, last_user_text};
-use super::{Api, Dialect, Operation, PathView, Refresh, Route, SynthInput, Usage};
+use super::{Api, Dialect, Operation, ParityFields, PathView, Refresh, Route, SynthInput, ToolCalls, Usage};
 use crate::stream::{StreamError, StreamOptions};
 use crate::template::Rng;
 use crate::tokens::{estimate_tokens, value_tokens, MEDIA_TOKENS};
@@ -160,6 +160,36 @@ impl Dialect for Ollama {
 
     fn refreshed(&self, _op: Operation) -> &'static [(&'static str, Refresh)] {
         &[("created_at", Refresh::IsoTime)]
+    }
+
+    fn parity_fields(&self, op: Operation) -> ParityFields {
+        // Timings, and generate's `context` (token ids of the conversation, model-specific).
+        const VOLATILE: &[&str] =
+            &["/total_duration", "/load_duration", "/prompt_eval_duration", "/eval_duration", "/context"];
+        match op {
+            Operation::OllamaChat => ParityFields {
+                finish: &["/done_reason"],
+                tools: &[ToolCalls { calls: "/message/tool_calls/*/function", name: "/name", arguments: "/arguments" }],
+                usage: "/prompt_eval_count",
+                volatile: VOLATILE,
+                text: "/message/content",
+                ..ParityFields::default()
+            },
+            Operation::OllamaGenerate => ParityFields {
+                finish: &["/done_reason"],
+                usage: "/prompt_eval_count",
+                volatile: VOLATILE,
+                text: "/response",
+                ..ParityFields::default()
+            },
+            Operation::OllamaEmbed => ParityFields {
+                vectors: &["/embeddings/*"],
+                usage: "/prompt_eval_count",
+                volatile: VOLATILE,
+                ..ParityFields::default()
+            },
+            _ => ParityFields { vectors: &["/embedding"], ..ParityFields::default() },
+        }
     }
 
     fn synthesize(&self, op: Operation, input: &SynthInput<'_>, _ids: &mut Rng) -> Option<Value> {

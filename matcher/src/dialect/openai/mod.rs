@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::sse::{event_error, json_events, parse_sse, upstream};
-use super::{Api, Dialect, EmbeddingEncoding, Operation, PathView, Route, SynthInput, Usage};
+use super::{Api, Dialect, EmbeddingEncoding, Operation, ParityFields, PathView, Route, SynthInput, ToolCalls, Usage};
 use crate::stream::{StreamError, StreamOptions};
 use crate::template::Rng;
 
@@ -156,6 +156,50 @@ impl Dialect for OpenAi {
 
     fn convert_embeddings(&self, op: Operation, body: &mut Value, want: EmbeddingEncoding) -> bool {
         op != Operation::Embeddings || embeddings::convert(body, want)
+    }
+
+    fn parity_fields(&self, op: Operation) -> ParityFields {
+        // Ids of tool calls and output items are fresh on every call; `system_fingerprint` names the backend.
+        const VOLATILE: &[&str] = &[
+            "/system_fingerprint",
+            "/choices/*/message/tool_calls/*/id",
+            "/output/*/id",
+            "/output/*/call_id",
+            "/completed_at",
+        ];
+        match op {
+            Operation::ChatCompletions => ParityFields {
+                finish: &["/choices/*/finish_reason"],
+                tools: &[
+                    ToolCalls {
+                        calls: "/choices/*/message/tool_calls/*",
+                        name: "/function/name",
+                        arguments: "/function/arguments",
+                    },
+                    ToolCalls { calls: "/choices/*/message/function_call", name: "/name", arguments: "/arguments" },
+                ],
+                usage: "/usage",
+                volatile: VOLATILE,
+                text: "/choices/0/message/content",
+                ..ParityFields::default()
+            },
+            Operation::Completions => ParityFields {
+                finish: &["/choices/*/finish_reason"],
+                usage: "/usage",
+                volatile: VOLATILE,
+                text: "/choices/0/text",
+                ..ParityFields::default()
+            },
+            Operation::Responses => ParityFields {
+                finish: &["/status", "/incomplete_details/reason"],
+                tools: &[ToolCalls { calls: "/output/*", name: "/name", arguments: "/arguments" }],
+                usage: "/usage",
+                volatile: VOLATILE,
+                text: "/output",
+                ..ParityFields::default()
+            },
+            _ => ParityFields { vectors: &["/data/*/embedding"], usage: "/usage", ..ParityFields::default() },
+        }
     }
 
     fn synthesize(&self, op: Operation, input: &SynthInput<'_>, ids: &mut Rng) -> Option<Value> {
