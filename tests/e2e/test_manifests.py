@@ -60,10 +60,6 @@ def generated(request, tmp_path_factory) -> dict[str, Path]:
     extra = ["--target", request.param, "--listen", "127.0.0.1"]
     if request.param == "sidecar":
         extra += ["--selector", "app=checkout-tests", "--port", "18080"]
-        # A mesh-wide policy (docs/policy.md) rides in the plugin configuration: schema-checked and loaded below.
-        policy = out.parent / f"policy-{request.param}.json"
-        policy.write_text(json.dumps(POLICY))
-        extra += ["--policy", str(policy)]
     return manifests(out, *extra)
 
 
@@ -71,14 +67,19 @@ POLICY = {"environments": {"ci": {"mode": "replay"}, "staging": {"mode": "parity
                            "prod": {"mode": "live"}}}
 
 
-def test_the_policy_and_the_environment_travel_with_the_manifests(generated):
-    plugin = docs(generated["istio.yaml"])[0]["spec"]["pluginConfig"]
-    with_policy = "sidecar" in generated["istio.yaml"].parent.name
-    assert ("policy" in plugin) == with_policy
-    if with_policy:
-        assert plugin["policy"]["environments"]["staging"] == POLICY["environments"]["staging"]
-    boot = yaml.safe_load(generated["envoy.yaml"].read_text())
+def test_the_policy_and_the_environment_travel_with_the_manifests(tmp_path):
+    """A mesh-wide policy (docs/policy.md) rides in the plugin configuration, and the plain Envoy bootstrap names
+    the environment in its node metadata."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    files = manifests(tmp_path / "out", "--policy", str(policy), "--listen", "127.0.0.1")
+    schema_check(files["istio.yaml"])
+    plugin = docs(files["istio.yaml"])[0]["spec"]["pluginConfig"]
+    assert plugin["policy"]["environments"]["staging"] == {"mode": "parity", "on_miss": "error", "live_sample": 0.02}
+    boot = yaml.safe_load(files["envoy.yaml"].read_text())
     assert boot["node"]["metadata"] == {"UNDERSTUDY_ENV": "ci"}
+    r = envoy_validate(files["envoy.yaml"])
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_every_istio_manifest_validates_against_istios_schemas(generated):
