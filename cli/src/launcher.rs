@@ -128,6 +128,8 @@ pub struct Plan {
     pub recording_to: Option<String>,
     /// Paced replay: the pacer running in this process.
     pub pacer: Option<crate::pacer::Server>,
+    /// With --policy: the environment and what its policy does, for the banner.
+    pub policy: Option<String>,
 }
 
 /// Where Envoy's own output goes.
@@ -295,6 +297,13 @@ impl EnvoyArgs {
             collector,
             recording_to,
             pacer,
+            policy: self.record.active(self.on_miss, self.env.as_deref())?.map(|a| {
+                let on_miss = match a.on_miss {
+                    understudy_matcher::OnMiss::Error => "error",
+                    understudy_matcher::OnMiss::Passthrough => "passthrough",
+                };
+                format!("environment {}: {} (live_sample {}, on_miss {on_miss})", a.name, a.mode.name(), a.live_sample)
+            }),
         })
     }
 }
