@@ -147,6 +147,8 @@ pub struct Plan {
     watch: Option<(crate::watch::Watch, String)>,
     /// The plugin configuration Envoy starts with.
     plugin_config: String,
+    /// With --policy: the environment and what its policy does, for the banner.
+    pub policy: Option<String>,
 }
 
 /// Where Envoy's own output goes.
@@ -394,6 +396,13 @@ impl EnvoyArgs {
             work,
             watch,
             plugin_config,
+            policy: self.record.active(self.on_miss, self.env.as_deref())?.map(|a| {
+                let on_miss = match a.on_miss {
+                    understudy_matcher::OnMiss::Error => "error",
+                    understudy_matcher::OnMiss::Passthrough => "passthrough",
+                };
+                format!("environment {}: {} (live_sample {}, on_miss {on_miss})", a.name, a.mode.name(), a.live_sample)
+            }),
         })
     }
 }

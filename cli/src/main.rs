@@ -131,20 +131,27 @@ impl RecordArgs {
         Ok(Some((policy, parity)))
     }
 
-    /// Does the environment `env` record (and so need a collector and an assets directory)?
-    pub(crate) fn records(&self, on_miss: OnMissArg, env: Option<&str>) -> Result<bool> {
-        let Some(cfg) = self.policy()? else { return Ok(self.mode.mode().records()) };
-        let policy = understudy_matcher::policy::Policy::compile(
-            &cfg,
-            &Default::default(),
-            self.mode.mode(),
-            on_miss.on_miss(),
-        )?;
+    /// The policy of the environment `env` (`None` without --policy), as the filter will resolve it.
+    pub(crate) fn active(
+        &self,
+        on_miss: OnMissArg,
+        env: Option<&str>,
+    ) -> Result<Option<understudy_matcher::policy::Active>> {
+        let Some(cfg) = self.policy()? else { return Ok(None) };
+        let policy =
+            understudy_matcher::policy::Policy::compile(&cfg, &self.parity()?, self.mode.mode(), on_miss.on_miss())?;
         let node =
             understudy_matcher::policy::NodeInfo { understudy_env: env.map(str::to_string), ..Default::default() };
-        Ok(policy.resolve(&node).mode.recorder_mode().records())
+        Ok(Some(policy.resolve(&node)))
     }
 
+    /// Does the environment `env` record (and so need a collector and an assets directory)?
+    pub(crate) fn records(&self, on_miss: OnMissArg, env: Option<&str>) -> Result<bool> {
+        Ok(match self.active(on_miss, env)? {
+            Some(a) => a.mode.recorder_mode().records(),
+            None => self.mode.mode().records(),
+        })
+    }
     /// The record settings file, or the defaults.
     pub(crate) fn config(&self) -> Result<understudy_matcher::RecordConfig> {
         let Some(p) = &self.record_config else { return Ok(Default::default()) };

@@ -41,6 +41,9 @@ pub fn run(a: UpArgs) -> Result<()> {
         plan.serving,
         plan.on_miss.name()
     );
+    if let Some(p) = &plan.policy {
+        println!("  Policy:             {p}");
+    }
     println!("  OpenAI base URL:    http://127.0.0.1:{port}/v1   (OPENAI_BASE_URL)");
     println!("  Anthropic base URL: http://127.0.0.1:{port}      (ANTHROPIC_BASE_URL)");
     println!("  Stats:              http://{admin}/stats?filter=understudy");

@@ -709,6 +709,29 @@ mod tests {
     }
 
     #[test]
+    fn a_mismatch_is_logged_with_key_asset_and_paths_but_no_values_and_shipped_to_the_parity_path() {
+        use crate::parity::{Diff, DiffKind, Verdict};
+        let route = crate::classify("POST", "/v1/chat/completions").unwrap();
+        let verdict = Verdict {
+            matched: false,
+            diffs: vec![Diff {
+                path: "/choices/0/finish_reason".into(),
+                kind: DiffKind::FinishReason,
+                expected: Some("stop".into()),
+                live: Some("SECRET-LOOKING-OUTPUT".into()),
+            }],
+        };
+        let r = ParityRecord::new(&route, "k".repeat(64), Some("a.json#0".into()), None, "staging", 1, verdict);
+        let line = mismatch_message(&r);
+        assert!(line.contains(&"k".repeat(64)) && line.contains("a.json#0") && line.contains("staging"), "{line}");
+        assert!(line.contains("/choices/0/finish_reason (finish_reason)"), "{line}");
+        assert!(!line.contains("SECRET-LOOKING-OUTPUT") && !line.contains("stop"), "{line}");
+        let d = parity_delivery(&r, "parity-1".into()).unwrap();
+        assert_eq!((d.path, d.id.as_str()), (PARITY_PATH, "parity-1"));
+        assert_eq!(ParityRecord::parse(std::str::from_utf8(&d.body).unwrap()).unwrap(), r);
+    }
+
+    #[test]
     fn the_override_needs_the_secret_and_a_known_value() {
         let secret = "correct horse battery staple";
         let p = policy(json!({"override": {"secret_sha256": secret_sha256(secret)}}));

@@ -271,6 +271,7 @@ def test_parity_detects_each_kind_of_drift_and_reports_it_to_the_collector(
     assert counters["live_sampled"] == len(CASES)
     log = u.log_path.read_text(errors="replace")
     assert "parity MISMATCH" in log and "/choices" in log
+    assert "Policy:             environment staging: parity (live_sample 1, on_miss error)" in log
     u.stop()  # drains: the capture of the miss is on disk
     assert any("brand new question" in p.read_text() for p in policy_assets.glob("**/*.json")
                if ".parity" not in p.parts), "the miss was not recorded"
