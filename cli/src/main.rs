@@ -445,10 +445,7 @@ pub(crate) fn build_plugin_config(spec: &ConfigSpec) -> Result<String> {
         None => None,
     };
     let cfg = understudy_matcher::PluginConfig {
-        on_miss: match spec.on_miss {
-            OnMissArg::Error => understudy_matcher::OnMiss::Error,
-            OnMissArg::Passthrough => understudy_matcher::OnMiss::Passthrough,
-        },
+        on_miss: spec.on_miss.on_miss(),
         normalization: spec.normalization.clone(),
         bundle,
         store: spec.store.clone(),

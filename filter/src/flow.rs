@@ -536,19 +536,7 @@ mod tests {
             },
         }))
         .unwrap();
-        PluginConfig {
-            on_miss,
-            normalization: NormalizationConfig::default(),
-            bundle: Some(Bundle::sealed(vec![asset])),
-            store: None,
-            synthesize: Vec::new(),
-            prices: Default::default(),
-            mode,
-            record: Default::default(),
-            pacing,
-            policy: None,
-            parity: Default::default(),
-        }
+        PluginConfig { on_miss, bundle: Some(Bundle::sealed(vec![asset])), mode, pacing, ..PluginConfig::default() }
     }
 
     /// The test runtime under a policy, in the environment `env` names.

@@ -110,19 +110,8 @@ fn runtime(on_miss: OnMiss, synthesize: Vec<SynthRule>) -> Runtime {
         let key = set.add(&normalizer, &label, &asset, None).expect("example asset compiles");
         assets.push(BundledAsset { key, source: label, asset });
     }
-    let cfg = PluginConfig {
-        on_miss,
-        normalization,
-        bundle: Some(Bundle::sealed(assets)),
-        store: None,
-        synthesize,
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-        policy: None,
-        parity: Default::default(),
-    };
+    let cfg =
+        PluginConfig { on_miss, normalization, bundle: Some(Bundle::sealed(assets)), synthesize, ..PluginConfig::default() };
     Runtime::compile(cfg).expect("runtime compiles")
 }
 

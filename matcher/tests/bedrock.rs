@@ -92,14 +92,8 @@ fn runtime(on_miss: OnMiss) -> Runtime {
         on_miss,
         normalization,
         bundle: Some(Bundle::sealed(bundled)),
-        store: None,
         synthesize,
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-        policy: None,
-        parity: Default::default(),
+        ..PluginConfig::default()
     };
     Runtime::compile(cfg).unwrap()
 }

@@ -30,19 +30,7 @@ fn asset_for(model: &str, content: &str, name: &str, source: &str) -> BundledAss
 }
 
 fn runtime(assets: Vec<BundledAsset>, on_miss: OnMiss) -> Runtime {
-    let cfg = PluginConfig {
-        on_miss,
-        normalization: NormalizationConfig::default(),
-        bundle: Some(Bundle::sealed(assets)),
-        store: None,
-        synthesize: Vec::new(),
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-        policy: None,
-        parity: Default::default(),
-    };
+    let cfg = PluginConfig { on_miss, bundle: Some(Bundle::sealed(assets)), ..PluginConfig::default() };
     Runtime::compile(cfg).unwrap()
 }
 

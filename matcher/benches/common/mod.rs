@@ -366,19 +366,7 @@ fn store_assets(normalizer: &Normalizer, hits: &[(&[u8], String)], total: usize)
 }
 
 fn config(on_miss: OnMiss, bundle: Bundle) -> PluginConfig {
-    PluginConfig {
-        on_miss,
-        normalization: NormalizationConfig::default(),
-        bundle: Some(bundle),
-        store: None,
-        synthesize: Vec::new(),
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-        policy: None,
-        parity: Default::default(),
-    }
+    PluginConfig { on_miss, bundle: Some(bundle), ..PluginConfig::default() }
 }
 
 /// A runtime over `assets`, compiled directly (no JSON round trip, no content hash: set-up speed only), with

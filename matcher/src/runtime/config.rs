@@ -70,12 +70,27 @@ pub struct PluginConfigOf<B> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
     /// How environments in parity mode compare live answers with virtual ones (docs/parity.md).
-    #[serde(default, skip_serializing_if = "is_default_parity")]
+    #[serde(default, skip_serializing_if = "ParityConfig::is_default")]
     pub parity: ParityConfig,
 }
 
-fn is_default_parity(p: &ParityConfig) -> bool {
-    *p == ParityConfig::default()
+/// Every setting at its default and no bundle (serde's defaults; a derive would require `B: Default`).
+impl<B> Default for PluginConfigOf<B> {
+    fn default() -> Self {
+        PluginConfigOf {
+            on_miss: OnMiss::default(),
+            normalization: NormalizationConfig::default(),
+            bundle: None,
+            store: None,
+            synthesize: Vec::new(),
+            prices: PriceOverrides::default(),
+            mode: Mode::default(),
+            record: RecordConfig::default(),
+            pacing: None,
+            policy: None,
+            parity: ParityConfig::default(),
+        }
+    }
 }
 
 /// `Option::None` for any `B` (serde's `default` on a generic field would require `B: Default`).

@@ -762,23 +762,10 @@ mod tests {
     use super::*;
     use crate::asset::{Bundle, BundledAsset};
     use crate::dialect::classify;
-    use crate::key::NormalizationConfig;
     use serde_json::json;
 
     fn bundle_json(assets: Vec<BundledAsset>) -> String {
-        let cfg = PluginConfig {
-            on_miss: OnMiss::Error,
-            normalization: NormalizationConfig::default(),
-            bundle: Some(Bundle::sealed(assets)),
-            store: None,
-            synthesize: Vec::new(),
-            prices: Default::default(),
-            mode: Default::default(),
-            record: Default::default(),
-            pacing: None,
-            policy: None,
-            parity: Default::default(),
-        };
+        let cfg = PluginConfig { bundle: Some(Bundle::sealed(assets)), ..PluginConfig::default() };
         serde_json::to_string(&cfg).unwrap()
     }
 

@@ -6,7 +6,6 @@
 use serde_json::{json, Value};
 
 use crate::asset::{Bundle, BundledAsset};
-use crate::key::NormalizationConfig;
 use crate::runtime::{Decision, LocalResponse, OnMiss, Outcome, PluginConfig, Runtime};
 use crate::synth::SynthRule;
 use crate::{classify, parse_asset_file, Normalizer, Store};
@@ -29,16 +28,9 @@ fn runtime(files: &[(&str, &str)], synthesize: Value) -> Runtime {
     let synthesize: Vec<SynthRule> = serde_json::from_value(synthesize).unwrap();
     let cfg = PluginConfig {
         on_miss: OnMiss::Error,
-        normalization: NormalizationConfig::default(),
         bundle: Some(Bundle::sealed(assets)),
-        store: None,
         synthesize,
-        prices: Default::default(),
-        mode: Default::default(),
-        record: Default::default(),
-        pacing: None,
-        policy: None,
-        parity: Default::default(),
+        ..PluginConfig::default()
     };
     Runtime::compile(cfg).unwrap()
 }
